@@ -1,0 +1,184 @@
+"""Typed configuration, read from TOML and validated at start with precise errors.
+
+Any secret value may be given literally, as `"env:NAME"` (read from the environment) or as
+`"file:/path"` (read from a file, e.g. a systemd credential).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+)
+
+from sms.config import SmsConfig
+from voice.config import VoiceConfig
+
+from .channel import RetryPolicy
+from .errors import ConfigError
+
+
+def _resolve_secret(value: str) -> str:
+    if value.startswith("env:"):
+        name = value[4:]
+        if name not in os.environ:
+            raise ValueError(f"environment variable {name} is not set")
+        return os.environ[name]
+    if value.startswith("file:"):
+        path = Path(value[5:])
+        try:
+            return path.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ValueError(f"cannot read secret file {path}: {exc.strerror}") from None
+    return value
+
+
+Secret = Annotated[str, AfterValidator(_resolve_secret)]
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class RetryConfig(Section):
+    max_attempts: int = Field(5, ge=1, le=100)
+    initial_delay: float = Field(5.0, ge=0)
+    max_delay: float = Field(300.0, ge=0)
+    factor: float = Field(2.0, ge=1)
+    jitter: float = Field(0.2, ge=0, le=1)
+
+    def policy(self) -> RetryPolicy:
+        return RetryPolicy(
+            max_attempts=self.max_attempts,
+            initial_delay=self.initial_delay,
+            max_delay=self.max_delay,
+            factor=self.factor,
+            jitter=self.jitter,
+        )
+
+
+class TlsConfig(Section):
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    insecure: bool = False  # skip host name check: only for tests with self-signed certs
+
+
+class MqttConfig(Section):
+    host: str = "localhost"
+    port: int = Field(1883, ge=1, le=65535)
+    topic_prefix: str = "plp"
+    client_id: str | None = None  # default: plp-gateway-<node>; must be stable (session)
+    username: str | None = None
+    password: Secret | None = None
+    tls: TlsConfig | None = None
+    keepalive: int = Field(30, ge=5, le=3600)
+    reconnect_initial_delay: float = Field(0.5, gt=0)
+    reconnect_max_delay: float = Field(30.0, gt=0)
+
+    @field_validator("topic_prefix")
+    @classmethod
+    def _prefix(cls, v: str) -> str:
+        if not v or any(c in v for c in "+#") or v.startswith("/") or v.endswith("/"):
+            raise ValueError("must be a topic without wildcards or leading/trailing '/'")
+        return v
+
+
+class StoreConfig(Section):
+    path: Path = Path("/var/lib/plp-gateway/gateway.sqlite3")
+    retention_days: float = Field(30, gt=0)
+    purge_interval: float = Field(3600, gt=0)
+
+
+class JobsConfig(Section):
+    max_payload_bytes: int = Field(16 * 1024 * 1024, ge=1024)
+    max_recipients: int = Field(100_000, ge=1)
+    max_text_length: int = Field(2000, ge=1)
+    hot_ttl: float = Field(6 * 3600, gt=0, description="seconds a hot job lives without expires_at")
+    cold_ttl: float = Field(3 * 86400, gt=0)
+    max_ttl: float = Field(14 * 86400, gt=0)
+
+
+class EmailConfig(Section):
+    enabled: bool = False
+    host: str = "localhost"
+    port: int = Field(25, ge=1, le=65535)
+    sender: str = "plp-alert@localhost"
+    security: Literal["none", "starttls", "tls"] = "none"
+    username: str | None = None
+    password: Secret | None = None
+    timeout: float = Field(30.0, gt=0)
+    concurrency: int = Field(4, ge=1, le=256)
+    rate: float = Field(0.0, ge=0, description="messages per second, 0 = unlimited")
+    message_id_domain: str | None = None  # default: the sender's domain
+    retry: RetryConfig = RetryConfig()
+
+
+class StatusConfig(Section):
+    health_interval: float = Field(30.0, gt=0)
+    job_status_interval: float = Field(0.5, gt=0, description="min seconds between job status updates")
+    event_buffer: int = Field(200_000, ge=100)
+
+
+class LogConfig(Section):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    format: Literal["text", "json"] = "text"
+
+
+class Config(Section):
+    node: str = Field(default_factory=lambda: socket.gethostname().split(".")[0])
+    mqtt: MqttConfig = MqttConfig()
+    store: StoreConfig = StoreConfig()
+    jobs: JobsConfig = JobsConfig()
+    email: EmailConfig = EmailConfig()
+    sms: SmsConfig = SmsConfig()
+    voice: VoiceConfig = VoiceConfig()
+    status: StatusConfig = StatusConfig()
+    log: LogConfig = LogConfig()
+
+    @field_validator("node")
+    @classmethod
+    def _node(cls, v: str) -> str:
+        if not v or any(c in v for c in "+#/ "):
+            raise ValueError("must be a single topic level (no '/', '+', '#', spaces)")
+        return v
+
+    @property
+    def client_id(self) -> str:
+        return self.mqtt.client_id or f"plp-gateway-{self.node}"
+
+
+def parse_config(data: dict[str, Any], source: str = "<config>") -> Config:
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        problems = [
+            (source, ".".join(str(p) for p in err["loc"]) or "(top)", err["msg"])
+            for err in exc.errors()
+        ]
+        raise ConfigError(problems) from None
+
+
+def load_config(path: str | Path) -> Config:
+    """Read and validate a TOML file; raise ConfigError listing (file, key, reason)."""
+    source = str(path)
+    try:
+        with open(path, "rb") as fh:
+            data = tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError([(source, "(file)", "file not found")]) from None
+    except OSError as exc:
+        raise ConfigError([(source, "(file)", exc.strerror or str(exc))]) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([(source, "(syntax)", str(exc))]) from None
+    return parse_config(data, source)

@@ -1,0 +1,188 @@
+"""The domain: priorities, job and delivery states, and what a member reads or hears.
+
+Plain Python, no transport: the store, scheduler and channels all speak these types.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from datetime import datetime
+
+LANGUAGES: tuple[str, ...] = ("fr", "nl", "de", "en")
+CHANNELS: tuple[str, ...] = ("email", "sms", "voice")
+
+
+class Priority(enum.IntEnum):
+    """Lower value runs first: hot work always goes before cold work."""
+
+    HOT = 0
+    COLD = 1
+
+    @property
+    def label(self) -> str:
+        return self.name.lower()
+
+    @classmethod
+    def parse(cls, value: str) -> Priority:
+        return cls[value.upper()]
+
+
+class JobState(enum.StrEnum):
+    ACCEPTED = "accepted"
+    RUNNING = "running"
+    DONE = "done"
+    CANCELLED = "cancelled"
+    EXPIRED = "expired"
+    REJECTED = "rejected"
+
+    @property
+    def final(self) -> bool:
+        return self in _FINAL_JOB_STATES
+
+
+_FINAL_JOB_STATES = frozenset({JobState.DONE, JobState.CANCELLED, JobState.EXPIRED, JobState.REJECTED})
+
+
+class DeliveryState(enum.StrEnum):
+    """One recipient x channel. `sent` waits for a receipt; the last five are final."""
+
+    QUEUED = "queued"
+    SENDING = "sending"
+    SENT = "sent"
+    RETRYING = "retrying"
+    DELIVERED = "delivered"
+    ACKNOWLEDGED = "acknowledged"
+    FAILED = "failed"
+    EXPIRED = "expired"
+    CANCELLED = "cancelled"
+
+    @property
+    def final(self) -> bool:
+        return self in FINAL_DELIVERY_STATES
+
+    @property
+    def pending(self) -> bool:
+        """Still owed an attempt: the scheduler must (re)send it."""
+        return self in PENDING_DELIVERY_STATES
+
+
+FINAL_DELIVERY_STATES = frozenset(
+    {
+        DeliveryState.DELIVERED,
+        DeliveryState.ACKNOWLEDGED,
+        DeliveryState.FAILED,
+        DeliveryState.EXPIRED,
+        DeliveryState.CANCELLED,
+    }
+)
+PENDING_DELIVERY_STATES = frozenset(
+    {DeliveryState.QUEUED, DeliveryState.SENDING, DeliveryState.RETRYING}
+)
+
+# Allowed transitions. `delivered -> acknowledged` is a member confirming after delivery
+# (press 1, SMS reply); `sent -> retrying` is a receipt saying "try again" (rare).
+TRANSITIONS: dict[DeliveryState, frozenset[DeliveryState]] = {
+    DeliveryState.QUEUED: frozenset(
+        {DeliveryState.SENDING, DeliveryState.FAILED, DeliveryState.EXPIRED, DeliveryState.CANCELLED}
+    ),
+    DeliveryState.SENDING: frozenset(
+        {
+            DeliveryState.SENT,
+            DeliveryState.DELIVERED,
+            DeliveryState.ACKNOWLEDGED,
+            DeliveryState.RETRYING,
+            DeliveryState.FAILED,
+            DeliveryState.CANCELLED,
+            DeliveryState.EXPIRED,
+            DeliveryState.QUEUED,
+        }
+    ),
+    DeliveryState.RETRYING: frozenset(
+        {DeliveryState.SENDING, DeliveryState.FAILED, DeliveryState.EXPIRED, DeliveryState.CANCELLED}
+    ),
+    DeliveryState.SENT: frozenset(
+        {
+            DeliveryState.DELIVERED,
+            DeliveryState.ACKNOWLEDGED,
+            DeliveryState.FAILED,
+            DeliveryState.RETRYING,
+        }
+    ),
+    DeliveryState.DELIVERED: frozenset({DeliveryState.ACKNOWLEDGED}),
+    DeliveryState.ACKNOWLEDGED: frozenset(),
+    DeliveryState.FAILED: frozenset({DeliveryState.ACKNOWLEDGED}),
+    DeliveryState.EXPIRED: frozenset(),
+    DeliveryState.CANCELLED: frozenset(),
+}
+
+
+def can_transition(old: DeliveryState, new: DeliveryState) -> bool:
+    return new in TRANSITIONS[old]
+
+
+TEST_PREFIX: dict[str, str] = {
+    "fr": "EXERCICE - ceci est un message de test, aucune action requise. ",
+    "nl": "OEFENING - dit is een testbericht, u hoeft niets te doen. ",
+    "de": "ÜBUNG - dies ist eine Testnachricht, keine Maßnahme erforderlich. ",
+    "en": "DRILL - this is a test message, no action needed. ",
+}
+
+DEFAULT_SUBJECT: dict[str, str] = {
+    "fr": "PLP - message de votre partenariat local de prévention",
+    "nl": "BIN - bericht van uw buurtinformatienetwerk",
+    "de": "KPP - Nachricht Ihrer kommunalen Präventionspartnerschaft",
+    "en": "PLP - message from your local prevention partnership",
+}
+
+
+def pick_language(available: tuple[str, ...], wanted: str | None) -> str:
+    """The recipient's language when the job has it, else the job's first language."""
+    if wanted is not None and wanted in available:
+        return wanted
+    return available[0]
+
+
+def compose_text(message: dict[str, str], lang: str, *, test: bool) -> str:
+    """What a member reads in `lang`; a drill says it is a test, in the member's language."""
+    text = message[lang]
+    return TEST_PREFIX[lang] + text if test else text
+
+
+def compose_subject(subject: dict[str, str], lang: str, *, test: bool) -> str:
+    base = subject.get(lang) or DEFAULT_SUBJECT[lang]
+    return f"[TEST] {base}" if test else base
+
+
+@dataclass(frozen=True)
+class Recipient:
+    """A validated recipient; addresses normalised (E.164, lower-cased domain) or None."""
+
+    index: int
+    ref: str
+    lang: str
+    channels: tuple[str, ...]
+    phone: str | None
+    email: str | None
+    phone_error: str | None = None
+    email_error: str | None = None
+
+
+@dataclass(frozen=True)
+class Job:
+    """A validated, normalised job as the store keeps it."""
+
+    id: str
+    priority: Priority
+    test: bool
+    message: dict[str, str]
+    subject: dict[str, str]
+    channels: tuple[str, ...]
+    recipients: tuple[Recipient, ...]
+    expires_at: datetime
+    options: dict[str, object] = field(default_factory=dict)  # voice, fallback, ...
+    fallback: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def languages(self) -> tuple[str, ...]:
+        return tuple(self.message)

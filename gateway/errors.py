@@ -1,0 +1,48 @@
+"""The gateway's error tree.
+
+`TemporaryError` vs `PermanentError` decides everywhere whether a delivery is retried.
+Like aiosmtplib's errors, they also inherit the builtin they resemble where one fits.
+"""
+
+from __future__ import annotations
+
+
+class GatewayError(Exception):
+    """Base of every error the gateway raises on purpose."""
+
+
+class ConfigError(GatewayError, ValueError):
+    """The configuration is invalid. `problems` lists (file, key, reason)."""
+
+    def __init__(self, problems: list[tuple[str, str, str]]) -> None:
+        self.problems = problems
+        super().__init__("; ".join(f"{f}: {k}: {r}" for f, k, r in problems))
+
+
+class ChannelError(GatewayError):
+    """A channel could not deliver. `reason` is a short machine-readable code."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        self.reason = reason
+        self.detail = detail
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+
+
+class TemporaryError(ChannelError):
+    """Worth retrying later (4xx SMTP, SMSC throttling, link down, busy line...)."""
+
+    def __init__(self, reason: str, detail: str = "", retry_after: float | None = None) -> None:
+        super().__init__(reason, detail)
+        self.retry_after = retry_after
+
+
+class PermanentError(ChannelError):
+    """Retrying will not help (5xx SMTP, invalid destination...)."""
+
+
+class LinkDown(TemporaryError, ConnectionError):
+    """The channel's link (SMTP server, SMSC bind, AMI) is not usable right now."""
+
+
+class StoreError(GatewayError):
+    """The durable store failed."""

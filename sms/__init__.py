@@ -1,0 +1,1 @@
+"""SMS over SMPP 3.4 (filled by the SMS issue)."""

@@ -1,0 +1,1 @@
+"""Voice: text-to-speech and calls through Asterisk AMI (filled by the voice issues)."""
