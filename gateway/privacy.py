@@ -5,7 +5,8 @@ from __future__ import annotations
 import hashlib
 import re
 
-_PHONE_RE = re.compile(r"\+?\d[\d ./-]{6,}\d")
+# E.164 (how numbers live inside the gateway) and Belgian national format.
+_PHONE_RE = re.compile(r"(?<![\w.])\+\d{7,15}\b|\b0[1-9]\d{7,8}\b")
 _EMAIL_RE = re.compile(r"[\w.+-]+@[\w-]+(\.[\w-]+)+")
 
 
@@ -43,4 +44,4 @@ def address_hash(value: str) -> str:
 def scrub(text: str) -> str:
     """Mask anything that looks like a phone number or e-mail address in free text."""
     text = _EMAIL_RE.sub(lambda m: mask_email(m.group(0)), text)
-    return _PHONE_RE.sub(lambda m: mask_phone(re.sub(r"[ ./-]", "", m.group(0))), text)
+    return _PHONE_RE.sub(lambda m: mask_phone(m.group(0)), text)

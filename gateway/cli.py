@@ -1,0 +1,187 @@
+"""`plp-gateway` command line: run, check-config, send, status, purge, schema, simulate, tts."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from .config import Config, load_config
+from .errors import ConfigError
+from .logs import setup_logging
+
+DEFAULT_CONFIG = "/etc/plp-gateway/gateway.toml"
+
+
+def _load(path: str) -> Config:
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        for file, key, reason in exc.problems:
+            print(f"{file}: {key}: {reason}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .daemon import Gateway
+
+    config = _load(args.config)
+    setup_logging(config.log.level, config.log.format)
+
+    async def main() -> int:
+        return await Gateway(config, Path(args.config)).run()
+
+    return asyncio.run(main())
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    config = _load(args.file)
+    channels = [n for n in ("email", "sms", "voice") if getattr(config, n).enabled]
+    print(f"{args.file}: OK (node {config.node}, channels: {', '.join(channels) or 'none'})")
+    return 0
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    from .jobs import job_json_schema
+
+    print(json.dumps(job_json_schema(), indent=2, ensure_ascii=False))
+    return 0
+
+
+def _job_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    if args.file:
+        data: dict[str, Any] = json.loads(Path(args.file).read_text(encoding="utf-8"))
+        return data
+    if not args.text or not args.to:
+        raise SystemExit("send: give a job file, or --text LANG=TEXT and --to ADDRESS")
+    message = dict(t.split("=", 1) for t in args.text)
+    recipients = []
+    for i, to in enumerate(args.to):
+        key = "email" if "@" in to else "phone"
+        recipients.append({"ref": f"cli-{i + 1}", key: to})
+    job: dict[str, Any] = {
+        "id": args.id or f"cli-{uuid.uuid4().hex[:12]}",
+        "priority": args.priority,
+        "test": args.test,
+        "message": message,
+        "channels": args.channel or ["email"],
+        "recipients": recipients,
+    }
+    if args.ttl:
+        job["ttl"] = args.ttl
+    return job
+
+
+def cmd_send(args: argparse.Namespace) -> int:
+    from .follow import follow_job
+
+    config = _load(args.config)
+    job = _job_from_args(args)
+    if args.id:
+        job["id"] = args.id
+    return asyncio.run(follow_job(config, job, follow=not args.no_follow, timeout=args.timeout))
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from .report import print_report
+
+    config = _load(args.config)
+    return print_report(config, args.job_id, as_json=args.json)
+
+
+def cmd_purge(args: argparse.Namespace) -> int:
+    from .store import Store
+
+    config = _load(args.config)
+    days = args.older_than_days if args.older_than_days is not None else config.store.retention_days
+    store = Store(config.store.path)
+    try:
+        n = store.purge(time.time() - days * 86400)
+    finally:
+        store.close()
+    print(f"purged {n} finished jobs older than {days:g} days (with their personal data)")
+    return 0
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    rest: list[str] = args.rest
+    if args.what == "smsc":
+        from sms.simulator import main as smsc_main
+
+        return smsc_main(rest)
+    from voice.simulator import main as ami_main
+
+    return ami_main(rest)
+
+
+def cmd_tts(args: argparse.Namespace) -> int:
+    from voice.tts_cli import main as tts_main
+
+    return tts_main(args.rest)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="plp-gateway", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run the gateway daemon")
+    run.add_argument("--config", "-c", default=DEFAULT_CONFIG)
+    run.set_defaults(func=cmd_run)
+
+    chk = sub.add_parser("check-config", help="validate a configuration file")
+    chk.add_argument("file")
+    chk.set_defaults(func=cmd_check_config)
+
+    sch = sub.add_parser("schema", help="print the job JSON Schema")
+    sch.set_defaults(func=cmd_schema)
+
+    snd = sub.add_parser("send", help="publish a job and follow it until it is done")
+    snd.add_argument("file", nargs="?", help="job JSON file")
+    snd.add_argument("--config", "-c", default=DEFAULT_CONFIG)
+    snd.add_argument("--id")
+    snd.add_argument("--priority", choices=["hot", "cold"], default="hot")
+    snd.add_argument("--text", action="append", metavar="LANG=TEXT")
+    snd.add_argument("--to", action="append", metavar="ADDRESS")
+    snd.add_argument("--channel", action="append", choices=["email", "sms", "voice"])
+    snd.add_argument("--ttl", type=float)
+    snd.add_argument("--test", action="store_true", help="mark the job as a drill")
+    snd.add_argument("--no-follow", action="store_true")
+    snd.add_argument("--timeout", type=float, default=3600)
+    snd.set_defaults(func=cmd_send)
+
+    st = sub.add_parser("status", help="per-recipient report of a job from the store")
+    st.add_argument("job_id")
+    st.add_argument("--config", "-c", default=DEFAULT_CONFIG)
+    st.add_argument("--json", action="store_true")
+    st.set_defaults(func=cmd_status)
+
+    pg = sub.add_parser("purge", help="delete finished jobs past retention now")
+    pg.add_argument("--config", "-c", default=DEFAULT_CONFIG)
+    pg.add_argument("--older-than-days", type=float)
+    pg.set_defaults(func=cmd_purge)
+
+    sim = sub.add_parser("simulate", help="run a protocol simulator (smsc, asterisk)")
+    sim.add_argument("what", choices=["smsc", "asterisk"])
+    sim.add_argument("rest", nargs=argparse.REMAINDER)
+    sim.set_defaults(func=cmd_simulate)
+
+    tts = sub.add_parser("tts", help="write what a member would hear to a file")
+    tts.add_argument("rest", nargs=argparse.REMAINDER)
+    tts.set_defaults(func=cmd_tts)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    result: int = args.func(args)
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(main())

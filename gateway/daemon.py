@@ -1,0 +1,207 @@
+"""The daemon: wires config -> store -> channels -> scheduler -> MQTT intake -> status,
+starts everything in one place and stops it in reverse order (SIGTERM/SIGINT), reloads on
+SIGHUP.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from .channel import Channel, Reports
+from .config import Config, load_config
+from .errors import ConfigError
+from .intake import Intake
+from .mail import EmailChannel
+from .mqtt import MqttLink, Outgoing
+from .scheduler import Scheduler
+from .status import StatusPublisher, Topics
+from .store import AsyncStore, Store
+
+log = logging.getLogger("gateway.daemon")
+
+STOP_GRACE = 10.0
+
+
+def build_channels(config: Config, reports: Reports) -> dict[str, Channel]:
+    channels: dict[str, Channel] = {}
+    if config.email.enabled:
+        channels["email"] = EmailChannel(config.email)
+    return channels
+
+
+class Gateway:
+    def __init__(self, config: Config, config_path: Path | None = None) -> None:
+        self.config = config
+        self.config_path = config_path
+        self.topics = Topics(config.mqtt.topic_prefix, config.node)
+        self._stop = asyncio.Event()
+        self._stopping = False
+        self._reload_requested = asyncio.Event()
+        self._health_changed = asyncio.Event()
+        self.reports: Reports = asyncio.Queue()
+        self.store = AsyncStore(Store(config.store.path))
+        self.link = MqttLink(
+            config.mqtt,
+            config.client_id,
+            [self.topics.jobs, self.topics.cancel_filter],
+            will=Outgoing(self.topics.availability, b"offline", qos=1, retain=True),
+            buffer=config.status.event_buffer,
+        )
+        self.status = StatusPublisher(
+            self.link.publish, self.topics, self.store, config.status.job_status_interval
+        )
+        self.channels = build_channels(config, self.reports)
+        self.scheduler = Scheduler(self.store, self.channels, self.status)
+        self.intake = Intake(
+            self.store, self.scheduler, self.status, self.topics, config.jobs, self.link.ack
+        )
+        self.link.set_handlers(self.intake.handle, self._on_connect)
+        self.ready_hooks: list[Callable[[], None]] = []
+
+    # -- health -------------------------------------------------------------------------
+    def links(self) -> dict[str, object]:
+        out: dict[str, object] = {
+            "broker": {"state": self.link.state, "last_error": self.link.last_error}
+        }
+        for name, ch in self.channels.items():
+            out[name] = dict(ch.health())
+        return out
+
+    def state(self) -> str:
+        if self._stopping:
+            return "stopping"
+        down = self.link.state != "up" or any(
+            ch.health().get("state") in ("down", "degraded") for ch in self.channels.values()
+        )
+        return "degraded" if down else "ready"
+
+    def publish_health(self) -> None:
+        self.status.health(
+            self.state(),
+            self.links(),
+            self.scheduler.queue_depths(),
+            counters={**self.intake.counters, **self.scheduler.counters},
+        )
+
+    async def _on_connect(self) -> None:
+        self.status.availability(True)
+        self.publish_health()
+        for row in await self.store.run(self.store.store.active_jobs):
+            self.status.job_dirty(row.id)
+        for hook in self.ready_hooks:
+            hook()
+
+    async def _health_loop(self) -> None:
+        last = ""
+        next_periodic = time.monotonic()
+        while True:
+            await asyncio.sleep(0.5)
+            state = self.state() + repr(self.links())
+            now = time.monotonic()
+            if state != last or now >= next_periodic:
+                last = state
+                next_periodic = now + self.config.status.health_interval
+                self.publish_health()
+
+    async def _reports_loop(self) -> None:
+        while True:
+            report = await self.reports.get()
+            try:
+                await self.scheduler.report(report)
+            except Exception:
+                log.exception("could not apply a %s report", type(report).__name__)
+
+    async def _purge_loop(self) -> None:
+        while True:
+            cutoff = time.time() - self.config.store.retention_days * 86400
+            purged = await self.store.run(self.store.store.purge, cutoff)
+            if purged:
+                log.info("retention: purged %d finished jobs and their personal data", purged)
+            await asyncio.sleep(self.config.store.purge_interval)
+
+    # -- reload ----------------------------------------------------------------------------
+    def reload(self) -> bool:
+        """Re-read the configuration; keep the old one when the new one is invalid."""
+        if self.config_path is None:
+            return False
+        try:
+            new = load_config(self.config_path)
+        except ConfigError as exc:
+            log.error("reload refused, configuration unchanged: %s", exc)
+            return False
+        if new.mqtt != self.config.mqtt or new.store != self.config.store or new.node != self.config.node:
+            log.warning("reload: [mqtt], [store] and node changes need a restart; ignored")
+        self.intake.limits = new.jobs
+        email = self.channels.get("email")
+        if isinstance(email, EmailChannel):
+            email.reconfigure(new.email)
+        self.config = new.model_copy(
+            update={"mqtt": self.config.mqtt, "store": self.config.store, "node": self.config.node}
+        )
+        self.scheduler.reload_limits()
+        log.info("configuration reloaded from %s", self.config_path)
+        return True
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.request_stop)
+        loop.add_signal_handler(signal.SIGHUP, self.reload)
+        background: list[asyncio.Task[None]] = []
+        try:
+            for ch in self.channels.values():
+                await ch.start()
+            await self.scheduler.start()
+            background = [
+                asyncio.create_task(self.link.run(), name="mqtt"),
+                asyncio.create_task(self.status.run(), name="status"),
+                asyncio.create_task(self._health_loop(), name="health"),
+                asyncio.create_task(self._reports_loop(), name="reports"),
+                asyncio.create_task(self._purge_loop(), name="purge"),
+            ]
+            log.info(
+                "gateway %s started: channels=%s broker=%s:%d prefix=%s",
+                self.config.node,
+                ",".join(self.channels) or "none",
+                self.config.mqtt.host,
+                self.config.mqtt.port,
+                self.config.mqtt.topic_prefix,
+            )
+            stop = asyncio.create_task(self._stop.wait())
+            await asyncio.wait([stop, *background], return_when=asyncio.FIRST_COMPLETED)
+            for task in background:
+                if task.done() and not task.cancelled() and task.exception():
+                    log.error("task %s died: %r", task.get_name(), task.exception())
+        finally:
+            await self._shutdown(background)
+        return 0
+
+    async def _shutdown(self, background: list[asyncio.Task[None]]) -> None:
+        log.info("stopping: no new jobs; finishing attempts in flight")
+        self._stopping = True
+        self.link.pause_intake()
+        self.publish_health()
+        await self.scheduler.stop(STOP_GRACE)
+        for ch in reversed(list(self.channels.values())):
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(ch.stop(), 5)
+        await self.status.flush()
+        self.publish_health()
+        self.status.availability(False)
+        if self.link.connected.is_set():
+            await self.link.flush(5)
+        for task in background:
+            task.cancel()
+        await asyncio.gather(*background, return_exceptions=True)
+        self.store.close()
+        log.info("stopped")

@@ -1,0 +1,145 @@
+"""MQTT intake: jobs and cancels in, each acknowledged to the broker only once stored.
+
+Bad input never raises out of here: it becomes a machine-readable error on
+`<prefix>/jobs/rejected`, and the daemon keeps serving.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+
+import aiomqtt
+
+from .config import JobsConfig
+from .domain import JobState
+from .errors import StoreError
+from .jobs import JobErrorItem, JobRejected, content_hash, parse_job
+from .scheduler import Scheduler
+from .status import StatusPublisher, Topics
+from .store import AddResult, AsyncStore
+
+log = logging.getLogger("gateway.intake")
+
+Ack = Callable[[aiomqtt.Message], None]
+PayloadCheck = Callable[[bytes], bytes]  # e.g. signature verification; raises JobRejected
+
+
+class Intake:
+    def __init__(
+        self,
+        store: AsyncStore,
+        scheduler: Scheduler,
+        status: StatusPublisher,
+        topics: Topics,
+        limits: JobsConfig,
+        ack: Ack,
+        check: PayloadCheck | None = None,
+    ) -> None:
+        self._store = store
+        self._scheduler = scheduler
+        self._status = status
+        self._topics = topics
+        self.limits = limits
+        self._ack = ack
+        self.check = check
+        self.counters = {"accepted": 0, "duplicates": 0, "rejected": 0, "cancels": 0}
+
+    async def handle(self, message: aiomqtt.Message) -> None:
+        topic = str(message.topic)
+        payload = message.payload if isinstance(message.payload, bytes) else str(message.payload).encode()
+        try:
+            if topic == self._topics.jobs:
+                await self._job(payload)
+            else:
+                job_id = self._topics.cancel_job_id(topic)
+                if job_id is not None:
+                    await self._cancel(job_id, payload, topic)
+        except StoreError:
+            # Not acknowledged: the broker delivers it again on the next session.
+            log.exception("store failure while handling a message on %s", topic)
+            raise
+        except Exception:
+            log.exception("unexpected error while handling a message on %s", topic)
+            self._reject([JobErrorItem("$", "internal_error", "the gateway failed on it")], None, topic)
+        self._ack(message)
+
+    def _reject(self, errors: list[JobErrorItem], job_id: str | None, topic: str) -> None:
+        self.counters["rejected"] += 1
+        log.warning(
+            "rejected payload on %s (job %s): %s",
+            topic,
+            job_id or "-",
+            ", ".join(f"{e.path} {e.code}" for e in errors[:5]),
+        )
+        self._status.rejected([e.as_dict() for e in errors], job_id, topic)
+
+    async def _job(self, payload: bytes) -> None:
+        topic = self._topics.jobs
+        try:
+            if self.check is not None:
+                payload = self.check(payload)
+            job, _ = parse_job(payload, self.limits, self._scheduler.enabled)
+        except JobRejected as rej:
+            self._reject(rej.errors, rej.job_id, topic)
+            if rej.job_id is not None:
+                known = await self._store.run(self._store.store.job_row, rej.job_id)
+                if known is None:  # never overwrite the status of a job that was accepted
+                    self._status.job_rejected(rej.job_id)
+            return
+        started = time.perf_counter()
+        result, rows = await self._store.run(
+            self._store.store.add_job, job, content_hash(payload), self._scheduler.enabled
+        )
+        if result is AddResult.CONFLICT:
+            self._reject(
+                [
+                    JobErrorItem(
+                        "$.id",
+                        "duplicate_id",
+                        "another job with this id was accepted before; the first stands",
+                    )
+                ],
+                job.id,
+                topic,
+            )
+            return
+        if result is AddResult.DUPLICATE:
+            self.counters["duplicates"] += 1
+            log.info("job %s received again: already known, not run twice", job.id)
+            self._status.job_dirty(job.id, immediate=True)
+            return
+        self.counters["accepted"] += 1
+        log.info(
+            "job %s accepted: priority=%s test=%s recipients=%d deliveries=%d stored in %.1f ms",
+            job.id,
+            job.priority.label,
+            job.test,
+            len(job.recipients),
+            len(rows),
+            (time.perf_counter() - started) * 1000,
+        )
+        await self._scheduler.job_accepted(job, rows)
+
+    async def _cancel(self, job_id: str, payload: bytes, topic: str) -> None:
+        reason = "cancelled"
+        if payload.strip():
+            try:
+                body = json.loads(payload)
+                if isinstance(body, dict) and isinstance(body.get("reason"), str):
+                    reason = f"cancelled: {body['reason'][:200]}"
+            except ValueError:
+                pass
+        row = await self._store.run(self._store.store.job_row, job_id)
+        if row is None:
+            self._reject([JobErrorItem("$", "unknown_job", f"no job {job_id}")], job_id, topic)
+            return
+        self.counters["cancels"] += 1
+        if row.state.final:
+            log.info("cancel for job %s ignored: already %s", job_id, row.state.value)
+            self._status.job_dirty(job_id, immediate=True)
+            return
+        log.info("job %s cancelled", job_id)
+        await self._scheduler.close_job(job_id, JobState.CANCELLED, reason)

@@ -1,0 +1,174 @@
+"""E-mail channel over SMTP (aiosmtplib): a small pool of reused connections.
+
+4xx replies are temporary, 5xx permanent. The Message-ID is derived from job and recipient,
+so a retried message is recognisable as the same alert by the receiving side.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Mapping
+from email.message import EmailMessage
+from email.utils import format_datetime, formatdate
+
+import aiosmtplib
+
+from .channel import Attempt, Limits, Outcome
+from .config import EmailConfig
+from .domain import DeliveryState, Job, Priority
+from .errors import LinkDown, PermanentError, TemporaryError
+from .privacy import mask_email
+
+log = logging.getLogger("gateway.mail")
+
+
+def message_id(job_id: str, ref: str, domain: str) -> str:
+    left = f"{job_id}.{ref}".replace(":", "=")
+    return f"<plp.{left}@{domain}>"
+
+
+def build_message(attempt: Attempt, sender: str, domain: str) -> EmailMessage:
+    msg = EmailMessage()
+    msg["From"] = sender
+    msg["To"] = attempt.address
+    msg["Subject"] = attempt.subject
+    msg["Date"] = formatdate(localtime=False)
+    msg["Message-ID"] = message_id(attempt.job_id, attempt.ref, domain)
+    msg["Auto-Submitted"] = "auto-generated"
+    msg["X-PLP-Job"] = attempt.job_id
+    msg["X-PLP-Expires"] = format_datetime(attempt.expires_at)
+    if attempt.priority is Priority.HOT:
+        msg["Importance"] = "high"
+        msg["X-Priority"] = "1"
+    if attempt.test:
+        msg["X-PLP-Test"] = "yes"
+    msg.set_content(attempt.text, charset="utf-8")
+    msg["Content-Language"] = attempt.lang  # after set_content, which resets Content-*
+    return msg
+
+
+def _classify(exc: BaseException) -> Exception:
+    if isinstance(exc, aiosmtplib.SMTPRecipientsRefused):
+        first = exc.recipients[0] if exc.recipients else None
+        code = first.code if first is not None else 550
+        return _by_code(code, first.message if first else str(exc))
+    if isinstance(exc, aiosmtplib.SMTPResponseException):
+        return _by_code(exc.code, exc.message)
+    if isinstance(exc, aiosmtplib.SMTPTimeoutError | TimeoutError):
+        return TemporaryError("smtp_timeout", str(exc))
+    if isinstance(exc, aiosmtplib.SMTPConnectError | aiosmtplib.SMTPServerDisconnected | OSError):
+        return LinkDown("smtp_unreachable", str(exc))
+    return TemporaryError("smtp_error", f"{type(exc).__name__}: {exc}")
+
+
+def _by_code(code: int, text: str) -> Exception:
+    if 400 <= code < 500:
+        return TemporaryError(f"smtp_{code}", text)
+    return PermanentError(f"smtp_{code}", text)
+
+
+class EmailChannel:
+    name = "email"
+
+    def __init__(self, cfg: EmailConfig) -> None:
+        self._cfg = cfg
+        self._pool: asyncio.Queue[aiosmtplib.SMTP] = asyncio.Queue()
+        self._state = "unknown"
+        self._last_error: str | None = None
+        self._sent = 0
+        self._since: float | None = None
+
+    def reconfigure(self, cfg: EmailConfig) -> None:
+        """New settings apply to new connections; pooled ones are dropped."""
+        self._cfg = cfg
+        while not self._pool.empty():
+            self._pool.get_nowait().close()
+
+    @property
+    def domain(self) -> str:
+        return self._cfg.message_id_domain or self._cfg.sender.rpartition("@")[2] or "localhost"
+
+    async def start(self) -> None:
+        for _ in range(self._cfg.concurrency):
+            self._pool.put_nowait(self._new_client())
+
+    async def stop(self) -> None:
+        while not self._pool.empty():
+            client = self._pool.get_nowait()
+            if client.is_connected:
+                with contextlib.suppress(aiosmtplib.SMTPException, OSError, TimeoutError):
+                    await asyncio.wait_for(client.quit(), 5)
+
+    def _new_client(self) -> aiosmtplib.SMTP:
+        cfg = self._cfg
+        return aiosmtplib.SMTP(
+            hostname=cfg.host,
+            port=cfg.port,
+            timeout=cfg.timeout,
+            use_tls=cfg.security == "tls",
+            start_tls=True if cfg.security == "starttls" else False,
+            username=cfg.username,
+            password=cfg.password,
+        )
+
+    def limits(self) -> Limits:
+        return Limits(self._cfg.concurrency, self._cfg.rate, self._cfg.retry.policy())
+
+    async def prepare(self, job: Job) -> Mapping[str, str]:
+        return {}
+
+    async def send(self, attempt: Attempt) -> Outcome:
+        msg = build_message(attempt, self._cfg.sender, self.domain)
+        client = await self._pool.get()
+        try:
+            if not client.is_connected:
+                await client.connect()
+            await client.send_message(msg)
+        except asyncio.CancelledError:
+            client.close()
+            self._pool.put_nowait(self._new_client())
+            raise
+        except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
+            err = _classify(exc)
+            client.close()
+            self._pool.put_nowait(self._new_client())
+            if isinstance(err, LinkDown):
+                self._set_state("down", err.reason)
+            log.info(
+                "e-mail to %s for job %s failed: %s", mask_email(attempt.address), attempt.job_id, err
+            )
+            raise err from None
+        self._pool.put_nowait(client)
+        self._set_state("up", None)
+        self._sent += 1
+        return Outcome(
+            DeliveryState.DELIVERED,
+            provider_ids=(str(msg["Message-ID"]),),
+            detail="accepted by mail server",
+        )
+
+    def _set_state(self, state: str, error: str | None) -> None:
+        if state != self._state:
+            self._since = time.time()
+            log.log(
+                logging.WARNING if state == "down" else logging.INFO,
+                "SMTP link %s (%s:%d)%s",
+                state,
+                self._cfg.host,
+                self._cfg.port,
+                f": {error}" if error else "",
+            )
+        self._state = state
+        if error:
+            self._last_error = error
+
+    def health(self) -> Mapping[str, object]:
+        return {
+            "state": self._state,
+            "server": f"{self._cfg.host}:{self._cfg.port}",
+            "sent": self._sent,
+            "last_error": self._last_error,
+        }

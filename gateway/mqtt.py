@@ -1,0 +1,207 @@
+"""The broker link: one persistent-session aiomqtt client with manual acknowledgement.
+
+aiomqtt has no public manual-ack API, so we switch it on in the paho client aiomqtt wraps,
+*before* connecting (after CONNACK the broker replays queued jobs at once and paho would
+acknowledge them itself). Outgoing messages go through a bounded queue that survives
+broker outages; incoming messages are handed to one handler, in order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import ssl
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import aiomqtt
+import paho.mqtt.client as paho
+
+from .config import MqttConfig
+
+log = logging.getLogger("gateway.mqtt")
+
+MessageHandler = Callable[[aiomqtt.Message], Awaitable[None]]
+ConnectHook = Callable[[], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    topic: str
+    payload: bytes
+    qos: int = 1
+    retain: bool = False
+
+
+class MqttLink:
+    def __init__(
+        self,
+        cfg: MqttConfig,
+        client_id: str,
+        subscriptions: list[str],
+        will: Outgoing,
+        buffer: int = 200_000,
+    ) -> None:
+        self._cfg = cfg
+        self._client_id = client_id
+        self._subscriptions = subscriptions
+        self._will = will
+        self._out: deque[Outgoing] = deque()
+        self._buffer = buffer
+        self._out_ready = asyncio.Event()
+        self._client: aiomqtt.Client | None = None
+        self._handler: MessageHandler | None = None
+        self._on_connect: ConnectHook | None = None
+        self._paused = False
+        self.connected = asyncio.Event()
+        self.dropped = 0
+        self.last_error: str | None = None
+        self.connects = 0
+
+    def set_handlers(self, handler: MessageHandler, on_connect: ConnectHook) -> None:
+        self._handler = handler
+        self._on_connect = on_connect
+
+    @property
+    def state(self) -> str:
+        return "up" if self.connected.is_set() else "down"
+
+    def publish(self, topic: str, payload: bytes | str, *, qos: int = 1, retain: bool = False) -> None:
+        """Queue a message; sent as soon as (or once) the broker is reachable."""
+        data = payload.encode() if isinstance(payload, str) else payload
+        if len(self._out) >= self._buffer:
+            self._out.popleft()
+            self.dropped += 1
+            if self.dropped % 1000 == 1:
+                log.warning("outgoing MQTT buffer full, dropped %d oldest messages", self.dropped)
+        self._out.append(Outgoing(topic, data, qos, retain))
+        self._out_ready.set()
+
+    def pending(self) -> int:
+        return len(self._out)
+
+    async def flush(self, timeout: float) -> bool:
+        """Wait until the outgoing queue is empty (or `timeout`); True when it is."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                while self._out or self._sending:
+                    await asyncio.sleep(0.01)
+                return True
+        return False
+
+    _sending = 0
+
+    def pause_intake(self) -> None:
+        """Stop handing incoming messages to the handler (shutdown): they stay unacked."""
+        self._paused = True
+
+    def ack(self, message: aiomqtt.Message) -> None:
+        """Acknowledge a QoS>0 message: call only once it is safely stored."""
+        if self._client is None or message.qos == 0:
+            return
+        rc = self._client._client.ack(message.mid, message.qos)
+        if rc != paho.MQTT_ERR_SUCCESS:
+            # The connection dropped: the broker will redeliver the message, the store
+            # recognises its id, nothing is lost or doubled.
+            log.info("ack of mid %d not sent (rc %s); broker will redeliver", message.mid, rc)
+
+    def _make_client(self) -> aiomqtt.Client:
+        cfg = self._cfg
+        tls_params = None
+        if cfg.tls is not None:
+            tls_params = aiomqtt.TLSParameters(
+                ca_certs=str(cfg.tls.ca_file) if cfg.tls.ca_file else None,
+                certfile=str(cfg.tls.cert_file) if cfg.tls.cert_file else None,
+                keyfile=str(cfg.tls.key_file) if cfg.tls.key_file else None,
+                cert_reqs=ssl.CERT_REQUIRED,
+            )
+        client = aiomqtt.Client(
+            hostname=cfg.host,
+            port=cfg.port,
+            identifier=self._client_id,
+            clean_session=False,
+            username=cfg.username,
+            password=cfg.password,
+            keepalive=cfg.keepalive,
+            will=aiomqtt.Will(
+                self._will.topic, self._will.payload, qos=self._will.qos, retain=self._will.retain
+            ),
+            tls_params=tls_params,
+            tls_insecure=cfg.tls.insecure if cfg.tls is not None else None,
+            timeout=10,
+            max_inflight_messages=100,
+        )
+        # Must happen before connecting: see the module docstring.
+        client._client.manual_ack_set(True)
+        return client
+
+    async def run(self) -> None:
+        """Connect, serve, reconnect with backoff; until cancelled."""
+        delay = self._cfg.reconnect_initial_delay
+        while True:
+            client = self._make_client()
+            try:
+                async with client:
+                    self._client = client
+                    for topic in self._subscriptions:
+                        await client.subscribe(topic, qos=1)
+                    self.connects += 1
+                    self.last_error = None
+                    self.connected.set()
+                    log.info(
+                        "connected to MQTT broker %s:%d as %s",
+                        self._cfg.host,
+                        self._cfg.port,
+                        self._client_id,
+                    )
+                    delay = self._cfg.reconnect_initial_delay
+                    if self._on_connect is not None:
+                        await self._on_connect()
+                    async with asyncio.TaskGroup() as tg:
+                        tg.create_task(self._pump_out(client))
+                        await self._pump_in(client)
+            except* aiomqtt.MqttError as eg:
+                self.last_error = str(eg.exceptions[0])
+                log.warning("MQTT link down: %s; reconnecting in %.1fs", self.last_error, delay)
+            finally:
+                self.connected.clear()
+                self._client = None
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, self._cfg.reconnect_max_delay)
+
+    async def _pump_in(self, client: aiomqtt.Client) -> None:
+        async for message in client.messages:
+            if self._paused or self._handler is None:
+                continue  # not acked: the broker redelivers it to the next session
+            try:
+                await self._handler(message)
+            except Exception as exc:
+                # Unacknowledged: a new session gets it again once the cause is gone.
+                raise aiomqtt.MqttError(f"message handler failed: {exc}") from exc
+
+    async def _pump_out(self, client: aiomqtt.Client) -> None:
+        while True:
+            if not self._out:
+                self._out_ready.clear()
+                await self._out_ready.wait()
+                continue
+            batch = [self._out.popleft() for _ in range(min(64, len(self._out)))]
+            self._sending = len(batch)
+            try:
+                results = await asyncio.gather(
+                    *(
+                        client.publish(m.topic, m.payload, qos=m.qos, retain=m.retain, timeout=10)
+                        for m in batch
+                    ),
+                    return_exceptions=True,
+                )
+            finally:
+                self._sending = 0
+            failed = [m for m, r in zip(batch, results, strict=True) if isinstance(r, Exception)]
+            if failed:
+                # Put back in order and let the link reconnect.
+                self._out.extendleft(reversed(failed))
+                err = next(r for r in results if isinstance(r, Exception))
+                raise aiomqtt.MqttError(f"publish failed: {err}")

@@ -1,0 +1,418 @@
+"""Moves deliveries from the store through per-channel queues to the channels and records
+what happened: retries with backoff, expiry, cancel, fallback, one state per member.
+
+Data flows one way: store -> queue -> channel -> outcome -> store -> status.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from .channel import Attempt, Channel, Outcome, Receipt, Reply, Report
+from .domain import DeliveryState, Job, JobState, Priority, compose_subject, compose_text
+from .errors import PermanentError, TemporaryError
+from .privacy import mask_phone
+from .queues import ChannelQueue, Slots, make_limiter
+from .status import StatusPublisher, iso
+from .store import AsyncStore, Change, DeliveryRow
+
+log = logging.getLogger("gateway.scheduler")
+
+
+@dataclass
+class _Lane:
+    """One channel: its queue, its parallel slots, its rate."""
+
+    channel: Channel
+    queue: ChannelQueue = field(default_factory=ChannelQueue)
+    slots: Slots = field(default_factory=lambda: Slots(1))
+    limiter: object | None = None
+    rate: float = 0.0
+    inflight: dict[int, asyncio.Task[None]] = field(default_factory=dict)
+
+
+class Scheduler:
+    def __init__(
+        self,
+        store: AsyncStore,
+        channels: Mapping[str, Channel],
+        status: StatusPublisher,
+        reply_window: float = 24 * 3600,
+    ) -> None:
+        self._store = store
+        self._status = status
+        self._lanes = {name: _Lane(ch) for name, ch in channels.items()}
+        self._jobs: dict[str, Job] = {}
+        self._closed: set[str] = set()
+        self._prepared: dict[tuple[str, str], asyncio.Task[Mapping[str, str]]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._dispatchers: list[asyncio.Task[None]] = []
+        self._stopping = False
+        self._reply_window = reply_window
+        self.counters: dict[str, int] = {"attempts": 0, "retries": 0, "receipts_unknown": 0}
+        for lane in self._lanes.values():
+            self._apply_limits(lane)
+
+    @property
+    def enabled(self) -> frozenset[str]:
+        return frozenset(self._lanes)
+
+    def _apply_limits(self, lane: _Lane) -> None:
+        limits = lane.channel.limits()
+        lane.slots.resize(limits.concurrency)
+        if limits.rate != lane.rate or lane.limiter is None:
+            lane.rate = limits.rate
+            lane.limiter = make_limiter(limits.rate)
+
+    def reload_limits(self) -> None:
+        for lane in self._lanes.values():
+            self._apply_limits(lane)
+
+    # -- lifecycle ------------------------------------------------------------------------
+    async def start(self) -> None:
+        interrupted = await self._store.run(self._store.store.recover_interrupted)
+        if interrupted:
+            log.warning(
+                "%d attempts were in flight when the gateway stopped; they will be retried",
+                len(interrupted),
+            )
+        pending = await self._store.run(self._store.store.pending_deliveries)
+        by_job: dict[str, list[tuple[DeliveryRow, Priority]]] = {}
+        for row, prio in pending:
+            by_job.setdefault(row.job_id, []).append((row, prio))
+        for job_id, rows in by_job.items():
+            job = await self._job(job_id)
+            if job is None:
+                continue
+            self._spawn(self._enqueue_prepared(job, [r for r, _ in rows]))
+        for name, lane in self._lanes.items():
+            self._dispatchers.append(asyncio.create_task(self._dispatch(lane), name=f"lane-{name}"))
+        self._dispatchers.append(asyncio.create_task(self._expiry_loop(), name="expiry"))
+        log.info("scheduler started: %d pending deliveries in %d jobs", len(pending), len(by_job))
+
+    async def stop(self, grace: float) -> None:
+        """Take no new attempts; let running ones finish for `grace` s, then interrupt them."""
+        self._stopping = True
+        for task in self._dispatchers:
+            task.cancel()
+        await asyncio.gather(*self._dispatchers, return_exceptions=True)
+        running = [t for lane in self._lanes.values() for t in lane.inflight.values()]
+        if running:
+            log.info("waiting up to %.0fs for %d attempts in flight", grace, len(running))
+            _, still = await asyncio.wait(running, timeout=grace)
+            for task in still:
+                task.cancel()
+            await asyncio.gather(*still, return_exceptions=True)
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def queue_depths(self) -> dict[str, dict[str, int]]:
+        return {
+            name: {**lane.queue.depth(), "inflight": len(lane.inflight), "slots": lane.slots.size}
+            for name, lane in self._lanes.items()
+        }
+
+    def _spawn(self, coro: object) -> None:
+        task: asyncio.Task[None] = asyncio.create_task(coro)  # type: ignore[arg-type]
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # -- jobs ---------------------------------------------------------------------------
+    async def _job(self, job_id: str) -> Job | None:
+        job = self._jobs.get(job_id)
+        if job is None:
+            job = await self._store.run(self._store.store.job, job_id)
+            if job is not None:
+                self._jobs[job_id] = job
+        return job
+
+    async def job_accepted(self, job: Job, rows: list[DeliveryRow]) -> None:
+        """A new job is in the store: announce its deliveries and queue them."""
+        self._jobs[job.id] = job
+        self._status.job_dirty(job.id, immediate=True)
+        for row in rows:
+            self._status.delivery(Change(row, DeliveryState.QUEUED))
+            if row.state is DeliveryState.FAILED:
+                await self._after_final(row, job)
+        queued = [r for r in rows if r.state is DeliveryState.QUEUED]
+        self._spawn(self._enqueue_prepared(job, queued))
+        if not queued:
+            finished = await self._store.run(self._store.store.transition_job_if_done, job.id)
+            if finished:
+                self._status.job_dirty(job.id, immediate=True)
+
+    async def _enqueue_prepared(self, job: Job, rows: list[DeliveryRow]) -> None:
+        by_channel: dict[str, list[DeliveryRow]] = {}
+        for row in rows:
+            by_channel.setdefault(row.channel, []).append(row)
+        await asyncio.gather(*(self._prepare_and_push(job, ch, rs) for ch, rs in by_channel.items()))
+
+    async def _prepare_and_push(self, job: Job, channel: str, rows: list[DeliveryRow]) -> None:
+        lane = self._lanes.get(channel)
+        if lane is None:
+            return
+        failures = await self._prepare(job, channel)
+        for row in rows:
+            if row.lang in failures:
+                change = await self._store.run(
+                    self._store.store.transition,
+                    row.id,
+                    DeliveryState.FAILED,
+                    last_error=failures[row.lang],
+                )
+                if change is not None:
+                    await self._changed(change)
+                continue
+            lane.queue.push(job.priority, row.id, job.id, row.next_attempt_at)
+
+    async def _prepare(self, job: Job, channel: str) -> Mapping[str, str]:
+        key = (job.id, channel)
+        task = self._prepared.get(key)
+        if task is None:
+            task = asyncio.create_task(self._lanes[channel].channel.prepare(job))
+            self._prepared[key] = task
+        try:
+            return await asyncio.shield(task)
+        except Exception as exc:
+            log.exception("preparing job %s for %s failed", job.id, channel)
+            return dict.fromkeys(job.languages, f"prepare_failed: {type(exc).__name__}")
+
+    async def close_job(self, job_id: str, state: JobState, reason: str) -> bool:
+        """Cancel or expire: stop everything of the job that has not happened yet."""
+        if job_id in self._closed:
+            return False
+        self._closed.add(job_id)
+        dstate = DeliveryState.CANCELLED if state is JobState.CANCELLED else DeliveryState.EXPIRED
+        changes = await self._store.run(self._store.store.close_job, job_id, state, dstate, reason)
+        for lane in self._lanes.values():
+            for did, task in list(lane.inflight.items()):
+                if any(c.delivery.id == did for c in changes):
+                    task.cancel()
+        for change in changes:
+            self._status.delivery(change)
+        self._status.job_dirty(job_id, immediate=True)
+        self._forget(job_id)
+        return True
+
+    def _forget(self, job_id: str) -> None:
+        self._jobs.pop(job_id, None)
+        for key in [k for k in self._prepared if k[0] == job_id]:
+            del self._prepared[key]
+
+    async def _expiry_loop(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            now = time.time()
+            for row in await self._store.run(self._store.store.active_jobs):
+                if row.expires_at <= now and row.id not in self._closed:
+                    log.info("job %s expired", row.id)
+                    await self.close_job(row.id, JobState.EXPIRED, "expired")
+
+    # -- dispatch -----------------------------------------------------------------------
+    async def _dispatch(self, lane: _Lane) -> None:
+        while True:
+            await lane.slots.acquire()
+            try:
+                if lane.limiter is not None:
+                    await lane.limiter.acquire()  # type: ignore[attr-defined]
+                item = await lane.queue.pop()
+            except BaseException:
+                lane.slots.release()
+                raise
+            if item.job_id in self._closed:
+                lane.slots.release()
+                continue
+            task = asyncio.create_task(self._attempt(lane, item.delivery_id, item.job_id))
+            lane.inflight[item.delivery_id] = task
+
+            def done(_: asyncio.Task[None], did: int = item.delivery_id) -> None:
+                lane.inflight.pop(did, None)
+                lane.slots.release()
+
+            task.add_done_callback(done)
+
+    async def _attempt(self, lane: _Lane, delivery_id: int, job_id: str) -> None:
+        store = self._store.store
+        job = await self._job(job_id)
+        claim = await self._store.run(store.claim, delivery_id)
+        if claim is None or job is None:
+            return
+        self._status.delivery(claim)
+        d = claim.delivery
+        if job.expires_at.timestamp() <= time.time():
+            await self.close_job(job_id, JobState.EXPIRED, "expired")
+            return
+        assert d.address is not None
+        attempt = Attempt(
+            delivery_id=d.id,
+            job_id=job.id,
+            channel=d.channel,
+            ref=d.ref,
+            address=d.address,
+            lang=d.lang,
+            text=compose_text(job.message, d.lang, test=job.test),
+            subject=compose_subject(job.subject, d.lang, test=job.test),
+            priority=job.priority,
+            number=d.attempts,
+            expires_at=job.expires_at,
+            test=job.test,
+            options=job.options,
+            previous_provider_ids=d.provider_ids if d.possibly_sent else (),
+        )
+        self.counters["attempts"] += 1
+        try:
+            outcome = await lane.channel.send(attempt)
+        except asyncio.CancelledError:
+            if self._stopping:
+                # Persist the interruption so the next start retries it (possibly sent).
+                change = await self._store.run(
+                    store.transition,
+                    d.id,
+                    DeliveryState.RETRYING,
+                    last_error="interrupted",
+                    possibly_sent=1,
+                    next_attempt_at=None,
+                )
+                if change is not None:
+                    self._status.delivery(change)
+            raise
+        except TemporaryError as exc:
+            await self._temporary(lane, d, job, exc)
+        except PermanentError as exc:
+            await self._fail(d, exc.reason)
+        except Exception as exc:
+            log.exception("channel %s crashed on delivery %d", d.channel, d.id)
+            await self._temporary(lane, d, job, TemporaryError("internal_error", type(exc).__name__))
+        else:
+            await self._succeeded(d, outcome)
+
+    async def _succeeded(self, d: DeliveryRow, outcome: Outcome) -> None:
+        changes = await self._store.run(
+            self._store.store.record_sent,
+            d.id,
+            outcome.state,
+            d.channel,
+            outcome.provider_ids,
+            outcome.detail,
+        )
+        for change in changes:
+            await self._changed(change)
+
+    async def _temporary(self, lane: _Lane, d: DeliveryRow, job: Job, exc: TemporaryError) -> None:
+        policy = lane.channel.limits().retry
+        if d.attempts >= policy.max_attempts:
+            await self._fail(d, exc.reason, detail=f"gave up after {d.attempts} attempts")
+            return
+        delay = exc.retry_after if exc.retry_after is not None else policy.delay(d.attempts)
+        due = time.time() + delay
+        possibly_sent = 1 if exc.reason == "possibly_sent" else int(d.possibly_sent)
+        change = await self._store.run(
+            self._store.store.transition,
+            d.id,
+            DeliveryState.RETRYING,
+            last_error=exc.reason,
+            next_attempt_at=due,
+            possibly_sent=possibly_sent,
+        )
+        if change is None:
+            return
+        self.counters["retries"] += 1
+        self._status.delivery(change)
+        log.info("delivery %d retry at %s (%s)", d.id, iso(due), exc.reason)
+        lane.queue.push(job.priority, d.id, job.id, due)
+
+    async def _fail(self, d: DeliveryRow, reason: str, detail: str | None = None) -> None:
+        change = await self._store.run(
+            self._store.store.transition, d.id, DeliveryState.FAILED, last_error=reason, detail=detail
+        )
+        if change is not None:
+            await self._changed(change)
+
+    async def _changed(self, change: Change) -> None:
+        """Publish a change and apply what follows from it (fallback, member ack, job end)."""
+        self._status.delivery(change)
+        d = change.delivery
+        if d.state is DeliveryState.ACKNOWLEDGED:
+            others = await self._store.run(
+                self._store.store.acknowledge_member, d.job_id, d.rindex, d.id
+            )
+            for other in others:
+                self._cancel_inflight([other.delivery.id])
+                self._status.delivery(other)
+        elif d.state is DeliveryState.FAILED:
+            job = await self._job(d.job_id)
+            if job is not None:
+                await self._after_final(d, job)
+        if change.job_finished is not None:
+            self._forget(d.job_id)
+
+    def _cancel_inflight(self, ids: Iterable[int]) -> None:
+        for lane in self._lanes.values():
+            for did in ids:
+                task = lane.inflight.get(did)
+                if task is not None:
+                    task.cancel()
+
+    async def _after_final(self, d: DeliveryRow, job: Job) -> None:
+        target = job.fallback.get(d.channel)
+        if target is None or d.state is not DeliveryState.FAILED or target not in self._lanes:
+            return
+        row = await self._store.run(self._store.store.add_fallback, d.id, target, self.enabled)
+        if row is None:
+            return
+        log.info("delivery %d failed (%s): falling back to %s", d.id, d.last_error, target)
+        self._status.delivery(Change(row, DeliveryState.QUEUED))
+        if row.state is DeliveryState.QUEUED:
+            self._spawn(self._prepare_and_push(job, target, [row]))
+
+    # -- late news from channels ------------------------------------------------------
+    async def report(self, report: Report) -> None:
+        if isinstance(report, Receipt):
+            known, change = await self._store.run(
+                self._store.store.apply_receipt,
+                report.channel,
+                report.provider_id,
+                report.state,
+                report.reason,
+            )
+            if not known:
+                self.counters["receipts_unknown"] += 1
+                log.info("receipt for unknown %s id kept for later matching", report.channel)
+            if change is not None:
+                await self._changed(change)
+        elif isinstance(report, Reply):
+            await self._reply(report)
+
+    async def _reply(self, reply: Reply) -> None:
+        since = time.time() - self._reply_window
+        rows = await self._store.run(self._store.store.find_member_by_phone, reply.sender, since)
+        match = rows[0] if rows else None
+        self._status.inbound(
+            {
+                "channel": reply.channel,
+                "from": match.masked if match else mask_phone(reply.sender),
+                "job_id": match.job_id if match else None,
+                "ref": match.ref if match else None,
+                "text": reply.text,
+                "acknowledges": reply.acknowledges,
+                "time": iso(time.time()),
+            }
+        )
+        if match is None or not reply.acknowledges:
+            return
+        change = await self._store.run(
+            self._store.store.transition,
+            match.id,
+            DeliveryState.ACKNOWLEDGED,
+            detail="reply",
+        )
+        if change is not None:
+            await self._changed(change)
+
+
+__all__ = ["Scheduler"]

@@ -1,0 +1,196 @@
+"""What the gateway tells the world on MQTT: topics and payloads of status, events, health.
+
+Every payload identifies recipients by ref and masked address only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from . import __version__
+from .privacy import address_hash
+from .store import AsyncStore, Change
+
+log = logging.getLogger("gateway.status")
+
+
+def iso(ts: float | None) -> str | None:
+    if ts is None:
+        return None
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def dumps(obj: Any) -> bytes:
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+class Topics:
+    def __init__(self, prefix: str, node: str) -> None:
+        self.prefix = prefix
+        self.node = node
+        self.jobs = f"{prefix}/jobs"
+        self.cancel_filter = f"{prefix}/jobs/+/cancel"
+        self.rejected = f"{prefix}/jobs/rejected"
+        self.availability = f"{prefix}/gateway/{node}/availability"
+        self.health = f"{prefix}/gateway/{node}/health"
+        self.inbound_sms = f"{prefix}/inbound/sms"
+
+    def job_status(self, job_id: str) -> str:
+        return f"{self.prefix}/jobs/{job_id}/status"
+
+    def job_deliveries(self, job_id: str) -> str:
+        return f"{self.prefix}/jobs/{job_id}/deliveries"
+
+    def cancel_job_id(self, topic: str) -> str | None:
+        parts = topic.split("/")
+        base = self.prefix.split("/")
+        if len(parts) == len(base) + 3 and parts[: len(base)] == base and parts[-1] == "cancel":
+            return parts[len(base) + 1]
+        return None
+
+
+Publish = Callable[..., None]
+
+
+class StatusPublisher:
+    """Turns store changes into MQTT messages. Job status is coalesced per job."""
+
+    def __init__(
+        self, publish: Publish, topics: Topics, store: AsyncStore, job_interval: float
+    ) -> None:
+        self._publish = publish
+        self.topics = topics
+        self._store = store
+        self._interval = job_interval
+        self._dirty: set[str] = set()
+        self._wake = asyncio.Event()
+        self.boot_id = uuid.uuid4().hex
+        self.started = time.time()
+
+    # -- deliveries ---------------------------------------------------------------------
+    def delivery(self, change: Change, priority: str | None = None) -> None:
+        d = change.delivery
+        event: dict[str, Any] = {
+            "job_id": d.job_id,
+            "delivery_id": d.id,
+            "ref": d.ref,
+            "channel": d.channel,
+            "address": d.masked,
+            "lang": d.lang,
+            "state": d.state.value,
+            "previous": change.old_state.value,
+            "attempt": d.attempts,
+            "reason": d.last_error,
+            "time": iso(d.updated_at),
+        }
+        if d.detail:
+            event["detail"] = d.detail
+        if d.provider_ids:
+            event["provider_id_hash"] = [address_hash(p) for p in d.provider_ids]
+        if d.next_attempt_at and d.state.value == "retrying":
+            event["next_attempt_at"] = iso(d.next_attempt_at)
+        if d.possibly_sent:
+            event["possibly_sent"] = True
+        self._publish(self.topics.job_deliveries(d.job_id), dumps(event), qos=1)
+        log.info(
+            "delivery %s job=%s ref=%s channel=%s to=%s %s->%s attempt=%d reason=%s",
+            d.id,
+            d.job_id,
+            d.ref,
+            d.channel,
+            d.masked,
+            change.old_state.value,
+            d.state.value,
+            d.attempts,
+            d.last_error or "-",
+        )
+        self.job_dirty(d.job_id, immediate=change.job_finished is not None)
+
+    # -- jobs -------------------------------------------------------------------------
+    def job_dirty(self, job_id: str, immediate: bool = False) -> None:
+        self._dirty.add(job_id)
+        if immediate:
+            self._wake.set()
+
+    async def publish_job(self, job_id: str) -> None:
+        row = await self._store.run(self._store.store.job_row, job_id)
+        if row is None:
+            return
+        counts = await self._store.run(self._store.store.counts, job_id)
+        totals: dict[str, int] = {}
+        for per_state in counts.values():
+            for state, n in per_state.items():
+                totals[state] = totals.get(state, 0) + n
+        payload = {
+            "id": row.id,
+            "state": row.state.value,
+            "priority": row.priority.label,
+            "counts": counts,
+            "totals": totals,
+            "deliveries": sum(totals.values()),
+            "created_at": iso(row.created_at),
+            "updated_at": iso(row.updated_at),
+            "expires_at": iso(row.expires_at),
+            "finished_at": iso(row.finished_at),
+            "reason": row.reason,
+        }
+        self._publish(self.topics.job_status(job_id), dumps(payload), qos=1, retain=True)
+
+    def job_rejected(self, job_id: str) -> None:
+        payload = {"id": job_id, "state": "rejected", "updated_at": iso(time.time())}
+        self._publish(self.topics.job_status(job_id), dumps(payload), qos=1, retain=True)
+
+    def rejected(self, errors: list[Mapping[str, str]], job_id: str | None, topic: str) -> None:
+        payload = {
+            "job_id": job_id,
+            "topic": topic,
+            "errors": list(errors),
+            "node": self.topics.node,
+            "time": iso(time.time()),
+        }
+        self._publish(self.topics.rejected, dumps(payload), qos=1)
+
+    def inbound(self, payload: Mapping[str, Any]) -> None:
+        self._publish(self.topics.inbound_sms, dumps(dict(payload)), qos=1)
+
+    async def run(self) -> None:
+        """Flush dirty job statuses, at most one per job per interval."""
+        while True:
+            with_timeout = asyncio.wait_for(self._wake.wait(), self._interval)
+            try:
+                await with_timeout
+            except TimeoutError:
+                pass
+            self._wake.clear()
+            await self.flush()
+
+    async def flush(self) -> None:
+        dirty, self._dirty = self._dirty, set()
+        for job_id in dirty:
+            await self.publish_job(job_id)
+
+    # -- gateway ---------------------------------------------------------------------
+    def availability(self, online: bool) -> None:
+        self._publish(self.topics.availability, b"online" if online else b"offline", retain=True)
+
+    def health(self, state: str, links: Mapping[str, Any], queues: Mapping[str, Any], **extra: Any) -> None:
+        payload = {
+            "node": self.topics.node,
+            "state": state,
+            "version": __version__,
+            "boot_id": self.boot_id,
+            "started_at": iso(self.started),
+            "uptime_s": round(time.time() - self.started, 1),
+            "links": dict(links),
+            "queues": dict(queues),
+            **extra,
+            "time": iso(time.time()),
+        }
+        self._publish(self.topics.health, dumps(payload), qos=1, retain=True)

@@ -1,0 +1,692 @@
+"""Durable state in SQLite (WAL): jobs, deliveries, provider ids, receipts.
+
+Everything needed to resume after a crash is here. Methods are synchronous and must be
+called from one thread (`AsyncStore` runs them on a dedicated worker thread). A job is
+committed with `synchronous=FULL` (it survives power loss before the broker gets its ack);
+delivery transitions use `NORMAL`, which survives a killed process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from enum import Enum
+from pathlib import Path
+from typing import Any, ParamSpec, TypeVar
+
+from .domain import (
+    FINAL_DELIVERY_STATES,
+    DeliveryState,
+    Job,
+    JobState,
+    Priority,
+    Recipient,
+    can_transition,
+)
+from .errors import StoreError
+from .privacy import mask_address
+
+SCHEMA_VERSION = 1
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS jobs (
+    id TEXT PRIMARY KEY,
+    content_hash TEXT NOT NULL,
+    priority INTEGER NOT NULL,
+    test INTEGER NOT NULL,
+    state TEXT NOT NULL,
+    body TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL,
+    expires_at REAL NOT NULL,
+    finished_at REAL,
+    reason TEXT
+);
+CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state);
+CREATE TABLE IF NOT EXISTS deliveries (
+    id INTEGER PRIMARY KEY,
+    job_id TEXT NOT NULL REFERENCES jobs(id) ON DELETE CASCADE,
+    rindex INTEGER NOT NULL,
+    ref TEXT NOT NULL,
+    channel TEXT NOT NULL,
+    address TEXT,
+    masked TEXT NOT NULL,
+    lang TEXT NOT NULL,
+    state TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at REAL,
+    last_error TEXT,
+    detail TEXT,
+    provider_ids TEXT NOT NULL DEFAULT '[]',
+    possibly_sent INTEGER NOT NULL DEFAULT 0,
+    fallback_of INTEGER,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL,
+    UNIQUE (job_id, rindex, channel)
+);
+CREATE INDEX IF NOT EXISTS deliveries_job_state ON deliveries(job_id, state);
+CREATE INDEX IF NOT EXISTS deliveries_address ON deliveries(address);
+CREATE TABLE IF NOT EXISTS provider_ids (
+    channel TEXT NOT NULL,
+    provider_id TEXT NOT NULL,
+    delivery_id INTEGER NOT NULL REFERENCES deliveries(id) ON DELETE CASCADE,
+    state TEXT,
+    reason TEXT,
+    PRIMARY KEY (channel, provider_id)
+);
+CREATE TABLE IF NOT EXISTS orphan_receipts (
+    channel TEXT NOT NULL,
+    provider_id TEXT NOT NULL,
+    state TEXT NOT NULL,
+    reason TEXT,
+    received_at REAL NOT NULL,
+    PRIMARY KEY (channel, provider_id)
+);
+"""
+
+_PENDING = ("queued", "sending", "retrying")
+_OPEN = ("queued", "sending", "retrying", "sent")
+
+
+class AddResult(Enum):
+    NEW = "new"
+    DUPLICATE = "duplicate"  # same id, same content: dispatch re-sent it
+    CONFLICT = "conflict"  # same id, other content: rejected, the first stands
+
+
+@dataclass(frozen=True)
+class DeliveryRow:
+    id: int
+    job_id: str
+    rindex: int
+    ref: str
+    channel: str
+    address: str | None
+    masked: str
+    lang: str
+    state: DeliveryState
+    attempts: int
+    next_attempt_at: float | None
+    last_error: str | None
+    detail: str | None
+    provider_ids: tuple[str, ...]
+    possibly_sent: bool
+    updated_at: float
+
+
+@dataclass(frozen=True)
+class JobRow:
+    id: str
+    priority: Priority
+    state: JobState
+    created_at: float
+    updated_at: float
+    expires_at: float
+    finished_at: float | None
+    reason: str | None
+
+
+@dataclass(frozen=True)
+class Change:
+    """A delivery that changed state, and whether its job finished with it."""
+
+    delivery: DeliveryRow
+    old_state: DeliveryState
+    job_finished: JobState | None = None
+
+
+def _row_to_delivery(r: sqlite3.Row) -> DeliveryRow:
+    return DeliveryRow(
+        id=r["id"],
+        job_id=r["job_id"],
+        rindex=r["rindex"],
+        ref=r["ref"],
+        channel=r["channel"],
+        address=r["address"],
+        masked=r["masked"],
+        lang=r["lang"],
+        state=DeliveryState(r["state"]),
+        attempts=r["attempts"],
+        next_attempt_at=r["next_attempt_at"],
+        last_error=r["last_error"],
+        detail=r["detail"],
+        provider_ids=tuple(json.loads(r["provider_ids"])),
+        possibly_sent=bool(r["possibly_sent"]),
+        updated_at=r["updated_at"],
+    )
+
+
+def _row_to_job(r: sqlite3.Row) -> JobRow:
+    return JobRow(
+        id=r["id"],
+        priority=Priority(r["priority"]),
+        state=JobState(r["state"]),
+        created_at=r["created_at"],
+        updated_at=r["updated_at"],
+        expires_at=r["expires_at"],
+        finished_at=r["finished_at"],
+        reason=r["reason"],
+    )
+
+
+def job_to_body(job: Job) -> str:
+    return json.dumps(
+        {
+            "message": job.message,
+            "subject": job.subject,
+            "channels": list(job.channels),
+            "options": job.options,
+            "fallback": job.fallback,
+            "recipients": [
+                [r.ref, r.lang, list(r.channels), r.phone, r.email, r.phone_error, r.email_error]
+                for r in job.recipients
+            ],
+        },
+        ensure_ascii=False,
+        separators=(",", ":"),
+    )
+
+
+def job_from_row(r: sqlite3.Row) -> Job:
+    body = json.loads(r["body"])
+    return Job(
+        id=r["id"],
+        priority=Priority(r["priority"]),
+        test=bool(r["test"]),
+        message=body["message"],
+        subject=body["subject"],
+        channels=tuple(body["channels"]),
+        recipients=tuple(
+            Recipient(i, ref, lang, tuple(chs), phone, email, pe, ee)
+            for i, (ref, lang, chs, phone, email, pe, ee) in enumerate(body["recipients"])
+        ),
+        expires_at=datetime.fromtimestamp(r["expires_at"], UTC),
+        options=body["options"],
+        fallback=body["fallback"],
+    )
+
+
+def address_for(recipient: Recipient, channel: str) -> tuple[str | None, str | None]:
+    """(address, reason it cannot be used) of a recipient on a channel."""
+    if channel == "email":
+        if recipient.email is None:
+            return None, recipient.email_error or "missing_email"
+        return recipient.email, None
+    if recipient.phone is None:
+        return None, recipient.phone_error or "missing_phone"
+    return recipient.phone, None
+
+
+class Store:
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._db = sqlite3.connect(
+                str(path), isolation_level=None, check_same_thread=False, timeout=30
+            )
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open store {path}: {exc}") from exc
+        self._db.row_factory = sqlite3.Row
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute("PRAGMA foreign_keys=ON")
+        self._db.executescript(_SCHEMA)
+        self._db.execute(
+            "INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', ?)",
+            (str(SCHEMA_VERSION),),
+        )
+        path.chmod(0o600)
+
+    def close(self) -> None:
+        self._db.close()
+
+    # -- transactions ---------------------------------------------------------------
+    def _tx(self, fn: Callable[[], Any], durable: bool = False) -> Any:
+        if durable:
+            self._db.execute("PRAGMA synchronous=FULL")
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                result = fn()
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+            return result
+        finally:
+            if durable:
+                self._db.execute("PRAGMA synchronous=NORMAL")
+
+    # -- jobs ---------------------------------------------------------------------------
+    def add_job(
+        self,
+        job: Job,
+        content_hash: str,
+        enabled_channels: frozenset[str],
+        now: float | None = None,
+    ) -> tuple[AddResult, list[DeliveryRow]]:
+        """Store a job and its deliveries in one durable transaction."""
+        now = now or time.time()
+
+        def work() -> tuple[AddResult, list[DeliveryRow]]:
+            existing = self._db.execute(
+                "SELECT content_hash FROM jobs WHERE id = ?", (job.id,)
+            ).fetchone()
+            if existing is not None:
+                same = existing["content_hash"] == content_hash
+                return (AddResult.DUPLICATE if same else AddResult.CONFLICT), []
+            self._db.execute(
+                "INSERT INTO jobs(id, content_hash, priority, test, state, body, created_at,"
+                " updated_at, expires_at) VALUES (?,?,?,?,?,?,?,?,?)",
+                (
+                    job.id,
+                    content_hash,
+                    int(job.priority),
+                    int(job.test),
+                    JobState.ACCEPTED.value,
+                    job_to_body(job),
+                    now,
+                    now,
+                    job.expires_at.timestamp(),
+                ),
+            )
+            rows = []
+            for r in job.recipients:
+                for channel in r.channels:
+                    rows.append(self._insert_delivery(job.id, r, channel, enabled_channels, now))
+            return AddResult.NEW, rows
+
+        result: tuple[AddResult, list[DeliveryRow]] = self._tx(work, durable=True)
+        return result
+
+    def _insert_delivery(
+        self,
+        job_id: str,
+        r: Recipient,
+        channel: str,
+        enabled: frozenset[str],
+        now: float,
+        fallback_of: int | None = None,
+    ) -> DeliveryRow:
+        address, problem = address_for(r, channel)
+        if problem is None and channel not in enabled:
+            problem = "channel_disabled"
+        state = DeliveryState.QUEUED if problem is None else DeliveryState.FAILED
+        masked = mask_address(address) if address else "-"
+        cur = self._db.execute(
+            "INSERT INTO deliveries(job_id, rindex, ref, channel, address, masked, lang, state,"
+            " last_error, fallback_of, created_at, updated_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+            (job_id, r.index, r.ref, channel, address, masked, r.lang, state.value, problem,
+             fallback_of, now, now),
+        )
+        row = self._db.execute("SELECT * FROM deliveries WHERE id = ?", (cur.lastrowid,)).fetchone()
+        return _row_to_delivery(row)
+
+    def add_fallback(
+        self, delivery_id: int, channel: str, enabled: frozenset[str]
+    ) -> DeliveryRow | None:
+        """A new delivery on `channel` for the member of a failed delivery, unless one exists."""
+
+        def work() -> DeliveryRow | None:
+            d = self._delivery(delivery_id)
+            exists = self._db.execute(
+                "SELECT 1 FROM deliveries WHERE job_id=? AND rindex=? AND channel=?",
+                (d.job_id, d.rindex, channel),
+            ).fetchone()
+            acked = self._db.execute(
+                "SELECT 1 FROM deliveries WHERE job_id=? AND rindex=? AND state='acknowledged'",
+                (d.job_id, d.rindex),
+            ).fetchone()
+            if exists or acked:
+                return None
+            job = self.job(d.job_id)
+            if job is None:
+                return None
+            row = self._insert_delivery(
+                d.job_id, job.recipients[d.rindex], channel, enabled, time.time(), delivery_id
+            )
+            self._db.execute(
+                "UPDATE jobs SET state='running', finished_at=NULL WHERE id=? AND state='done'",
+                (d.job_id,),
+            )
+            return row
+
+        result: DeliveryRow | None = self._tx(work)
+        return result
+
+    def job(self, job_id: str) -> Job | None:
+        r = self._db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        return job_from_row(r) if r is not None else None
+
+    def job_row(self, job_id: str) -> JobRow | None:
+        r = self._db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        return _row_to_job(r) if r is not None else None
+
+    def active_jobs(self) -> list[JobRow]:
+        rows = self._db.execute(
+            "SELECT * FROM jobs WHERE state IN ('accepted', 'running') ORDER BY created_at"
+        ).fetchall()
+        return [_row_to_job(r) for r in rows]
+
+    def set_job_state(self, job_id: str, state: JobState, reason: str | None = None) -> bool:
+        now = time.time()
+        cur = self._db.execute(
+            "UPDATE jobs SET state=?, updated_at=?, reason=COALESCE(?, reason),"
+            " finished_at=CASE WHEN ? THEN ? ELSE finished_at END"
+            " WHERE id=? AND state NOT IN ('done','cancelled','expired','rejected')",
+            (state.value, now, reason, state.final, now, job_id),
+        )
+        return cur.rowcount > 0
+
+    def counts(self, job_id: str) -> dict[str, dict[str, int]]:
+        out: dict[str, dict[str, int]] = {}
+        for r in self._db.execute(
+            "SELECT channel, state, count(*) AS n FROM deliveries WHERE job_id=?"
+            " GROUP BY channel, state",
+            (job_id,),
+        ):
+            out.setdefault(r["channel"], {})[r["state"]] = r["n"]
+        return out
+
+    def deliveries(self, job_id: str) -> list[DeliveryRow]:
+        rows = self._db.execute(
+            "SELECT * FROM deliveries WHERE job_id=? ORDER BY rindex, channel", (job_id,)
+        ).fetchall()
+        return [_row_to_delivery(r) for r in rows]
+
+    def pending_deliveries(self) -> list[tuple[DeliveryRow, Priority]]:
+        """Every delivery still owed an attempt, for the scheduler after a (re)start."""
+        rows = self._db.execute(
+            "SELECT d.*, j.priority AS jprio FROM deliveries d JOIN jobs j ON j.id = d.job_id"
+            " WHERE d.state IN ('queued','sending','retrying')"
+            " AND j.state IN ('accepted','running') ORDER BY d.id"
+        ).fetchall()
+        return [(_row_to_delivery(r), Priority(r["jprio"])) for r in rows]
+
+    # -- delivery transitions ---------------------------------------------------------
+    def _delivery(self, delivery_id: int) -> DeliveryRow:
+        r = self._db.execute("SELECT * FROM deliveries WHERE id=?", (delivery_id,)).fetchone()
+        if r is None:
+            raise StoreError(f"no delivery {delivery_id}")
+        return _row_to_delivery(r)
+
+    def delivery(self, delivery_id: int) -> DeliveryRow:
+        return self._delivery(delivery_id)
+
+    def _update(self, d: DeliveryRow, new: DeliveryState, now: float, **fields: Any) -> Change:
+        sets = ["state=?", "updated_at=?"]
+        values: list[Any] = [new.value, now]
+        for key, value in fields.items():
+            sets.append(f"{key}=?")
+            values.append(value)
+        values.append(d.id)
+        self._db.execute(f"UPDATE deliveries SET {', '.join(sets)} WHERE id=?", values)  # noqa: S608
+        finished = self._maybe_finish_job(d.job_id, now)
+        return Change(self._delivery(d.id), d.state, finished)
+
+    def _maybe_finish_job(self, job_id: str, now: float) -> JobState | None:
+        """running -> done once nothing is pending or waiting for a receipt."""
+        self._db.execute(
+            "UPDATE jobs SET state='running', updated_at=? WHERE id=? AND state='accepted'",
+            (now, job_id),
+        )
+        left = self._db.execute(
+            "SELECT 1 FROM deliveries WHERE job_id=? AND state IN (?,?,?,?) LIMIT 1",
+            (job_id, *_OPEN),
+        ).fetchone()
+        if left is not None:
+            return None
+        cur = self._db.execute(
+            "UPDATE jobs SET state='done', updated_at=?, finished_at=? WHERE id=? AND state='running'",
+            (now, now, job_id),
+        )
+        return JobState.DONE if cur.rowcount else None
+
+    def transition_job_if_done(self, job_id: str) -> JobState | None:
+        result: JobState | None = self._tx(lambda: self._maybe_finish_job(job_id, time.time()))
+        return result
+
+    def transition(
+        self, delivery_id: int, new: DeliveryState, now: float | None = None, **fields: Any
+    ) -> Change | None:
+        """Move a delivery to `new` if allowed; None when it is not (e.g. already cancelled)."""
+        now = now or time.time()
+
+        def work() -> Change | None:
+            d = self._delivery(delivery_id)
+            if not can_transition(d.state, new):
+                return None
+            return self._update(d, new, now, **fields)
+
+        result: Change | None = self._tx(work)
+        return result
+
+    def claim(self, delivery_id: int, now: float | None = None) -> Change | None:
+        """queued/retrying -> sending, counting the attempt. None if no longer pending."""
+        now = now or time.time()
+
+        def work() -> Change | None:
+            d = self._delivery(delivery_id)
+            if d.state not in (DeliveryState.QUEUED, DeliveryState.RETRYING):
+                return None
+            return self._update(d, DeliveryState.SENDING, now, attempts=d.attempts + 1)
+
+        result: Change | None = self._tx(work)
+        return result
+
+    def recover_interrupted(self) -> list[DeliveryRow]:
+        """After a crash: attempts left in `sending` were in flight; mark them for retry."""
+
+        def work() -> list[DeliveryRow]:
+            rows = self._db.execute(
+                "SELECT * FROM deliveries WHERE state='sending'"
+            ).fetchall()
+            self._db.execute(
+                "UPDATE deliveries SET state='retrying', possibly_sent=1,"
+                " last_error='interrupted', next_attempt_at=NULL WHERE state='sending'"
+            )
+            return [_row_to_delivery(r) for r in rows]
+
+        result: list[DeliveryRow] = self._tx(work)
+        return result
+
+    def close_job(
+        self, job_id: str, state: JobState, delivery_state: DeliveryState, reason: str
+    ) -> list[Change]:
+        """Cancel or expire a job: every pending delivery gets `delivery_state`."""
+        now = time.time()
+
+        def work() -> list[Change]:
+            rows = self._db.execute(
+                "SELECT * FROM deliveries WHERE job_id=? AND state IN (?,?,?)",
+                (job_id, *_PENDING),
+            ).fetchall()
+            changes = []
+            for r in rows:
+                d = _row_to_delivery(r)
+                self._db.execute(
+                    "UPDATE deliveries SET state=?, updated_at=?, last_error=? WHERE id=?",
+                    (delivery_state.value, now, reason, d.id),
+                )
+                changes.append(Change(self._delivery(d.id), d.state, None))
+            self.set_job_state(job_id, state, reason)
+            return changes
+
+        result: list[Change] = self._tx(work)
+        return result
+
+    def acknowledge_member(self, job_id: str, rindex: int, except_id: int) -> list[Change]:
+        """One state per member: an acknowledgement cancels their other pending deliveries."""
+        now = time.time()
+
+        def work() -> list[Change]:
+            rows = self._db.execute(
+                "SELECT * FROM deliveries WHERE job_id=? AND rindex=? AND id<>? AND state IN (?,?,?)",
+                (job_id, rindex, except_id, *_PENDING),
+            ).fetchall()
+            out = []
+            for r in rows:
+                d = _row_to_delivery(r)
+                out.append(self._update(d, DeliveryState.CANCELLED, now, last_error="acknowledged"))
+            return out
+
+        result: list[Change] = self._tx(work)
+        return result
+
+    # -- provider ids and receipts --------------------------------------------------
+    def record_sent(
+        self,
+        delivery_id: int,
+        new: DeliveryState,
+        channel: str,
+        provider_ids: Iterable[str],
+        detail: str | None,
+    ) -> list[Change]:
+        """Record a successful attempt and its provider ids; apply receipts that came early."""
+        ids = list(provider_ids)
+        now = time.time()
+
+        def work() -> list[Change]:
+            d = self._delivery(delivery_id)
+            if not can_transition(d.state, new):
+                return []
+            changes = [
+                self._update(
+                    d, new, now, provider_ids=json.dumps(ids), detail=detail, last_error=None
+                )
+            ]
+            for pid in ids:
+                self._db.execute(
+                    "INSERT OR REPLACE INTO provider_ids(channel, provider_id, delivery_id)"
+                    " VALUES (?,?,?)",
+                    (channel, pid, delivery_id),
+                )
+            if new is DeliveryState.SENT:
+                early = self._db.execute(
+                    f"SELECT * FROM orphan_receipts WHERE channel=? AND provider_id IN"  # noqa: S608
+                    f" ({','.join('?' * len(ids))})",
+                    (channel, *ids),
+                ).fetchall()
+                for o in early:
+                    self._db.execute(
+                        "DELETE FROM orphan_receipts WHERE channel=? AND provider_id=?",
+                        (channel, o["provider_id"]),
+                    )
+                    c = self._apply_receipt(
+                        channel, o["provider_id"], DeliveryState(o["state"]), o["reason"], now
+                    )
+                    if c is not None:
+                        changes.append(c)
+            return changes
+
+        result: list[Change] = self._tx(work)
+        return result
+
+    def apply_receipt(
+        self, channel: str, provider_id: str, state: DeliveryState, reason: str | None
+    ) -> tuple[bool, Change | None]:
+        """(known, change). Unknown ids are kept a while: the submit may not be recorded yet."""
+        now = time.time()
+
+        def work() -> tuple[bool, Change | None]:
+            known = self._db.execute(
+                "SELECT 1 FROM provider_ids WHERE channel=? AND provider_id=?",
+                (channel, provider_id),
+            ).fetchone()
+            if known is None:
+                self._db.execute(
+                    "INSERT OR REPLACE INTO orphan_receipts VALUES (?,?,?,?,?)",
+                    (channel, provider_id, state.value, reason, now),
+                )
+                return False, None
+            return True, self._apply_receipt(channel, provider_id, state, reason, now)
+
+        result: tuple[bool, Change | None] = self._tx(work)
+        return result
+
+    def _apply_receipt(
+        self, channel: str, provider_id: str, state: DeliveryState, reason: str | None, now: float
+    ) -> Change | None:
+        self._db.execute(
+            "UPDATE provider_ids SET state=?, reason=? WHERE channel=? AND provider_id=?",
+            (state.value, reason, channel, provider_id),
+        )
+        row = self._db.execute(
+            "SELECT delivery_id FROM provider_ids WHERE channel=? AND provider_id=?",
+            (channel, provider_id),
+        ).fetchone()
+        d = self._delivery(row["delivery_id"])
+        parts = self._db.execute(
+            "SELECT state, reason FROM provider_ids WHERE delivery_id=?", (d.id,)
+        ).fetchall()
+        states = [p["state"] for p in parts]
+        if "failed" in states:
+            new = DeliveryState.FAILED
+            reason = next(p["reason"] for p in parts if p["state"] == "failed")
+        elif "acknowledged" in states:
+            new = DeliveryState.ACKNOWLEDGED
+        elif all(s == "delivered" for s in states):
+            new = DeliveryState.DELIVERED
+        else:
+            return None  # other parts still owe their receipt
+        if not can_transition(d.state, new):
+            return None
+        return self._update(d, new, now, last_error=reason if new is DeliveryState.FAILED else None)
+
+    def purge_orphan_receipts(self, older_than: float) -> int:
+        cur = self._db.execute("DELETE FROM orphan_receipts WHERE received_at < ?", (older_than,))
+        return cur.rowcount
+
+    def find_member_by_phone(self, phone: str, since: float) -> list[DeliveryRow]:
+        """Recent deliveries to a phone number, newest first (to match an SMS reply)."""
+        rows = self._db.execute(
+            "SELECT * FROM deliveries WHERE address=? AND channel IN ('sms','voice')"
+            " AND updated_at >= ? ORDER BY updated_at DESC",
+            (phone, since),
+        ).fetchall()
+        return [_row_to_delivery(r) for r in rows]
+
+    # -- retention ----------------------------------------------------------------------
+    def purge(self, finished_before: float) -> int:
+        """Delete finished jobs (and with them every personal datum) older than the cutoff."""
+
+        def work() -> int:
+            cur = self._db.execute(
+                "DELETE FROM jobs WHERE state IN ('done','cancelled','expired','rejected')"
+                " AND finished_at IS NOT NULL AND finished_at < ?",
+                (finished_before,),
+            )
+            self.purge_orphan_receipts(finished_before)
+            return cur.rowcount
+
+        result: int = self._tx(work)
+        return result
+
+    def is_final(self, state: str) -> bool:
+        return DeliveryState(state) in FINAL_DELIVERY_STATES
+
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+class AsyncStore:
+    """Runs every store call on one dedicated thread so the event loop never waits on disk."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store")
+
+    async def run(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, lambda: fn(*args, **kwargs))
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=True)
+        self.store.close()

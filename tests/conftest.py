@@ -1,0 +1,56 @@
+"""Shared fixtures: a real mosquitto per test, a real SMTP server, the gateway process."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.fixtures import GatewayProcess, Mosquitto, Observer, SmtpServer, gateway_config
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[Mosquitto]:
+    workdir = tmp_path / "broker"
+    workdir.mkdir()
+    b = Mosquitto(workdir)
+    b.start()
+    yield b
+    b.stop()
+
+
+@pytest.fixture
+def smtp() -> Iterator[SmtpServer]:
+    server = SmtpServer()
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+async def observer(broker: Mosquitto) -> AsyncIterator[Observer]:
+    async with Observer(broker) as obs:
+        yield obs
+
+
+GatewayFactory = Callable[..., GatewayProcess]
+
+
+@pytest.fixture
+def gateway(tmp_path: Path, broker: Mosquitto, smtp: SmtpServer) -> Iterator[GatewayFactory]:
+    """Start the gateway (e-mail enabled) as a process: `gateway(extra_toml="")`."""
+    started: list[GatewayProcess] = []
+
+    def start(extra: str = "", wait_ready: bool = True) -> GatewayProcess:
+        config = gateway_config(tmp_path, broker, smtp, extra)
+        proc = GatewayProcess(config, tmp_path)
+        proc.start()
+        started.append(proc)
+        if wait_ready:
+            proc.wait_log("connected to MQTT broker", after=len(proc.log()) if False else 0)
+        return proc
+
+    yield start
+    for p in started:
+        p.stop()

@@ -1,0 +1,359 @@
+"""Real parts for tests: a mosquitto broker, an SMTP server, the gateway as a process,
+and an MQTT observer that waits for events (never for fixed times)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from email import message_from_bytes
+from email.message import Message
+from pathlib import Path
+from typing import Any
+
+import aiomqtt
+from aiosmtpd.controller import Controller
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_port(port: int, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+            return
+        time.sleep(0.02)
+    raise TimeoutError(f"nothing listens on port {port}")
+
+
+class Mosquitto:
+    """A private mosquitto on a free port; can be stopped and started again (same port)."""
+
+    def __init__(self, workdir: Path, extra_conf: str = "") -> None:
+        self.host = "127.0.0.1"
+        self.port = free_port()
+        self.workdir = workdir
+        self.conf = workdir / "mosquitto.conf"
+        self.conf.write_text(
+            f"listener {self.port} 127.0.0.1\nallow_anonymous true\n"
+            f"persistence true\npersistence_location {workdir}/\n"
+            "max_queued_messages 0\nmax_inflight_messages 100\n" + extra_conf
+        )
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            ["mosquitto", "-c", str(self.conf)],
+            stdout=subprocess.DEVNULL,
+            stderr=open(self.workdir / "mosquitto.log", "ab"),  # noqa: SIM115
+        )
+        wait_port(self.port)
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(10)
+            self.proc = None
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+
+@dataclass
+class Mail:
+    sender: str
+    rcpts: list[str]
+    message: Message
+
+    @property
+    def body(self) -> str:
+        payload = self.message.get_payload(decode=True)
+        assert isinstance(payload, bytes)
+        return payload.decode(self.message.get_content_charset() or "utf-8")
+
+
+@dataclass
+class SmtpScript:
+    """Per-recipient scripted replies: a list of codes consumed one per attempt at RCPT."""
+
+    replies: dict[str, list[str]] = field(default_factory=dict)
+    delay: float = 0.0
+
+
+class _Handler:
+    def __init__(self, script: SmtpScript) -> None:
+        self.script = script
+        self.mailbox: list[Mail] = []
+        self.attempts: dict[str, int] = {}
+        self.lock = threading.Lock()
+        self.changed = threading.Condition(self.lock)
+
+    async def handle_RCPT(  # noqa: N802
+        self, server: Any, session: Any, envelope: Any, address: str, rcpt_options: Any
+    ) -> str:
+        with self.lock:
+            self.attempts[address] = self.attempts.get(address, 0) + 1
+            queue = self.script.replies.get(address)
+            reply = queue.pop(0) if queue else None
+        if reply is not None:
+            return reply
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802
+        if self.script.delay:
+            await asyncio.sleep(self.script.delay)
+        msg = message_from_bytes(envelope.content)
+        with self.changed:
+            self.mailbox.append(Mail(envelope.mail_from, list(envelope.rcpt_tos), msg))
+            self.changed.notify_all()
+        return "250 Message accepted"
+
+
+class SmtpServer:
+    """aiosmtpd in its own thread; `mailbox` holds what arrived."""
+
+    def __init__(self) -> None:
+        self.script = SmtpScript()
+        self.handler = _Handler(self.script)
+        self.port = free_port()
+        self.controller = Controller(self.handler, hostname="127.0.0.1", port=self.port)
+
+    def start(self) -> None:
+        self.controller.start()
+
+    def stop(self) -> None:
+        self.controller.stop()
+
+    @property
+    def mailbox(self) -> list[Mail]:
+        with self.handler.lock:
+            return list(self.handler.mailbox)
+
+    def wait_for(self, predicate: Callable[[list[Mail]], bool], timeout: float = 30) -> list[Mail]:
+        deadline = time.monotonic() + timeout
+        with self.handler.changed:
+            while not predicate(self.handler.mailbox):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError(f"mailbox has {len(self.handler.mailbox)} messages")
+                self.handler.changed.wait(min(left, 0.5))
+            return list(self.handler.mailbox)
+
+    async def await_for(self, predicate: Callable[[list[Mail]], bool], timeout: float = 30) -> list[Mail]:
+        return await asyncio.to_thread(self.wait_for, predicate, timeout)
+
+
+def gateway_config(
+    workdir: Path,
+    broker: Mosquitto,
+    smtp: SmtpServer | None = None,
+    extra: str = "",
+    node: str = "test",
+) -> Path:
+    email = ""
+    if smtp is not None:
+        email = (
+            "[email]\nenabled = true\nhost = \"127.0.0.1\"\n"
+            f"port = {smtp.port}\nsender = \"alerte@police.example.be\"\n"
+            "concurrency = 4\ntimeout = 10\n"
+            "[email.retry]\nmax_attempts = 4\ninitial_delay = 0.2\nmax_delay = 1.0\n"
+        )
+    path = workdir / "gateway.toml"
+    path.write_text(
+        f'node = "{node}"\n'
+        f'[mqtt]\nhost = "127.0.0.1"\nport = {broker.port}\ntopic_prefix = "plp"\n'
+        "reconnect_initial_delay = 0.1\nreconnect_max_delay = 1.0\n"
+        f'[store]\npath = "{workdir}/gateway.sqlite3"\n'
+        "[status]\nhealth_interval = 5\njob_status_interval = 0.2\n"
+        '[log]\nlevel = "DEBUG"\n' + email + extra
+    )
+    return path
+
+
+class GatewayProcess:
+    """`plp-gateway run` as a real process, its log in a file."""
+
+    def __init__(self, config: Path, workdir: Path) -> None:
+        self.config = config
+        self.log_path = workdir / "gateway.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(ROOT)}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "gateway", "run", "--config", str(self.config)],
+            stdout=subprocess.DEVNULL,
+            stderr=open(self.log_path, "ab"),  # noqa: SIM115
+            env=env,
+            cwd=ROOT,
+        )
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def wait_log(self, text: str, timeout: float = 30, after: int = 0) -> int:
+        """Wait until `text` appears in the log after offset `after`; return its end offset."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            content = self.log()
+            pos = content.find(text, after)
+            if pos >= 0:
+                return pos + len(text)
+            if self.proc is not None and self.proc.poll() is not None:
+                raise RuntimeError(f"gateway exited {self.proc.returncode}:\n{content[-3000:]}")
+            time.sleep(0.02)
+        raise TimeoutError(f"{text!r} not in gateway log:\n{self.log()[-3000:]}")
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+
+    def terminate(self, timeout: float = 30) -> int:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+
+@dataclass
+class Seen:
+    topic: str
+    payload: bytes
+    retain: bool
+
+    def json(self) -> Any:
+        return json.loads(self.payload)
+
+
+class Observer:
+    """Subscribes to plp/# and records everything; `wait()` polls the record for a condition."""
+
+    def __init__(self, broker: Mosquitto, prefix: str = "plp") -> None:
+        self.broker = broker
+        self.prefix = prefix
+        self.seen: list[Seen] = []
+        self._client: aiomqtt.Client | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._changed = asyncio.Event()
+
+    async def __aenter__(self) -> Observer:
+        self._task = asyncio.create_task(self._run())
+        await self.wait(lambda: self._client is not None, 10)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._task is not None
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, aiomqtt.MqttError):
+            await self._task
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                async with aiomqtt.Client(self.broker.host, self.broker.port) as client:
+                    await client.subscribe(f"{self.prefix}/#", qos=1)
+                    self._client = client
+                    self._changed.set()
+                    async for m in client.messages:
+                        assert isinstance(m.payload, bytes)
+                        self.seen.append(Seen(str(m.topic), m.payload, m.retain))
+                        self._changed.set()
+            except aiomqtt.MqttError:
+                self._client = None
+                await asyncio.sleep(0.1)
+
+    async def publish(self, topic: str, payload: bytes | str, qos: int = 1) -> None:
+        assert self._client is not None
+        await self._client.publish(topic, payload, qos=qos)
+
+    async def publish_job(self, job: dict[str, Any]) -> None:
+        await self.publish(f"{self.prefix}/jobs", json.dumps(job))
+
+    async def wait(self, cond: Callable[[], Any], timeout: float = 30) -> Any:
+        async with asyncio.timeout(timeout):
+            while True:
+                result = cond()
+                if result:
+                    return result
+                self._changed.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._changed.wait(), 0.5)
+
+    def on(self, suffix: str) -> list[Seen]:
+        return [s for s in self.seen if s.topic.endswith(suffix)]
+
+    def status(self, job_id: str) -> dict[str, Any] | None:
+        msgs = self.on(f"/jobs/{job_id}/status")
+        return msgs[-1].json() if msgs else None  # type: ignore[no-any-return]
+
+    async def wait_job(self, job_id: str, state: str, timeout: float = 60) -> dict[str, Any]:
+        def check() -> dict[str, Any] | None:
+            st = self.status(job_id)
+            return st if st is not None and st["state"] == state else None
+
+        result: dict[str, Any] = await self.wait(check, timeout)
+        return result
+
+    def events(self, job_id: str) -> list[dict[str, Any]]:
+        return [s.json() for s in self.on(f"/jobs/{job_id}/deliveries")]
+
+    def rejections(self) -> list[dict[str, Any]]:
+        return [s.json() for s in self.on("/jobs/rejected")]
+
+
+def members(n: int, domain: str = "example.be", langs: tuple[str, ...] = ("fr", "nl", "de", "en")) -> list[dict[str, Any]]:
+    return [
+        {
+            "ref": f"m-{i:05d}",
+            "email": f"member{i}@{domain}",
+            "phone": f"+3247{i:07d}",
+            "lang": langs[i % len(langs)],
+        }
+        for i in range(n)
+    ]
+
+
+def email_job(job_id: str, recipients: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
+    job: dict[str, Any] = {
+        "id": job_id,
+        "priority": "hot",
+        "message": {
+            "fr": "Vague de cambriolages rue des Tilleuls. Fermez portes et fenêtres.",
+            "nl": "Inbraakgolf in de Lindestraat. Sluit deuren en ramen.",
+            "de": "Einbruchsserie in der Lindenstraße. Schließen Sie Türen und Fenster.",
+            "en": "Burglaries in Linden Street. Lock doors and windows.",
+        },
+        "subject": {"fr": "Alerte PLP", "nl": "BIN-alarm", "de": "KPP-Alarm", "en": "PLP alert"},
+        "channels": ["email"],
+        "recipients": recipients,
+        "ttl": 600,
+    }
+    job.update(extra)
+    return job
+
+
+def iter_lines(path: Path) -> Iterator[str]:
+    with open(path, errors="replace") as fh:
+        yield from fh
