@@ -6,6 +6,7 @@ Bad input never raises out of here: it becomes a machine-readable error on
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -78,10 +79,14 @@ class Intake:
 
     async def _job(self, payload: bytes) -> None:
         topic = self._topics.jobs
+        log.debug("job payload received (%d bytes)", len(payload))
         try:
             if self.check is not None:
                 payload = self.check(payload)
-            job, _ = parse_job(payload, self.limits, self._scheduler.enabled)
+            # Off the loop: a 100,000-recipient job takes seconds to validate.
+            job, _ = await asyncio.to_thread(
+                parse_job, payload, self.limits, self._scheduler.enabled
+            )
         except JobRejected as rej:
             self._reject(rej.errors, rej.job_id, topic)
             if rej.job_id is not None:

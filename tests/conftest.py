@@ -45,10 +45,11 @@ def gateway(tmp_path: Path, broker: Mosquitto, smtp: SmtpServer) -> Iterator[Gat
     def start(extra: str = "", wait_ready: bool = True) -> GatewayProcess:
         config = gateway_config(tmp_path, broker, smtp, extra)
         proc = GatewayProcess(config, tmp_path)
+        offset = len(proc.log())
         proc.start()
         started.append(proc)
         if wait_ready:
-            proc.wait_log("connected to MQTT broker", after=len(proc.log()) if False else 0)
+            proc.wait_log("connected to MQTT broker", after=offset)
         return proc
 
     yield start

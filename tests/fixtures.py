@@ -136,10 +136,13 @@ class SmtpServer:
         self.controller = Controller(self.handler, hostname="127.0.0.1", port=self.port)
 
     def start(self) -> None:
+        # A Controller cannot start twice: a new one on the same port and mailbox.
+        self.controller = Controller(self.handler, hostname="127.0.0.1", port=self.port)
         self.controller.start()
 
     def stop(self) -> None:
-        self.controller.stop()
+        with contextlib.suppress(AssertionError, RuntimeError):
+            self.controller.stop()
 
     @property
     def mailbox(self) -> list[Mail]:
@@ -254,6 +257,7 @@ class Observer:
         self.broker = broker
         self.prefix = prefix
         self.seen: list[Seen] = []
+        self.by_topic: dict[str, list[Seen]] = {}
         self._client: aiomqtt.Client | None = None
         self._task: asyncio.Task[None] | None = None
         self._changed = asyncio.Event()
@@ -278,15 +282,18 @@ class Observer:
                     self._changed.set()
                     async for m in client.messages:
                         assert isinstance(m.payload, bytes)
-                        self.seen.append(Seen(str(m.topic), m.payload, m.retain))
+                        seen = Seen(str(m.topic), m.payload, m.retain)
+                        self.seen.append(seen)
+                        self.by_topic.setdefault(seen.topic, []).append(seen)
                         self._changed.set()
             except aiomqtt.MqttError:
                 self._client = None
                 await asyncio.sleep(0.1)
 
     async def publish(self, topic: str, payload: bytes | str, qos: int = 1) -> None:
-        assert self._client is not None
-        await self._client.publish(topic, payload, qos=qos)
+        """Publish like dispatch does: its own short connection, confirmed by the broker."""
+        async with aiomqtt.Client(self.broker.host, self.broker.port) as client:
+            await client.publish(topic, payload, qos=qos, timeout=30)
 
     async def publish_job(self, job: dict[str, Any]) -> None:
         await self.publish(f"{self.prefix}/jobs", json.dumps(job))
@@ -302,11 +309,15 @@ class Observer:
                     await asyncio.wait_for(self._changed.wait(), 0.5)
 
     def on(self, suffix: str) -> list[Seen]:
-        return [s for s in self.seen if s.topic.endswith(suffix)]
+        """Messages on the topic `<prefix><suffix>`."""
+        return self.by_topic.get(self.prefix + suffix, [])
 
     def status(self, job_id: str) -> dict[str, Any] | None:
         msgs = self.on(f"/jobs/{job_id}/status")
-        return msgs[-1].json() if msgs else None  # type: ignore[no-any-return]
+        if not msgs:
+            return None
+        body: dict[str, Any] = msgs[-1].json()
+        return body
 
     async def wait_job(self, job_id: str, state: str, timeout: float = 60) -> dict[str, Any]:
         def check() -> dict[str, Any] | None:

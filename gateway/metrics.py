@@ -1,0 +1,282 @@
+"""Prometheus metrics: what operators graph and alert on, and a small asyncio HTTP endpoint
+serving them on /metrics (off by default, bound to localhost by default).
+
+Label values come from small fixed sets (channel names, states, reason codes): never a job id,
+recipient or address.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Mapping
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    GCCollector,
+    Histogram,
+    Info,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+)
+from pydantic import BaseModel, ConfigDict, Field
+
+log = logging.getLogger("gateway.metrics")
+
+NAMESPACE = "plp_gateway"
+# From a quick SMTP hand-off (tens of ms) to a voice call that rings and plays (minutes).
+SEND_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+TTS_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+GATEWAY_STATES = ("ready", "degraded", "stopping")
+
+ScrapeHook = Callable[["Metrics"], None]
+
+
+class MetricsConfig(BaseModel):
+    """`[metrics]`: the Prometheus endpoint. Keep it on localhost unless a proxy guards it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    port: int = Field(default=9464, ge=0, le=65535, description="0 = any free port")
+
+
+class Metrics:
+    """All the gateway's metrics in a registry of its own (tests may create several)."""
+
+    def __init__(self, version: str = "", node: str = "") -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
+        GCCollector(registry=r)
+        self.build = Info("build", "Gateway version and node.", namespace=NAMESPACE, registry=r)
+        self.build.info({"version": version, "node": node})
+        self.state = Gauge(
+            "state",
+            "1 for the gateway's current state.",
+            ["state"],
+            namespace=NAMESPACE,
+            registry=r,
+        )
+        self.jobs = Counter(
+            "jobs", "Jobs entering each state.", ["state"], namespace=NAMESPACE, registry=r
+        )
+        self.deliveries = Counter(
+            "deliveries",
+            "Delivery state transitions per channel.",
+            ["channel", "state"],
+            namespace=NAMESPACE,
+            registry=r,
+        )
+        self.attempts = Counter(
+            "attempts",
+            "Send attempts per channel and outcome (ok, temporary, permanent).",
+            ["channel", "outcome"],
+            namespace=NAMESPACE,
+            registry=r,
+        )
+        self.retries = Counter(
+            "retries",
+            "Deliveries scheduled for a retry.",
+            ["channel"],
+            namespace=NAMESPACE,
+            registry=r,
+        )
+        self.send_seconds = Histogram(
+            "send_duration_seconds",
+            "Time a channel took for one send attempt.",
+            ["channel"],
+            buckets=SEND_BUCKETS,
+            namespace=NAMESPACE,
+            registry=r,
+        )
+        self.queue_depth = Gauge(
+            "queue_depth",
+            "Deliveries waiting per channel and priority.",
+            ["channel", "priority"],
+            namespace=NAMESPACE,
+            registry=r,
+        )
+        self.link_up = Gauge(
+            "link_up", "1 when the link is usable.", ["link"], namespace=NAMESPACE, registry=r
+        )
+        self.link_state = Gauge(
+            "link_state",
+            "1 for each link's current state.",
+            ["link", "state"],
+            namespace=NAMESPACE,
+            registry=r,
+        )
+        self.tts_syntheses = Counter(
+            "tts_syntheses",
+            "Texts synthesised to speech.",
+            ["engine"],
+            namespace=NAMESPACE,
+            registry=r,
+        )
+        self.tts_cache_hits = Counter(
+            "tts_cache_hits", "Speech served from the cache.", namespace=NAMESPACE, registry=r
+        )
+        self.tts_seconds = Histogram(
+            "tts_synthesis_duration_seconds",
+            "Time one synthesis took.",
+            ["engine"],
+            buckets=TTS_BUCKETS,
+            namespace=NAMESPACE,
+            registry=r,
+        )
+        self.rejected = Counter(
+            "rejected_payloads",
+            "Payloads refused at intake, by reason.",
+            ["reason"],
+            namespace=NAMESPACE,
+            registry=r,
+        )
+        self.reloads = Counter(
+            "config_reloads",
+            "Configuration reloads by result.",
+            ["result"],
+            namespace=NAMESPACE,
+            registry=r,
+        )
+        self._links: dict[str, str] = {}
+        self._queues: set[tuple[str, str]] = set()
+        self._hooks: list[ScrapeHook] = []
+        self.set_state("degraded")
+
+    # -- recording (one call per event; cheap, safe from any coroutine) --------------------
+    def set_state(self, state: str) -> None:
+        for s in {*GATEWAY_STATES, state}:
+            self.state.labels(s).set(1 if s == state else 0)
+
+    def job_state(self, state: str) -> None:
+        self.jobs.labels(state).inc()
+
+    def delivery_state(self, channel: str, state: str) -> None:
+        self.deliveries.labels(channel, state).inc()
+
+    def attempt(self, channel: str, outcome: str, seconds: float) -> None:
+        """One send attempt finished: outcome `ok`, `temporary` or `permanent`."""
+        self.attempts.labels(channel, outcome).inc()
+        self.send_seconds.labels(channel).observe(seconds)
+
+    def retry(self, channel: str) -> None:
+        self.retries.labels(channel).inc()
+
+    def set_queue_depths(self, depths: Mapping[tuple[str, str], int]) -> None:
+        """`{(channel, priority): waiting}`; pairs missing from `depths` read 0."""
+        for channel, priority in self._queues - set(depths):
+            self.queue_depth.labels(channel, priority).set(0)
+        for (channel, priority), n in depths.items():
+            self.queue_depth.labels(channel, priority).set(n)
+        self._queues |= set(depths)
+
+    def set_link(self, link: str, state: str, up: bool) -> None:
+        previous = self._links.get(link)
+        if previous is not None and previous != state:
+            self.link_state.remove(link, previous)
+        self._links[link] = state
+        self.link_state.labels(link, state).set(1)
+        self.link_up.labels(link).set(1 if up else 0)
+
+    def tts_synthesis(self, engine: str, seconds: float) -> None:
+        self.tts_syntheses.labels(engine).inc()
+        self.tts_seconds.labels(engine).observe(seconds)
+
+    def tts_cache_hit(self) -> None:
+        self.tts_cache_hits.inc()
+
+    def reject(self, reason: str) -> None:
+        self.rejected.labels(reason).inc()
+
+    def reload(self, ok: bool) -> None:
+        self.reloads.labels("ok" if ok else "refused").inc()
+
+    # -- exposition ----------------------------------------------------------------------------
+    def on_scrape(self, hook: ScrapeHook) -> None:
+        """Call `hook(self)` before each scrape, e.g. to refresh queue depths and links."""
+        self._hooks.append(hook)
+
+    def render(self) -> bytes:
+        for hook in self._hooks:
+            try:
+                hook(self)
+            except Exception:
+                log.exception("metrics: a scrape hook failed; serving the last values")
+        return generate_latest(self.registry)
+
+
+class MetricsServer:
+    """Serves `GET /metrics` over HTTP/1.1 on asyncio; `start()` binds, `stop()` closes."""
+
+    REQUEST_TIMEOUT = 5.0
+    MAX_REQUEST = 8192
+
+    def __init__(self, metrics: Metrics, host: str = "127.0.0.1", port: int = 9464) -> None:
+        self.metrics = metrics
+        self.host = host
+        self.port = port
+        self._server: asyncio.Server | None = None
+        self._clients: set[asyncio.Task[None]] = set()
+
+    @classmethod
+    def from_config(cls, metrics: Metrics, config: MetricsConfig) -> MetricsServer:
+        return cls(metrics, config.host, config.port)
+
+    async def start(self) -> None:
+        """Bind and listen; raises OSError when the address is not available."""
+        self._server = await asyncio.start_server(self._serve, self.host, self.port)
+        self.port = self._server.sockets[0].getsockname()[1]
+        log.info("metrics on http://%s:%d/metrics", self.host, self.port)
+
+    async def stop(self) -> None:
+        if self._server is None:
+            return
+        self._server.close()
+        for task in list(self._clients):
+            task.cancel()
+        await asyncio.gather(*self._clients, return_exceptions=True)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._server.wait_closed(), 5)
+        self._server = None
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._clients.add(task)
+        try:
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), self.REQUEST_TIMEOUT)
+            request_line = head.split(b"\r\n", 1)[0].decode("latin-1")
+            method, _, rest = request_line.partition(" ")
+            path = rest.partition(" ")[0].partition("?")[0]
+            if method not in ("GET", "HEAD"):
+                status, ctype, body = "405 Method Not Allowed", "text/plain", b"GET only\n"
+            elif path == "/metrics":
+                status, ctype, body = "200 OK", CONTENT_TYPE_LATEST, self.metrics.render()
+            elif path == "/":
+                status, ctype, body = "200 OK", "text/plain", b"plp-gateway: see /metrics\n"
+            else:
+                status, ctype, body = "404 Not Found", "text/plain", b"not found\n"
+            writer.write(
+                f"HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\n"
+                f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
+            )
+            if method != "HEAD":
+                writer.write(body)
+            await asyncio.wait_for(writer.drain(), self.REQUEST_TIMEOUT)
+        except (TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError) as exc:
+            log.debug("metrics: dropped a bad or slow request: %r", exc)
+        except ConnectionError as exc:
+            log.debug("metrics: client went away: %r", exc)
+        finally:
+            self._clients.discard(task)
+            writer.close()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(writer.wait_closed(), 1)
