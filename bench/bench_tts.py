@@ -56,7 +56,7 @@ ESPEAK_VOICES = {"fr": "fr-be", "nl": "nl", "de": "de", "en": "en-gb"}
 async def measure(engine: str, lang: str, rounds: int, tmp: Path) -> dict[str, list[float]]:
     """One running synthesizer; each round a new alert (cold), then the same again (cached)."""
     times: dict[str, list[float]] = {"engine": [], "cold": [], "memory": [], "disk": []}
-    config = VoiceConfig(sounds_dir=tmp, tts=TtsConfig(engines=(engine,)))  # type: ignore[arg-type]
+    config = VoiceConfig(sounds_dir=tmp, tts=TtsConfig(engines=(engine,)))
     texts = [f"{ALERTS[lang]} ({i + 1})" for i in range(rounds)]
     synth = Synthesizer(config)
     audio_s = 0.0

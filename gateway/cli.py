@@ -126,6 +126,12 @@ def cmd_tts(args: argparse.Namespace) -> int:
     return tts_main(args.rest)
 
 
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import main as demo_main
+
+    return demo_main(args.rest)
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="plp-gateway", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -174,6 +180,9 @@ def parser() -> argparse.ArgumentParser:
     tts = sub.add_parser("tts", help="write what a member would hear to a file")
     tts.add_argument("rest", nargs=argparse.REMAINDER)
     tts.set_defaults(func=cmd_tts)
+    demo = sub.add_parser("demo", help="run the main job end to end on this machine")
+    demo.add_argument("rest", nargs="*", help="work directory (default ./demo-state)")
+    demo.set_defaults(func=cmd_demo)
     return p
 
 

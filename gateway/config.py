@@ -126,7 +126,9 @@ class EmailConfig(Section):
 
 class StatusConfig(Section):
     health_interval: float = Field(30.0, gt=0)
-    job_status_interval: float = Field(0.5, gt=0, description="min seconds between job status updates")
+    job_status_interval: float = Field(
+        0.5, gt=0, description="min seconds between job status updates"
+    )
     event_buffer: int = Field(200_000, ge=100)
 
 

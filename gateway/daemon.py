@@ -135,7 +135,11 @@ class Gateway:
         except ConfigError as exc:
             log.error("reload refused, configuration unchanged: %s", exc)
             return False
-        if new.mqtt != self.config.mqtt or new.store != self.config.store or new.node != self.config.node:
+        if (
+            new.mqtt != self.config.mqtt
+            or new.store != self.config.store
+            or new.node != self.config.node
+        ):
             log.warning("reload: [mqtt], [store] and node changes need a restart; ignored")
         self.intake.limits = new.jobs
         email = self.channels.get("email")

@@ -41,7 +41,9 @@ class JobState(enum.StrEnum):
         return self in _FINAL_JOB_STATES
 
 
-_FINAL_JOB_STATES = frozenset({JobState.DONE, JobState.CANCELLED, JobState.EXPIRED, JobState.REJECTED})
+_FINAL_JOB_STATES = frozenset(
+    {JobState.DONE, JobState.CANCELLED, JobState.EXPIRED, JobState.REJECTED}
+)
 
 
 class DeliveryState(enum.StrEnum):
@@ -84,7 +86,12 @@ PENDING_DELIVERY_STATES = frozenset(
 # (press 1, SMS reply); `sent -> retrying` is a receipt saying "try again" (rare).
 TRANSITIONS: dict[DeliveryState, frozenset[DeliveryState]] = {
     DeliveryState.QUEUED: frozenset(
-        {DeliveryState.SENDING, DeliveryState.FAILED, DeliveryState.EXPIRED, DeliveryState.CANCELLED}
+        {
+            DeliveryState.SENDING,
+            DeliveryState.FAILED,
+            DeliveryState.EXPIRED,
+            DeliveryState.CANCELLED,
+        }
     ),
     DeliveryState.SENDING: frozenset(
         {
@@ -99,7 +106,12 @@ TRANSITIONS: dict[DeliveryState, frozenset[DeliveryState]] = {
         }
     ),
     DeliveryState.RETRYING: frozenset(
-        {DeliveryState.SENDING, DeliveryState.FAILED, DeliveryState.EXPIRED, DeliveryState.CANCELLED}
+        {
+            DeliveryState.SENDING,
+            DeliveryState.FAILED,
+            DeliveryState.EXPIRED,
+            DeliveryState.CANCELLED,
+        }
     ),
     DeliveryState.SENT: frozenset(
         {

@@ -50,7 +50,9 @@ class Intake:
 
     async def handle(self, message: aiomqtt.Message) -> None:
         topic = str(message.topic)
-        payload = message.payload if isinstance(message.payload, bytes) else str(message.payload).encode()
+        payload = (
+            message.payload if isinstance(message.payload, bytes) else str(message.payload).encode()
+        )
         try:
             if topic == self._topics.jobs:
                 await self._job(payload)
@@ -64,7 +66,9 @@ class Intake:
             raise
         except Exception:
             log.exception("unexpected error while handling a message on %s", topic)
-            self._reject([JobErrorItem("$", "internal_error", "the gateway failed on it")], None, topic)
+            self._reject(
+                [JobErrorItem("$", "internal_error", "the gateway failed on it")], None, topic
+            )
         self._ack(message)
 
     def _reject(self, errors: list[JobErrorItem], job_id: str | None, topic: str) -> None:

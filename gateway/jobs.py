@@ -139,7 +139,12 @@ def _peek_id(payload: bytes) -> str | None:
         return None
     if isinstance(data, dict):
         value = data.get("id")
-        if isinstance(value, str) and len(value) <= 128 and value.isprintable() and " " not in value:
+        if (
+            isinstance(value, str)
+            and len(value) <= 128
+            and value.isprintable()
+            and " " not in value
+        ):
             return value
     return None
 
@@ -227,7 +232,9 @@ def _semantic_errors(
     for ch in spec.channels:
         if ch not in enabled:
             errors.append(
-                JobErrorItem("$.channels", "channel_disabled", f"{ch} is not enabled on this gateway")
+                JobErrorItem(
+                    "$.channels", "channel_disabled", f"{ch} is not enabled on this gateway"
+                )
             )
     for src, dst in spec.fallback.items():
         if dst not in enabled:
@@ -235,7 +242,9 @@ def _semantic_errors(
                 JobErrorItem(f"$.fallback.{src}", "channel_disabled", f"{dst} is not enabled")
             )
         if src == dst:
-            errors.append(JobErrorItem(f"$.fallback.{src}", "invalid_value", "falls back to itself"))
+            errors.append(
+                JobErrorItem(f"$.fallback.{src}", "invalid_value", "falls back to itself")
+            )
     if spec.expires_at is not None and spec.ttl is not None:
         errors.append(JobErrorItem("$.ttl", "conflict", "give expires_at or ttl, not both"))
     expires = _expiry(spec, limits, now)
@@ -251,7 +260,9 @@ def _semantic_errors(
             if r.ref in seen:
                 errors.append(
                     JobErrorItem(
-                        f"$.recipients[{i}].ref", "duplicate_ref", f"same ref as recipient {seen[r.ref]}"
+                        f"$.recipients[{i}].ref",
+                        "duplicate_ref",
+                        f"same ref as recipient {seen[r.ref]}",
                     )
                 )
             seen.setdefault(r.ref, i)
@@ -312,11 +323,11 @@ def _to_domain(spec: JobIn, limits: JobsConfig, now: datetime, region: str) -> J
         id=spec.id,
         priority=Priority.parse(spec.priority),
         test=spec.test,
-        message=dict(spec.message),
-        subject=dict(spec.subject),
+        message={str(k): v for k, v in spec.message.items()},
+        subject={str(k): v for k, v in spec.subject.items()},
         channels=tuple(spec.channels),
         recipients=tuple(recipients),
         expires_at=_expiry(spec, limits, now),
         options=options,
-        fallback=dict(spec.fallback),
+        fallback={str(k): str(v) for k, v in spec.fallback.items()},
     )

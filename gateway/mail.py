@@ -138,7 +138,10 @@ class EmailChannel:
             if isinstance(err, LinkDown):
                 self._set_state("down", err.reason)
             log.info(
-                "e-mail to %s for job %s failed: %s", mask_email(attempt.address), attempt.job_id, err
+                "e-mail to %s for job %s failed: %s",
+                mask_email(attempt.address),
+                attempt.job_id,
+                err,
             )
             raise err from None
         self._pool.put_nowait(client)

@@ -68,7 +68,9 @@ class MqttLink:
     def state(self) -> str:
         return "up" if self.connected.is_set() else "down"
 
-    def publish(self, topic: str, payload: bytes | str, *, qos: int = 1, retain: bool = False) -> None:
+    def publish(
+        self, topic: str, payload: bytes | str, *, qos: int = 1, retain: bool = False
+    ) -> None:
         """Queue a message; sent as soon as (or once) the broker is reachable."""
         data = payload.encode() if isinstance(payload, str) else payload
         if len(self._out) >= self._buffer:

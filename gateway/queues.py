@@ -31,7 +31,9 @@ class ChannelQueue:
         self._changed = asyncio.Event()
         self._queued: set[int] = set()
 
-    def push(self, priority: Priority, delivery_id: int, job_id: str, due: float | None = None) -> None:
+    def push(
+        self, priority: Priority, delivery_id: int, job_id: str, due: float | None = None
+    ) -> None:
         if delivery_id in self._queued:
             return
         self._queued.add(delivery_id)

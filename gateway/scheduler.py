@@ -150,7 +150,9 @@ class Scheduler:
         by_channel: dict[str, list[DeliveryRow]] = {}
         for row in rows:
             by_channel.setdefault(row.channel, []).append(row)
-        await asyncio.gather(*(self._prepare_and_push(job, ch, rs) for ch, rs in by_channel.items()))
+        await asyncio.gather(
+            *(self._prepare_and_push(job, ch, rs) for ch, rs in by_channel.items())
+        )
 
     async def _prepare_and_push(self, job: Job, channel: str, rows: list[DeliveryRow]) -> None:
         lane = self._lanes.get(channel)
@@ -287,7 +289,9 @@ class Scheduler:
             await self._fail(d, exc.reason)
         except Exception as exc:
             log.exception("channel %s crashed on delivery %d", d.channel, d.id)
-            await self._temporary(lane, d, job, TemporaryError("internal_error", type(exc).__name__))
+            await self._temporary(
+                lane, d, job, TemporaryError("internal_error", type(exc).__name__)
+            )
         else:
             await self._succeeded(d, outcome)
 
@@ -328,7 +332,11 @@ class Scheduler:
 
     async def _fail(self, d: DeliveryRow, reason: str, detail: str | None = None) -> None:
         change = await self._store.run(
-            self._store.store.transition, d.id, DeliveryState.FAILED, last_error=reason, detail=detail
+            self._store.store.transition,
+            d.id,
+            DeliveryState.FAILED,
+            last_error=reason,
+            detail=detail,
         )
         if change is not None:
             await self._changed(change)

@@ -180,7 +180,9 @@ class StatusPublisher:
     def availability(self, online: bool) -> None:
         self._publish(self.topics.availability, b"online" if online else b"offline", retain=True)
 
-    def health(self, state: str, links: Mapping[str, Any], queues: Mapping[str, Any], **extra: Any) -> None:
+    def health(
+        self, state: str, links: Mapping[str, Any], queues: Mapping[str, Any], **extra: Any
+    ) -> None:
         payload = {
             "node": self.topics.node,
             "state": state,

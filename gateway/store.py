@@ -322,8 +322,20 @@ class Store:
         cur = self._db.execute(
             "INSERT INTO deliveries(job_id, rindex, ref, channel, address, masked, lang, state,"
             " last_error, fallback_of, created_at, updated_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
-            (job_id, r.index, r.ref, channel, address, masked, r.lang, state.value, problem,
-             fallback_of, now, now),
+            (
+                job_id,
+                r.index,
+                r.ref,
+                channel,
+                address,
+                masked,
+                r.lang,
+                state.value,
+                problem,
+                fallback_of,
+                now,
+                now,
+            ),
         )
         row = self._db.execute("SELECT * FROM deliveries WHERE id = ?", (cur.lastrowid,)).fetchone()
         return _row_to_delivery(row)
@@ -484,9 +496,7 @@ class Store:
         """After a crash: attempts left in `sending` were in flight; mark them for retry."""
 
         def work() -> list[DeliveryRow]:
-            rows = self._db.execute(
-                "SELECT * FROM deliveries WHERE state='sending'"
-            ).fetchall()
+            rows = self._db.execute("SELECT * FROM deliveries WHERE state='sending'").fetchall()
             self._db.execute(
                 "UPDATE deliveries SET state='retrying', possibly_sent=1,"
                 " last_error='interrupted', next_attempt_at=NULL WHERE state='sending'"

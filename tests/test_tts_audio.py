@@ -45,7 +45,7 @@ async def test_espeak_audio_is_telephone_ready(tmp_path: Path, lang: str) -> Non
 
 @pytest.mark.parametrize(("fmt", "bytes_per_second"), [("sln", 16000), ("alaw", 8000)])
 async def test_raw_formats(tmp_path: Path, fmt: str, bytes_per_second: int) -> None:
-    config = VoiceConfig(sounds_dir=tmp_path, tts=TtsConfig(format=fmt))  # type: ignore[arg-type]
+    config = VoiceConfig(sounds_dir=tmp_path, tts=TtsConfig(format=fmt))
     synth = Synthesizer(config)
     try:
         got = await synth.render(text="Test.", lang="en", options={}, test=False)

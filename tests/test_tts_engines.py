@@ -49,9 +49,9 @@ def _config(
     return VoiceConfig(
         sounds_dir=tmp_path,
         tts=TtsConfig(
-            engines=engines,  # type: ignore[arg-type]
+            engines=engines,
             gtts=GttsConfig(timeout=GTTS_TIMEOUT),
-            **tts,  # type: ignore[arg-type]
+            **tts,
         ),
     )
 

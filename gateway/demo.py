@@ -1,0 +1,192 @@
+"""`plp-gateway demo`: the main job end to end on this machine.
+
+A private mosquitto, a local SMTP sink, the gateway on a demo configuration, a sample hot
+alert to a sample PLP of 20 members in FR/NL/DE/EN, live per-recipient progress, the report.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from email import message_from_bytes
+from pathlib import Path
+from typing import Any
+
+from aiosmtpd.controller import Controller
+
+from .config import load_config
+from .follow import follow_job
+from .report import print_report
+
+LANGS = ("fr", "nl", "de", "en")
+NAMES = [
+    "Amélie",
+    "Bram",
+    "Dieter",
+    "Emma",
+    "Fatima",
+    "Geert",
+    "Hanne",
+    "Ilse",
+    "Jonas",
+    "Karim",
+    "Lotte",
+    "Mathis",
+    "Nora",
+    "Olivier",
+    "Pieter",
+    "Quentin",
+    "Rania",
+    "Sofie",
+    "Thomas",
+    "Ute",
+]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait_port(port: int, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+            return
+        time.sleep(0.05)
+    raise TimeoutError(f"port {port} did not open")
+
+
+class _MailSink:
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.count = 0
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802
+        self.count += 1
+        (self.folder / f"{self.count:04d}.eml").write_bytes(envelope.content)
+        return "250 OK queued"
+
+
+def sample_job(job_id: str, channels: list[str]) -> dict[str, Any]:
+    members = []
+    for i, name in enumerate(NAMES):
+        member: dict[str, Any] = {
+            "ref": f"m-{i + 1:04d}",
+            "email": f"{name.lower().replace('é', 'e')}@buurt.example.be",
+            "phone": f"+3247{5000000 + i * 1111:07d}",
+            "lang": LANGS[i % 4],
+        }
+        members.append(member)
+    members[6]["email"] = "hanne-at-example.be"  # shows a clear per-recipient error
+    return {
+        "id": job_id,
+        "priority": "hot",
+        "test": True,
+        "message": {
+            "fr": "Police locale: vague de cambriolages rue des Tilleuls ce soir. "
+            "Fermez portes et fenêtres et signalez tout comportement suspect au 101.",
+            "nl": "Lokale politie: inbraakgolf in de Lindestraat vanavond. "
+            "Sluit deuren en ramen en meld verdacht gedrag via 101.",
+            "de": "Lokale Polizei: Einbruchsserie in der Lindenstraße heute Abend. "
+            "Schließen Sie Türen und Fenster und melden Sie Verdächtiges unter 101.",
+            "en": "Local police: burglaries in Linden Street tonight. "
+            "Lock doors and windows and report anything suspicious on 101.",
+        },
+        "subject": {
+            "fr": "Alerte PLP Tilleuls",
+            "nl": "BIN-alarm Lindestraat",
+            "de": "KPP-Alarm Lindenstraße",
+            "en": "PLP alert Linden Street",
+        },
+        "channels": channels,
+        "recipients": members,
+        "ttl": 900,
+    }
+
+
+async def _wait_online(config_path: Path, timeout: float = 20) -> None:
+    import aiomqtt
+
+    config = load_config(config_path)
+    topic = f"{config.mqtt.topic_prefix}/gateway/{config.node}/availability"
+    async with aiomqtt.Client(config.mqtt.host, config.mqtt.port) as client:
+        await client.subscribe(topic)
+        async with asyncio.timeout(timeout):
+            async for msg in client.messages:
+                if msg.payload == b"online":
+                    return
+
+
+def run_demo(workdir: Path) -> int:
+    if workdir.exists():
+        shutil.rmtree(workdir)
+    (workdir / "mail").mkdir(parents=True)
+    procs: list[subprocess.Popen[bytes]] = []
+    mqtt_port, smtp_port = _free_port(), _free_port()
+    (workdir / "mosquitto.conf").write_text(
+        f"listener {mqtt_port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
+    )
+    sink = _MailSink(workdir / "mail")
+    smtp = Controller(sink, hostname="127.0.0.1", port=smtp_port)
+    config_path = workdir / "gateway.toml"
+    config_path.write_text(
+        'node = "demo"\n'
+        f'[mqtt]\nhost = "127.0.0.1"\nport = {mqtt_port}\n'
+        f'[store]\npath = "{workdir}/gateway.sqlite3"\n'
+        f'[email]\nenabled = true\nhost = "127.0.0.1"\nport = {smtp_port}\n'
+        'sender = "alerte@police-zone5344.example.be"\nconcurrency = 4\n'
+        "[status]\njob_status_interval = 0.5\n"
+    )
+    try:
+        print(f"demo: mosquitto on 127.0.0.1:{mqtt_port}, SMTP sink on 127.0.0.1:{smtp_port}")
+        procs.append(
+            subprocess.Popen(
+                ["mosquitto", "-c", str(workdir / "mosquitto.conf")],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        )
+        _wait_port(mqtt_port)
+        smtp.start()
+        log = open(workdir / "gateway.log", "wb")  # noqa: SIM115
+        gw = subprocess.Popen(
+            [sys.executable, "-m", "gateway", "run", "--config", str(config_path)],
+            stdout=log,
+            stderr=log,
+        )
+        procs.append(gw)
+        asyncio.run(_wait_online(config_path))
+        print(f"demo: gateway online (log: {workdir / 'gateway.log'})")
+        job = sample_job(f"demo-{time.strftime('%Y%m%d-%H%M%S')}", ["email"])
+        print(f"demo: publishing hot alert {job['id']} to {len(job['recipients'])} members\n")
+        config = load_config(config_path)
+        rc = asyncio.run(follow_job(config, job, timeout=120))
+        print()
+        print_report(config, job["id"])
+        print(f"\ndemo: {sink.count} e-mails in {workdir / 'mail'}")
+        gw.send_signal(signal.SIGTERM)
+        code = gw.wait(30)
+        print(f"demo: gateway stopped cleanly (exit {code})")
+        # One member has an invalid address on purpose: the job still ends "done".
+        return 0 if rc in (0, 1) and code == 0 else 1
+    finally:
+        for p in reversed(procs):
+            if p.poll() is None:
+                p.terminate()
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    p.wait(10)
+        with contextlib.suppress(Exception):
+            smtp.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    workdir = Path(argv[0]) if argv else Path("demo-state")
+    return run_demo(workdir.resolve())
