@@ -1,0 +1,363 @@
+"""The voice channel: one attempt = one call through Asterisk, ended by its outcome.
+
+Implements gateway.channel.Channel. Audio comes from an `AudioSource` (the TTS
+synthesizer); the AMI session is voice/ami.py; outcomes come from voice/calls.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+from collections import Counter
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Protocol
+
+from gateway.channel import Attempt, Limits, Outcome, Reports, RetryPolicy
+from gateway.domain import DeliveryState, Job
+from gateway.errors import ChannelError, LinkDown, PermanentError, TemporaryError
+from gateway.privacy import mask_phone
+
+from .ami import AmiActionError, AmiClient, AmiNotConnected
+from .call_config import CallConfig
+from .calls import CallOutcome, CallResult, CallTracker
+
+log = logging.getLogger("voice.calls")
+
+_E164 = re.compile(r"^\+[1-9]\d{6,14}$")
+_TEMPORARY = {
+    CallOutcome.BUSY: "busy",
+    CallOutcome.NO_ANSWER: "no_answer",
+    CallOutcome.CONGESTION: "congestion",
+    CallOutcome.UNREACHABLE: "unreachable",
+    CallOutcome.HUNG_UP_EARLY: "hung_up_early",
+    CallOutcome.LOST: "call_lost",
+}
+
+
+class Rendered(Protocol):
+    """What the synthesizer returns (voice.synthesis.RenderedAudio)."""
+
+    @property
+    def path(self) -> Path: ...
+    @property
+    def asterisk_name(self) -> str: ...
+    @property
+    def duration_s(self) -> float: ...
+
+
+class AudioSource(Protocol):
+    """The part of voice.synthesis.Synthesizer the channel needs."""
+
+    async def prepare(self, job: Job) -> Mapping[str, str]: ...
+
+    async def render(
+        self, *, text: str, lang: str, options: Mapping[str, object], test: bool
+    ) -> Rendered: ...
+
+
+def _clean(value: str) -> str:
+    """A channel variable value: no separators that would split the Variable header."""
+    return re.sub(r"[,\r\n|]", "_", value)
+
+
+def ack_wanted(options: Mapping[str, object]) -> bool:
+    voice = options.get("voice")
+    return isinstance(voice, Mapping) and bool(voice.get("ack", False))
+
+
+class VoiceChannel:
+    name = "voice"
+
+    def __init__(self, config: CallConfig, reports: Reports, audio: AudioSource) -> None:
+        self._cfg = config
+        self._reports = reports  # calls settle synchronously; kept for late news
+        self._audio = audio
+        self._tracker = CallTracker()
+        self._waiters: dict[str, asyncio.Future[CallResult]] = {}
+        self._hangup_wanted: dict[str, bool] = {}  # action id -> Hangup already sent
+        self._orphans: dict[str, tuple[str, list[dict[str, str]]]] = {}
+        self._placed_on: dict[str, int] = {}  # action id -> AMI connection number it went out on
+        self._slots = asyncio.Semaphore(config.max_channels)
+        self._background: set[asyncio.Task[None]] = set()
+        self._ami = AmiClient(config.ami, self._on_event, self._reconcile)
+        self.outcomes: Counter[str] = Counter()
+        self.active = 0
+        self.peak = 0
+
+    # -- Channel protocol ------------------------------------------------------------------
+    async def start(self) -> None:
+        await self._ami.start()
+
+    async def stop(self) -> None:
+        if self._background:  # let the hangups of cancelled calls go out first
+            await asyncio.wait(set(self._background), timeout=2.0)
+        for task in list(self._background):
+            task.cancel()
+        for task in list(self._background):
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self._ami.stop()
+
+    def limits(self) -> Limits:
+        retry = self._cfg.retry
+        policy = RetryPolicy(
+            max_attempts=retry.max_attempts,
+            initial_delay=retry.link_down.delay,
+            max_delay=max(retry.no_answer.delay, retry.link_down.delay),
+        )
+        return Limits(self._cfg.max_channels, self._cfg.calls_per_second, policy)
+
+    async def prepare(self, job: Job) -> Mapping[str, str]:
+        return await self._audio.prepare(job)
+
+    def health(self) -> Mapping[str, object]:
+        return {
+            **self._ami.health(),
+            "active_calls": self.active,
+            "peak_calls": self.peak,
+            "max_channels": self._cfg.max_channels,
+            "outcomes": dict(self.outcomes),
+            "unknown_events": self._tracker.ignored,
+        }
+
+    async def send(self, attempt: Attempt) -> Outcome:
+        if not _E164.match(attempt.address):
+            raise PermanentError("invalid_number", "not an E.164 number")
+        ack = ack_wanted(attempt.options)
+        audio = await self._render(attempt)
+        if not self._ami.is_up and not await self._ami.wait_up(
+            min(5.0, self._cfg.ami.connect_timeout)
+        ):
+            raise LinkDown("ami_down", self._ami.state, retry_after=self._cfg.retry.link_down.delay)
+        async with self._slots:
+            self.active += 1
+            self.peak = max(self.peak, self.active)
+            try:
+                result = await self._call(attempt, audio, ack)
+            finally:
+                self.active -= 1
+        self.outcomes[result.outcome.value] += 1
+        log.info(
+            "call %s to %s for job %s: %s%s",
+            result.action_id,
+            mask_phone(attempt.address),
+            attempt.job_id,
+            result.outcome.value,
+            f" (cause {result.cause})" if result.cause else "",
+        )
+        return self._settle(attempt, result, ack)
+
+    # -- one call --------------------------------------------------------------------------
+    async def _render(self, attempt: Attempt) -> Rendered:
+        try:
+            return await self._audio.render(
+                text=attempt.text, lang=attempt.lang, options=attempt.options, test=attempt.test
+            )
+        except ChannelError:
+            raise
+        except Exception as exc:  # the synthesizer's own error tree is not ours to know
+            log.warning("no audio for job %s (%s): %s", attempt.job_id, attempt.lang, exc)
+            raise PermanentError("tts_failed", type(exc).__name__) from exc
+
+    async def _call(self, attempt: Attempt, audio: Rendered, ack: bool) -> CallResult:
+        cfg = self._cfg
+        delivery = str(attempt.delivery_id)
+        orphan = self._orphans.pop(delivery, None)
+        loop = asyncio.get_running_loop()
+        if orphan is not None:
+            # Placed by an earlier process (killed mid-call): follow it instead of re-calling.
+            action_id, channels = orphan
+            self._tracker.adopt(action_id, delivery, channels)
+            waiter: asyncio.Future[CallResult] = loop.create_future()
+            self._waiters[action_id] = waiter
+            log.info("adopted call %s still in progress for delivery %s", action_id, delivery)
+        else:
+            action_id = f"plp-{attempt.delivery_id}-{attempt.number}"
+            self._tracker.expect(action_id, delivery, ack_wanted=ack)
+            waiter = loop.create_future()
+            self._waiters[action_id] = waiter
+        budget = cfg.ring_timeout + audio.duration_s + cfg.answer_margin
+        budget += cfg.ack_timeout if ack else 0.0
+        try:
+            if orphan is None:
+                await self._originate(attempt, audio, ack, action_id)
+            async with asyncio.timeout(budget):  # not wait_for: see AmiClient.action
+                return await asyncio.shield(waiter)
+        except asyncio.CancelledError:
+            if not waiter.done():  # still ringing or playing: end it
+                self._request_hangup(action_id)
+            raise
+        except TimeoutError:
+            self._request_hangup(action_id)
+            if not self._ami.is_up:  # no news because no link: the outcome is unknown
+                return CallResult(action_id, CallOutcome.LOST)
+            return CallResult(action_id, CallOutcome.FAILED, "call_timeout")
+        except AmiActionError as exc:
+            self._forget(action_id)
+            raise self._temporary(attempt, "originate_error", exc.message, rule="failed") from None
+        finally:
+            self._waiters.pop(action_id, None)
+            if action_id not in self._hangup_wanted:
+                self._forget(action_id)
+
+    async def _originate(
+        self, attempt: Attempt, audio: Rendered, ack: bool, action_id: str
+    ) -> None:
+        cfg = self._cfg
+        number = attempt.address.lstrip("+")
+        variables = [
+            f"ALERT_FILE={_clean(audio.asterisk_name)}",
+            f"DELIVERY_ID={attempt.delivery_id}",
+            f"JOB_ID={_clean(attempt.job_id)}",
+            f"PLP_CALL={action_id}",
+            f"ACK_WANTED={int(ack)}",
+        ]
+        action = {
+            "Action": "Originate",
+            "ActionID": action_id,
+            "Channel": cfg.channel.format(number=number, e164=attempt.address),
+            "Context": cfg.context,
+            "Exten": cfg.exten,
+            "Priority": "1",
+            "CallerID": cfg.caller_id,
+            "Timeout": str(int(cfg.ring_timeout * 1000)),
+            "Async": "true",
+            "Variable": variables,
+        }
+        self._placed_on[action_id] = self._ami.connects
+        try:
+            await self._ami.action(action, as_list=False)
+        except (AmiNotConnected, TimeoutError) as exc:
+            # Asterisk may or may not have the call: the reconcile after the reconnect
+            # finds it by its PLP_CALL variable, or resolves it as call_lost.
+            log.warning("originate %s unconfirmed: %s", action_id, exc)
+
+    def _request_hangup(self, action_id: str) -> None:
+        """Hang up now if the call's channel is known, else as soon as it shows up."""
+        call = self._tracker.get(action_id)
+        if call is None:
+            return
+        self._hangup_wanted[action_id] = False
+        if call.hangup_channel:
+            self._hangup_wanted[action_id] = True
+            self._spawn_hangup(action_id, call.hangup_channel)
+
+    def _spawn_hangup(self, action_id: str, channel: str) -> None:
+        task = asyncio.create_task(self._hangup(action_id, channel), name=f"hangup-{action_id}")
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _hangup(self, action_id: str, channel: str) -> None:
+        try:
+            await self._ami.action({"Action": "Hangup", "Channel": channel, "Cause": "16"})
+            log.info("hung up call %s", action_id)
+        except (AmiActionError, AmiNotConnected, TimeoutError) as exc:
+            log.info("hangup of call %s: %s", action_id, exc)  # it may have just ended
+
+    def _forget(self, action_id: str) -> None:
+        self._hangup_wanted.pop(action_id, None)
+        self._placed_on.pop(action_id, None)
+        self._tracker.forget(action_id)
+
+    # -- events ----------------------------------------------------------------------------
+    def _on_event(self, event: Mapping[str, Any]) -> None:
+        name = str(event.get("Event", ""))
+        if name == "Hangup" and self._orphans:
+            channel = str(event.get("Channel", ""))
+            for delivery, (_aid, chans) in list(self._orphans.items()):
+                if any(c.get("Channel") == channel for c in chans):
+                    del self._orphans[delivery]
+        result = self._tracker.feed(event)
+        if result is not None:
+            self._resolve(result)
+            return
+        if name in ("VarSet", "Newchannel") and not all(self._hangup_wanted.values()):
+            for action_id, sent in list(self._hangup_wanted.items()):
+                call = self._tracker.get(action_id)
+                if not sent and call is not None and call.hangup_channel:
+                    self._hangup_wanted[action_id] = True
+                    self._spawn_hangup(action_id, call.hangup_channel)
+
+    def _resolve(self, result: CallResult) -> None:
+        waiter = self._waiters.get(result.action_id)
+        if waiter is not None and not waiter.done():
+            waiter.set_result(result)
+        if waiter is None:
+            self._forget(result.action_id)  # cancelled or timed out earlier: now it ended
+
+    async def _reconcile(self) -> None:
+        """After every (re)connect: which calls are still up? Resolve the others.
+
+        Only calls placed on an earlier connection are resolved: a call placed on this
+        one may not have its channels yet.
+        """
+        connection = self._ami.connects
+        earlier = {aid for aid, conn in self._placed_on.items() if conn < connection}
+        earlier |= {c.action_id for c in self._tracker.active() if c.adopted}
+        reply = await self._ami.action(
+            {"Action": "Status", "Variables": "PLP_CALL,DELIVERY_ID"}, within=10.0
+        )
+        live: list[dict[str, str]] = []
+        for msg in reply if isinstance(reply, list) else []:
+            if str(msg.get("Event", "")) != "Status":
+                continue
+            raw = msg.get("Variable", [])
+            pairs = raw if isinstance(raw, list) else [raw] if raw else []
+            live.append(
+                {
+                    "Channel": str(msg.get("Channel", "")),
+                    "Uniqueid": str(msg.get("Uniqueid", "")),
+                    "ChannelStateDesc": str(msg.get("ChannelStateDesc", "")),
+                    "Variables": ",".join(str(p) for p in pairs),
+                }
+            )
+        for result in self._tracker.reconcile(live, only=earlier):
+            if result.action_id in self._waiters or result.action_id in self._hangup_wanted:
+                self._resolve(result)
+        self._orphans.clear()
+        groups: dict[str, list[dict[str, str]]] = {}
+        for ch in live:
+            found = dict(p.partition("=")[::2] for p in ch["Variables"].split(",") if "=" in p)
+            aid = found.get("PLP_CALL", "")
+            if aid and self._tracker.get(aid) is None and found.get("DELIVERY_ID"):
+                groups.setdefault(aid, []).append(ch)
+                self._orphans[found["DELIVERY_ID"]] = (aid, groups[aid])
+        if live or self._orphans:
+            log.info(
+                "AMI reconcile: %d live channels, %d calls of an earlier run",
+                len(live),
+                len(self._orphans),
+            )
+
+    # -- outcome -> delivery state ---------------------------------------------------------
+    def _temporary(
+        self, attempt: Attempt, reason: str, detail: str = "", rule: str | None = None
+    ) -> ChannelError:
+        policy = self._cfg.retry.rule(rule or reason)
+        if attempt.number >= policy.max_attempts:
+            return PermanentError(reason, f"gave up after {attempt.number} attempts")
+        return TemporaryError(reason, detail, retry_after=policy.delay)
+
+    def _settle(self, attempt: Attempt, result: CallResult, ack: bool) -> Outcome:
+        ids = (result.action_id,)
+        outcome = result.outcome
+        if outcome is CallOutcome.ACKNOWLEDGED:
+            return Outcome(DeliveryState.ACKNOWLEDGED, ids, "acknowledged")
+        if outcome is CallOutcome.ANSWERED:
+            if ack and self._cfg.retry.recall_unacknowledged:
+                err = self._temporary(attempt, "not_acknowledged")
+                if isinstance(err, TemporaryError):
+                    raise err
+                return Outcome(DeliveryState.DELIVERED, ids, "answered, not acknowledged")
+            return Outcome(DeliveryState.DELIVERED, ids, "answered")
+        if outcome is CallOutcome.INVALID_NUMBER:
+            raise PermanentError("invalid_number", f"cause {result.cause}")
+        if outcome in _TEMPORARY:
+            reason = _TEMPORARY[outcome]
+            rule = "link_down" if outcome is CallOutcome.LOST else None
+            raise self._temporary(attempt, reason, f"cause {result.cause or '-'}", rule=rule)
+        cause = result.cause or "failed"
+        raise self._temporary(attempt, cause, "", rule="failed")

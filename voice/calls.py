@@ -1,0 +1,326 @@
+"""Correlation of Asterisk's global AMI event stream to the gateway's calls, and outcomes.
+
+Pure logic, no sockets: feed every AMI event (in wire order) to `CallTracker.feed`; it
+returns a `CallResult` when one of the calls it expects has ended.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+Event = Mapping[str, object]
+
+# Originate "Reason" codes (Asterisk's enum ast_control_frame_type).
+REASON_FAILED = "0"  # the channel could not even be created (no route, trunk down)
+REASON_HANGUP = "1"  # the far end hung up before answering
+REASON_RING = "2"
+REASON_RINGING = "3"  # still ringing when the Originate Timeout expired
+REASON_ANSWERED = "4"
+REASON_BUSY = "5"
+REASON_CONGESTION = "8"
+
+# Q.850 hangup causes, used when the OriginateResponse reason alone says too little.
+_CAUSE_BUSY = {"17", "21"}  # user busy, call rejected
+_CAUSE_NO_ANSWER = {"18", "19"}  # no user responding, no answer
+_CAUSE_CONGESTION = {"34", "38", "41", "42", "44", "47"}
+_CAUSE_INVALID = {"1", "3", "28"}  # unallocated number, no route, invalid number format
+_CAUSE_UNREACHABLE = {"20", "27"}  # subscriber absent, destination out of order
+
+
+class CallOutcome(enum.StrEnum):
+    """How one call ended, as the dispatcher would describe it."""
+
+    ANSWERED = "answered"  # message played to the end (no key 1, or no ack asked)
+    ACKNOWLEDGED = "acknowledged"  # message played and the member pressed 1
+    HUNG_UP_EARLY = "hung_up_early"  # answered, but hung up before the end of the message
+    BUSY = "busy"
+    NO_ANSWER = "no_answer"
+    CONGESTION = "congestion"
+    UNREACHABLE = "unreachable"  # switched off, out of coverage, no route
+    INVALID_NUMBER = "invalid_number"  # the network says the number does not exist
+    FAILED = "failed"  # anything else; `cause` says what
+    LOST = "call_lost"  # AMI link lost and the call no longer exists after reconnecting
+
+
+@dataclass(frozen=True)
+class CallResult:
+    action_id: str
+    outcome: CallOutcome
+    cause: str | None = None  # Q.850 cause, "playback_failed", ...
+    answered: bool = False
+    played: bool = False
+    digit: str | None = None
+
+
+@dataclass
+class Call:
+    """What the tracker knows about one originated call."""
+
+    action_id: str
+    delivery: str
+    ack_wanted: bool = True
+    channels: set[str] = field(default_factory=set)
+    uniqueids: set[str] = field(default_factory=set)
+    primary_uniqueid: str | None = None  # the originated channel (the ";1" half of Local)
+    primary_channel: str | None = None
+    response: str | None = None  # OriginateResponse Response: Success / Failure
+    reason: str | None = None
+    answered: bool = False
+    playback: str | None = None  # PLPPlayed PlaybackStatus
+    digit: str | None = None
+    read_status: str | None = None
+    causes: list[str] = field(default_factory=list)
+    adopted: bool = False  # found alive after a reconnect/restart; early events were missed
+
+    @property
+    def hangup_channel(self) -> str | None:
+        """The channel to hang up to end the whole call (the ";1" half when Local)."""
+        if self.primary_channel:
+            return self.primary_channel
+        for name in sorted(self.channels):
+            if not name.endswith(";2"):
+                return name
+        return None
+
+
+def _s(event: Event, key: str) -> str:
+    value = event.get(key)
+    if isinstance(value, list):  # duplicated header: panoramisk gives a list
+        return str(value[-1]) if value else ""
+    return "" if value is None else str(value)
+
+
+def _is_primary_name(channel: str) -> bool:
+    return not channel.endswith(";2")
+
+
+def classify_failure(reason: str, causes: Iterable[str]) -> tuple[CallOutcome, str | None]:
+    """Outcome of a failed Originate from its Reason and any hangup causes seen."""
+    known = [c for c in causes if c and c != "0"]
+    cause = known[-1] if known else None
+    if reason == REASON_BUSY:
+        return CallOutcome.BUSY, cause or "17"
+    if reason in (REASON_RINGING, REASON_RING):
+        return CallOutcome.NO_ANSWER, cause or "19"
+    if reason == REASON_CONGESTION:
+        return CallOutcome.CONGESTION, cause or "34"
+    if cause in _CAUSE_BUSY:
+        return CallOutcome.BUSY, cause
+    if cause in _CAUSE_NO_ANSWER:
+        return CallOutcome.NO_ANSWER, cause
+    if cause in _CAUSE_CONGESTION:
+        return CallOutcome.CONGESTION, cause
+    if cause in _CAUSE_INVALID:
+        return CallOutcome.INVALID_NUMBER, cause
+    if cause in _CAUSE_UNREACHABLE or reason == REASON_FAILED:
+        return CallOutcome.UNREACHABLE, cause
+    return CallOutcome.FAILED, cause or f"reason_{reason or 'unknown'}"
+
+
+def classify_answered(call: Call) -> CallResult:
+    """Outcome of a call that was answered and has now hung up.
+
+    Only the dialplan's `PLPPlayed` (SUCCESS) means "heard": Asterisk also sets
+    PLAYBACKSTATUS=SUCCESS when the member hangs up in the middle of the message.
+    """
+    cause = next((c for c in reversed(call.causes) if c and c != "0"), None)
+    if call.playback is None:
+        # An adopted call (found alive after a restart) may have played before we saw it:
+        # a normal clearing by our own dialplan is the best evidence we have.
+        adopted_ok = call.adopted and cause == "16"
+        outcome = CallOutcome.ANSWERED if adopted_ok else CallOutcome.HUNG_UP_EARLY
+    elif call.playback != "SUCCESS":
+        outcome, cause = CallOutcome.FAILED, "playback_failed"
+    elif call.digit == "1":
+        outcome = CallOutcome.ACKNOWLEDGED
+    else:
+        outcome = CallOutcome.ANSWERED
+    return CallResult(
+        call.action_id,
+        outcome,
+        cause,
+        answered=True,
+        played=call.playback == "SUCCESS",
+        digit=call.digit,
+    )
+
+
+class CallTracker:
+    """Follows the calls the gateway placed through the global AMI event stream."""
+
+    def __init__(self) -> None:
+        self._calls: dict[str, Call] = {}
+        self._by_channel: dict[str, Call] = {}
+        self._by_uniqueid: dict[str, Call] = {}
+        self._by_delivery: dict[str, Call] = {}
+        self.ignored = 0  # events that belonged to no call of ours
+
+    def expect(self, action_id: str, delivery: str, *, ack_wanted: bool = True) -> Call:
+        """Register a call before its Originate is sent (events may arrive at once)."""
+        call = Call(action_id=action_id, delivery=delivery, ack_wanted=ack_wanted)
+        self._calls[action_id] = call
+        self._by_delivery[delivery] = call
+        return call
+
+    def get(self, action_id: str) -> Call | None:
+        return self._calls.get(action_id)
+
+    def find_delivery(self, delivery: str) -> Call | None:
+        return self._by_delivery.get(delivery)
+
+    def active(self) -> list[Call]:
+        return list(self._calls.values())
+
+    def forget(self, action_id: str) -> None:
+        call = self._calls.pop(action_id, None)
+        if call is None:
+            return
+        for name in call.channels:
+            if self._by_channel.get(name) is call:
+                del self._by_channel[name]
+        for uid in call.uniqueids:
+            if self._by_uniqueid.get(uid) is call:
+                del self._by_uniqueid[uid]
+        if self._by_delivery.get(call.delivery) is call:
+            del self._by_delivery[call.delivery]
+
+    def _link(self, call: Call, channel: str, uniqueid: str) -> None:
+        if channel:
+            call.channels.add(channel)
+            self._by_channel[channel] = call
+        if uniqueid and uniqueid != "<unknown>":
+            call.uniqueids.add(uniqueid)
+            self._by_uniqueid[uniqueid] = call
+
+    def _find(self, event: Event) -> Call | None:
+        uid = _s(event, "Uniqueid")
+        if uid and uid in self._by_uniqueid:
+            return self._by_uniqueid[uid]
+        channel = _s(event, "Channel")
+        if channel and channel in self._by_channel:
+            return self._by_channel[channel]
+        linked = _s(event, "Linkedid")
+        if linked and linked in self._by_uniqueid:
+            return self._by_uniqueid[linked]
+        return None
+
+    def feed(self, event: Event) -> CallResult | None:
+        """Apply one event; return the result when it ends one of our calls."""
+        name = _s(event, "Event")
+        if name == "OriginateResponse":
+            return self._originate_response(event)
+        if name == "VarSet":
+            var = _s(event, "Variable")
+            if var in ("PLP_CALL", "DELIVERY_ID"):
+                value = _s(event, "Value")
+                call = self._calls.get(value) if var == "PLP_CALL" else self._by_delivery.get(value)
+                if call is not None:
+                    self._link(call, _s(event, "Channel"), _s(event, "Uniqueid"))
+                    return None
+        if name == "UserEvent":
+            return self._user_event(event)
+        call = self._find(event)
+        if call is None:
+            if _s(event, "Uniqueid"):
+                self.ignored += 1  # a channel event of a call that is not ours
+            return None
+        self._link(call, _s(event, "Channel"), _s(event, "Uniqueid"))
+        if name == "Hangup":
+            return self._hangup(call, event)
+        return None
+
+    def _originate_response(self, event: Event) -> CallResult | None:
+        call = self._calls.get(_s(event, "ActionID"))
+        if call is None:
+            self.ignored += 1
+            return None
+        call.response = _s(event, "Response")
+        call.reason = _s(event, "Reason")
+        if call.response == "Success" and call.reason == REASON_ANSWERED:
+            call.answered = True
+            uid = _s(event, "Uniqueid")
+            channel = _s(event, "Channel")
+            self._link(call, channel, uid)
+            call.primary_uniqueid = uid or None
+            call.primary_channel = channel or None
+            return None
+        outcome, cause = classify_failure(call.reason, call.causes)
+        return CallResult(call.action_id, outcome, cause)
+
+    def _user_event(self, event: Event) -> CallResult | None:
+        call = self._find(event)
+        if call is None:
+            call = self._by_delivery.get(_s(event, "Delivery"))
+        if call is None:
+            self.ignored += 1
+            return None
+        kind = _s(event, "UserEvent")
+        if kind == "PLPPlayed":
+            call.playback = _s(event, "PlaybackStatus") or "UNKNOWN"
+        elif kind == "PLPAck":
+            call.digit = _s(event, "Digit")
+            call.read_status = _s(event, "ReadStatus")
+        return None
+
+    def _hangup(self, call: Call, event: Event) -> CallResult | None:
+        call.causes.append(_s(event, "Cause"))
+        if not call.answered:
+            return None  # a failed call ends with its OriginateResponse
+        uid = _s(event, "Uniqueid")
+        channel = _s(event, "Channel")
+        if uid == call.primary_uniqueid or channel == call.primary_channel:
+            return classify_answered(call)
+        return None
+
+    def reconcile(
+        self, live: Iterable[Mapping[str, str]], only: Iterable[str] | None = None
+    ) -> list[CallResult]:
+        """After a reconnect: `live` are the channels Asterisk still has (Status events).
+
+        Calls with a live channel go on (their next events will end them); the others
+        ended while the link was down and are resolved from what was seen before.
+        `only` limits the resolution to these calls (those placed before the reconnect).
+        """
+        subset = set(self._calls) if only is None else set(only)
+        alive: set[str] = set()
+        for ch in live:
+            name, uid = ch.get("Channel", ""), ch.get("Uniqueid", "")
+            call = self._by_uniqueid.get(uid) or self._by_channel.get(name)
+            variables = ch.get("Variables", "")
+            if call is None:
+                for pair in variables.split(","):
+                    key, _, value = pair.partition("=")
+                    if key == "PLP_CALL" and value in self._calls:
+                        call = self._calls[value]
+            if call is None:
+                continue
+            self._link(call, name, uid)
+            if ch.get("ChannelStateDesc") == "Up" and _is_primary_name(name):
+                call.answered = True
+                call.primary_channel = call.primary_channel or name
+                call.primary_uniqueid = call.primary_uniqueid or uid
+            alive.add(call.action_id)
+        results = []
+        for call in list(self._calls.values()):
+            if call.action_id in alive or call.action_id not in subset:
+                continue
+            if call.answered and call.playback is not None:
+                results.append(classify_answered(call))
+            else:
+                results.append(CallResult(call.action_id, CallOutcome.LOST, None, call.answered))
+        return results
+
+    def adopt(self, action_id: str, delivery: str, channels: Iterable[Mapping[str, str]]) -> Call:
+        """Take over a call found alive after a restart (placed by an earlier process)."""
+        call = self.expect(action_id, delivery)
+        call.adopted = True
+        for ch in channels:
+            name, uid = ch.get("Channel", ""), ch.get("Uniqueid", "")
+            self._link(call, name, uid)
+            if _is_primary_name(name):
+                call.primary_channel = name
+                call.primary_uniqueid = uid
+                call.answered = call.answered or ch.get("ChannelStateDesc") == "Up"
+        return call
