@@ -14,7 +14,6 @@ import socket
 import subprocess
 import sys
 import time
-from email import message_from_bytes
 from pathlib import Path
 from typing import Any
 
@@ -69,7 +68,7 @@ class _MailSink:
         self.folder = folder
         self.count = 0
 
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         self.count += 1
         (self.folder / f"{self.count:04d}.eml").write_bytes(envelope.content)
         return "250 OK queued"

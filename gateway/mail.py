@@ -109,7 +109,7 @@ class EmailChannel:
             port=cfg.port,
             timeout=cfg.timeout,
             use_tls=cfg.security == "tls",
-            start_tls=True if cfg.security == "starttls" else False,
+            start_tls=cfg.security == "starttls",
             username=cfg.username,
             password=cfg.password,
         )

@@ -88,7 +88,7 @@ class MqttLink:
         """Wait until the outgoing queue is empty (or `timeout`); True when it is."""
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(timeout):
-                while self._out or self._sending:
+                while self._out or self._sending:  # noqa: ASYNC110 - only at shutdown
                     await asyncio.sleep(0.01)
                 return True
         return False

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import heapq
 import itertools
 import time
@@ -58,10 +59,8 @@ class ChannelQueue:
                 return item
             self._changed.clear()
             timeout = self._delayed[0][0] - now if self._delayed else None
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._changed.wait(), timeout)
-            except TimeoutError:
-                pass
 
     def depth(self) -> dict[str, int]:
         hot = sum(1 for i in self._ready if i.priority is Priority.HOT)

@@ -6,6 +6,7 @@ Every payload identifies recipients by ref and masked address only.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -163,11 +164,8 @@ class StatusPublisher:
     async def run(self) -> None:
         """Flush dirty job statuses, at most one per job per interval."""
         while True:
-            with_timeout = asyncio.wait_for(self._wake.wait(), self._interval)
-            try:
-                await with_timeout
-            except TimeoutError:
-                pass
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self._interval)
             self._wake.clear()
             await self.flush()
 

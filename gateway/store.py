@@ -455,7 +455,8 @@ class Store:
         if left is not None:
             return None
         cur = self._db.execute(
-            "UPDATE jobs SET state='done', updated_at=?, finished_at=? WHERE id=? AND state='running'",
+            "UPDATE jobs SET state='done', updated_at=?, finished_at=?"
+            " WHERE id=? AND state='running'",
             (now, now, job_id),
         )
         return JobState.DONE if cur.rowcount else None
@@ -537,7 +538,8 @@ class Store:
 
         def work() -> list[Change]:
             rows = self._db.execute(
-                "SELECT * FROM deliveries WHERE job_id=? AND rindex=? AND id<>? AND state IN (?,?,?)",
+                "SELECT * FROM deliveries WHERE job_id=? AND rindex=? AND id<>?"
+                " AND state IN (?,?,?)",
                 (job_id, rindex, except_id, *_PENDING),
             ).fetchall()
             out = []

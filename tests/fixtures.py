@@ -104,7 +104,7 @@ class _Handler:
         self.lock = threading.Lock()
         self.changed = threading.Condition(self.lock)
 
-    async def handle_RCPT(  # noqa: N802
+    async def handle_RCPT(
         self, server: Any, session: Any, envelope: Any, address: str, rcpt_options: Any
     ) -> str:
         with self.lock:
@@ -116,7 +116,7 @@ class _Handler:
         envelope.rcpt_tos.append(address)
         return "250 OK"
 
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         if self.script.delay:
             await asyncio.sleep(self.script.delay)
         msg = message_from_bytes(envelope.content)
@@ -159,7 +159,9 @@ class SmtpServer:
                 self.handler.changed.wait(min(left, 0.5))
             return list(self.handler.mailbox)
 
-    async def await_for(self, predicate: Callable[[list[Mail]], bool], timeout: float = 30) -> list[Mail]:
+    async def await_for(
+        self, predicate: Callable[[list[Mail]], bool], timeout: float = 30
+    ) -> list[Mail]:
         return await asyncio.to_thread(self.wait_for, predicate, timeout)
 
 
@@ -173,8 +175,8 @@ def gateway_config(
     email = ""
     if smtp is not None:
         email = (
-            "[email]\nenabled = true\nhost = \"127.0.0.1\"\n"
-            f"port = {smtp.port}\nsender = \"alerte@police.example.be\"\n"
+            '[email]\nenabled = true\nhost = "127.0.0.1"\n'
+            f'port = {smtp.port}\nsender = "alerte@police.example.be"\n'
             "concurrency = 4\ntimeout = 10\n"
             "[email.retry]\nmax_attempts = 4\ninitial_delay = 0.2\nmax_delay = 1.0\n"
         )
@@ -334,7 +336,9 @@ class Observer:
         return [s.json() for s in self.on("/jobs/rejected")]
 
 
-def members(n: int, domain: str = "example.be", langs: tuple[str, ...] = ("fr", "nl", "de", "en")) -> list[dict[str, Any]]:
+def members(
+    n: int, domain: str = "example.be", langs: tuple[str, ...] = ("fr", "nl", "de", "en")
+) -> list[dict[str, Any]]:
     return [
         {
             "ref": f"m-{i:05d}",

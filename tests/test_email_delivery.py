@@ -19,10 +19,17 @@ async def test_job_becomes_emails_in_each_members_language(
     by_rcpt = {m.rcpts[0]: m for m in mails}
     for r in recipients:
         mail = by_rcpt[r["email"]]
-        expected = {"fr": "cambriolages", "nl": "Inbraakgolf", "de": "Einbruchsserie", "en": "Burglaries"}
+        expected = {
+            "fr": "cambriolages",
+            "nl": "Inbraakgolf",
+            "de": "Einbruchsserie",
+            "en": "Burglaries",
+        }
         assert expected[r["lang"]] in mail.body
         assert mail.message["Content-Language"] == r["lang"]
-        assert mail.message["Message-ID"] == f"<plp.zone5344-2026-000123.{r['ref']}@police.example.be>"
+        assert (
+            mail.message["Message-ID"] == f"<plp.zone5344-2026-000123.{r['ref']}@police.example.be>"
+        )
     events = observer.events("zone5344-2026-000123")
     for r in recipients:
         states = [e["state"] for e in events if e["ref"] == r["ref"]]

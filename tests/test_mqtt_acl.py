@@ -113,7 +113,7 @@ async def test_anonymous_is_refused(broker: TlsBroker) -> None:
 
 async def test_wrong_password_is_refused(broker: TlsBroker) -> None:
     with pytest.raises(aiomqtt.MqttError):
-        async with connect(broker, "dispatch", password="guess"):  # noqa: S106
+        async with connect(broker, "dispatch", password="guess"):
             pass
 
 

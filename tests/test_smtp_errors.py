@@ -42,7 +42,9 @@ async def test_smtp_server_down_is_retried_until_it_returns(
     smtp.stop()
     proc = gateway()
     await observer.publish_job(email_job("smtpdown-1", members(2)))
-    await observer.wait(lambda: any(e["state"] == "retrying" for e in observer.events("smtpdown-1")))
+    await observer.wait(
+        lambda: any(e["state"] == "retrying" for e in observer.events("smtpdown-1"))
+    )
     smtp.start()
     status = await observer.wait_job("smtpdown-1", "done", timeout=60)
     assert status["totals"] == {"delivered": 2}
