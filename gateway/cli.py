@@ -111,13 +111,16 @@ def cmd_purge(args: argparse.Namespace) -> int:
 
 def cmd_simulate(args: argparse.Namespace) -> int:
     rest: list[str] = args.rest
-    if args.what == "smsc":
-        from sms.simulator import main as smsc_main
+    import importlib
 
-        return smsc_main(rest)
-    from voice.simulator import main as ami_main
-
-    return ami_main(rest)
+    module = {"smsc": "sms.simulator", "asterisk": "voice.simulator"}[args.what]
+    try:
+        entry = importlib.import_module(module).main
+    except ModuleNotFoundError:
+        print(f"simulate {args.what}: not available in this build", file=sys.stderr)
+        return 2
+    result: int = entry(rest)
+    return result
 
 
 def cmd_tts(args: argparse.Namespace) -> int:
