@@ -10,6 +10,7 @@ from typing import Any
 import aiomqtt
 
 from .config import Config
+from .mqtt import tls_parameters
 from .status import Topics
 
 FINAL = {"done", "cancelled", "expired", "rejected"}
@@ -17,15 +18,13 @@ FINAL = {"done", "cancelled", "expired", "rejected"}
 
 def _client(config: Config) -> aiomqtt.Client:
     cfg = config.mqtt
-    tls = None
-    if cfg.tls is not None:
-        tls = aiomqtt.TLSParameters(
-            ca_certs=str(cfg.tls.ca_file) if cfg.tls.ca_file else None,
-            certfile=str(cfg.tls.cert_file) if cfg.tls.cert_file else None,
-            keyfile=str(cfg.tls.key_file) if cfg.tls.key_file else None,
-        )
     return aiomqtt.Client(
-        cfg.host, cfg.port, username=cfg.username, password=cfg.password, tls_params=tls, timeout=10
+        cfg.host,
+        cfg.port,
+        username=cfg.username,
+        password=cfg.password,
+        tls_params=tls_parameters(cfg),
+        timeout=10,
     )
 
 

@@ -27,6 +27,18 @@ MessageHandler = Callable[[aiomqtt.Message], Awaitable[None]]
 ConnectHook = Callable[[], Awaitable[None]]
 
 
+def tls_parameters(cfg: MqttConfig) -> aiomqtt.TLSParameters | None:
+    """TLS settings for any client of the broker (the daemon, `plp-gateway send`)."""
+    if cfg.tls is None:
+        return None
+    return aiomqtt.TLSParameters(
+        ca_certs=str(cfg.tls.ca_file) if cfg.tls.ca_file else None,
+        certfile=str(cfg.tls.cert_file) if cfg.tls.cert_file else None,
+        keyfile=str(cfg.tls.key_file) if cfg.tls.key_file else None,
+        cert_reqs=ssl.CERT_REQUIRED,
+    )
+
+
 @dataclass(frozen=True)
 class Outgoing:
     topic: str
@@ -111,14 +123,7 @@ class MqttLink:
 
     def _make_client(self) -> aiomqtt.Client:
         cfg = self._cfg
-        tls_params = None
-        if cfg.tls is not None:
-            tls_params = aiomqtt.TLSParameters(
-                ca_certs=str(cfg.tls.ca_file) if cfg.tls.ca_file else None,
-                certfile=str(cfg.tls.cert_file) if cfg.tls.cert_file else None,
-                keyfile=str(cfg.tls.key_file) if cfg.tls.key_file else None,
-                cert_reqs=ssl.CERT_REQUIRED,
-            )
+        tls_params = tls_parameters(cfg)
         client = aiomqtt.Client(
             hostname=cfg.host,
             port=cfg.port,
