@@ -1,0 +1,274 @@
+"""The SMS channel: an `Attempt` becomes submit_sm PDUs on the healthiest bind.
+
+Receipts and replies from any bind go to the daemon's `reports` queue; a receipt carries the
+same canonical id (`<smsc>:<message id>`) as the `Outcome` of the part it settles.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import itertools
+import logging
+from collections.abc import Mapping
+from datetime import UTC, datetime
+
+import phonenumbers
+
+from gateway.channel import Attempt, Limits, Outcome, Receipt, Reply, Reports, RetryPolicy
+from gateway.domain import DeliveryState, Job
+from gateway.errors import LinkDown, PermanentError, TemporaryError
+from gateway.privacy import address_hash, mask_phone
+
+from . import pdu as P
+from .config import SmscConfig, SmsConfig
+from .encoding import Encoded, TooLong, encode_text
+from .receipts import DeliveryReport, KeywordMatcher, MobileOriginated, canonical_id, classify
+from .session import Session
+
+log = logging.getLogger("sms.channel")
+
+_NOT_MOBILE = frozenset(
+    {
+        phonenumbers.PhoneNumberType.FIXED_LINE,
+        phonenumbers.PhoneNumberType.TOLL_FREE,
+        phonenumbers.PhoneNumberType.PREMIUM_RATE,
+        phonenumbers.PhoneNumberType.SHARED_COST,
+        phonenumbers.PhoneNumberType.UAN,
+        phonenumbers.PhoneNumberType.VOICEMAIL,
+    }
+)
+TON_INTERNATIONAL, TON_NATIONAL, TON_ALPHANUMERIC = 1, 2, 5
+NPI_ISDN, NPI_UNKNOWN = 1, 0
+
+
+@functools.lru_cache(maxsize=100_000)
+def number_problem(e164: str) -> str | None:
+    """None for a number that can take an SMS; else `invalid_number` or `not_mobile`.
+
+    Numbers phonenumbers cannot classify are let through: the SMSC has the last word.
+    """
+    number = _parse_e164(e164)
+    if number is None:
+        return "invalid_number"
+    if phonenumbers.number_type(number) in _NOT_MOBILE:
+        return "not_mobile"
+    return None
+
+
+def _parse_e164(e164: str) -> phonenumbers.PhoneNumber | None:
+    """`phonenumbers.parse` for strict E.164, at a fifth of its cost (thousands per second)."""
+    digits = e164[1:]
+    if not e164.startswith("+") or not digits.isdigit() or not 7 <= len(digits) <= 15:
+        return None
+    for n in (1, 2, 3):
+        code = int(digits[:n])
+        if code in phonenumbers.COUNTRY_CODE_TO_REGION_CODE:
+            national = digits[n:]
+            number = phonenumbers.PhoneNumber(country_code=code, national_number=int(national))
+            if national.startswith("0"):  # Italy and a few others keep a leading zero
+                number.italian_leading_zero = True
+                number.number_of_leading_zeros = len(national) - len(national.lstrip("0"))
+            return number
+    return None
+
+
+def validity_period(seconds: float) -> str:
+    """SMPP relative time `YYMMDDhhmmss000R` for a duration (days may exceed a month)."""
+    total = max(1, int(seconds))
+    days, rest = divmod(total, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"0000{days:02d}{hours:02d}{minutes:02d}{secs:02d}000R"
+
+
+def sender_address(sender: str) -> tuple[int, int, str]:
+    """(ton, npi, addr): an international number, else alphanumeric."""
+    digits = sender.removeprefix("+")
+    if digits.isdigit():
+        return TON_INTERNATIONAL, NPI_ISDN, digits
+    return TON_ALPHANUMERIC, NPI_UNKNOWN, sender
+
+
+class SmsChannel:
+    """`Channel` over one or more SMPP binds, with failover."""
+
+    name = "sms"
+
+    def __init__(self, config: SmsConfig, reports: Reports) -> None:
+        self.config = config
+        self._reports = reports
+        self._keywords = KeywordMatcher(config.reply_keywords)
+        self._sender = sender_address(config.sender)
+        self.sessions = [
+            Session(smsc, functools.partial(self._on_deliver, smsc)) for smsc in config.smsc
+        ]
+        self._rr = itertools.count()
+        self._encoded: dict[str, Encoded] = {}
+
+    async def start(self) -> None:
+        for s in self.sessions:
+            await s.start()
+
+    async def stop(self) -> None:
+        await asyncio.gather(*(s.stop() for s in self.sessions))
+
+    def limits(self) -> Limits:
+        r = self.config.retry
+        policy = RetryPolicy(r.max_attempts, r.initial_delay, r.max_delay, r.factor, r.jitter)
+        # Twice the windows: while one send handles its response the next already waits.
+        concurrency = max(1, 2 * sum(s.window for s in self.config.smsc))
+        return Limits(concurrency=concurrency, rate=0.0, retry=policy)
+
+    async def prepare(self, job: Job) -> Mapping[str, str]:
+        return {}
+
+    def health(self) -> Mapping[str, object]:
+        binds = [s.health() for s in self.sessions]
+        up = sum(1 for s in self.sessions if s.bound)
+        state = "up" if up == len(self.sessions) and up else "degraded" if up else "down"
+        return {"state": state, "binds": binds}
+
+    # sending
+    def _encode(self, text: str) -> Encoded:
+        # A job sends the same text to many members: encode it once (small bounded cache).
+        enc = self._encoded.get(text)
+        if enc is None or len(enc.parts) > 1:  # multi-part needs a fresh UDH reference
+            enc = encode_text(text, self.config.max_parts, truncate=self.config.too_long != "fail")
+            if len(enc.parts) == 1:
+                if len(self._encoded) > 64:
+                    self._encoded.clear()
+                self._encoded[text] = enc
+        return enc
+
+    def _candidates(self) -> list[Session]:
+        bound = [s for s in self.sessions if s.bound]
+        if len(bound) > 1:
+            start = next(self._rr) % len(bound)
+            bound = bound[start:] + bound[:start]
+            bound.sort(key=lambda s: s.load())  # stable: round robin among equals
+        return bound
+
+    async def _wait_any_bound(self) -> None:
+        if not self.sessions or self.config.link_wait <= 0:
+            return
+        waits = [asyncio.ensure_future(s.wait_bound(self.config.link_wait)) for s in self.sessions]
+        try:
+            for fut in asyncio.as_completed(waits):
+                if await fut:
+                    return
+        finally:
+            for w in waits:
+                w.cancel()
+
+    async def send(self, attempt: Attempt) -> Outcome:
+        masked = mask_phone(attempt.address)
+        problem = number_problem(attempt.address) if self.config.reject_non_mobile else None
+        if problem:
+            log.info("sms %s to %s refused: %s", attempt.delivery_id, masked, problem)
+            raise PermanentError(problem)
+        remaining = (attempt.expires_at - datetime.now(UTC)).total_seconds()
+        if remaining <= 1:
+            raise PermanentError("expired", "the job expired before the SMS was submitted")
+        try:
+            enc = self._encode(attempt.text)
+        except TooLong as exc:
+            raise PermanentError("too_long", str(exc)) from exc
+        validity = validity_period(min(remaining, self.config.max_validity))
+        ton, npi, source = self._sender
+        parts = [
+            P.SubmitSm(ton, npi, source, TON_INTERNATIONAL, NPI_ISDN,
+                       attempt.address.removeprefix("+"), enc.esm_class, enc.data_coding,
+                       short_message, validity, 1)
+            for short_message in enc.parts
+        ]  # fmt: skip
+        candidates = self._candidates()
+        if not candidates:
+            await self._wait_any_bound()
+            candidates = self._candidates()
+        last: LinkDown | None = None
+        for session in candidates:
+            ids: list[str] = []
+            try:
+                for sm in parts:
+                    mid = await session.submit(sm)
+                    ids.append(canonical_id(session.name, mid, session.config.submit_id_format))
+            except LinkDown as exc:
+                if ids:
+                    raise TemporaryError(
+                        "partially_sent", f"{len(ids)}/{len(parts)} parts"
+                    ) from exc
+                last = exc
+                continue  # nothing went out: fail over to the next bind
+            except TemporaryError as exc:
+                if ids and exc.reason != "possibly_sent":
+                    raise TemporaryError("partially_sent", exc.reason, exc.retry_after) from exc
+                raise
+            if log.isEnabledFor(logging.INFO):
+                log.info(
+                    "sms %s to %s sent via %s: %d part(s), ids %s%s",
+                    attempt.delivery_id, masked, session.name, len(ids),
+                    ",".join(address_hash(i) for i in ids), " (truncated)" if enc.truncated else "",
+                )  # fmt: skip
+            detail = f"{len(ids)} part(s) via {session.name}"
+            return Outcome(DeliveryState.SENT, tuple(ids), detail)
+        raise LinkDown(
+            "link_down",
+            str(last) if last else "no SMSC bound",
+            retry_after=self.config.smsc[0].reconnect_initial_delay if self.config.smsc else None,
+        )
+
+    # receiving
+    def _on_deliver(self, smsc: SmscConfig, frame: P.Pdu) -> int:
+        item = classify(P.decode_deliver_sm(frame.body))
+        report: Receipt | Reply
+        if item is None:
+            log.warning("smsc %s: receipt without a message id ignored", smsc.name)
+            return P.ESME_ROK
+        if isinstance(item, DeliveryReport):
+            if not item.final:
+                return P.ESME_ROK
+            provider_id = canonical_id(smsc.name, item.message_id, smsc.receipt_id_format)
+            state = DeliveryState.DELIVERED if item.delivered else DeliveryState.FAILED
+            report = Receipt("sms", provider_id, state, None if item.delivered else item.reason)
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug("smsc %s: receipt %s %s", smsc.name, address_hash(provider_id), item.stat)
+        else:
+            report = self._reply(item)
+        try:
+            self._reports.put_nowait(report)
+        except asyncio.QueueFull:
+            log.warning("smsc %s: reports queue full, the SMSC will redeliver", smsc.name)
+            return P.ESME_RX_T_APPN
+        return P.ESME_ROK
+
+    def _reply(self, mo: MobileOriginated) -> Reply:
+        sender = e164(mo.source_addr, mo.source_ton, self.config.default_region)
+        keyword = self._keywords.match(mo.text)
+        log.info("sms reply from %s%s", mask_phone(sender), " (acknowledges)" if keyword else "")
+        return Reply("sms", sender, mo.text, keyword is not None, datetime.now(UTC))
+
+
+def e164(addr: str, ton: int, region: str) -> str:
+    """An MO source address as E.164 (`+32...`) when it looks like a number.
+
+    SMSCs differ: international digits with TON 1, `+`/`00` prefixes, national numbers with
+    TON 2, and international digits with TON 0 ("unknown") all occur.
+    """
+    digits = addr.strip()
+    if digits.startswith("+"):
+        return digits
+    if not digits.isdigit():
+        return digits  # an alphanumeric sender
+    if ton == TON_INTERNATIONAL:
+        return "+" + digits
+    if digits.startswith("00"):
+        return "+" + digits[2:]
+    for candidate, hint in ((digits, region), ("+" + digits, None)):
+        try:
+            number = phonenumbers.parse(candidate, hint)
+        except phonenumbers.NumberParseException:
+            continue
+        if phonenumbers.is_valid_number(number):
+            return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+    return digits

@@ -1,0 +1,100 @@
+"""The SMSC simulator's control port: steer and read a simulator from another process.
+
+Control protocol: one JSON object per line in, one JSON object per line out, e.g.
+`{"cmd": "stats"}`, `{"cmd": "count", "number": "+32470123456"}`, `{"cmd": "mo", "source":
+"+32470123456", "text": "OK"}`, `{"cmd": "fault", "throttle_rate": 50}`, `{"cmd": "drop"}`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import TYPE_CHECKING, Any
+
+from . import pdu as P
+
+if TYPE_CHECKING:
+    from .simulator import SmscSimulator
+
+
+def execute(sim: SmscSimulator, request: dict[str, Any]) -> dict[str, Any]:
+    """Run one control command; returns the JSON-able answer."""
+    cmd = request.get("cmd")
+    if cmd == "stats":
+        return {"ok": True, **sim.stats()}
+    if cmd == "count":
+        return {"ok": True, "submits": sim.submits_to(str(request["number"]))}
+    if cmd == "counts":
+        return {"ok": True, "submits": dict(sim.submits_by_dest)}
+    if cmd == "messages":
+        return {"ok": True, "messages": sim.messages_to(str(request["number"]))}
+    if cmd == "mo":
+        sent = sim.inject_mo(str(request["source"]), str(request["text"]))
+        return {"ok": True, "delivered_now": sent}
+    if cmd == "receipt":
+        sim.send_receipt(str(request["id"]), str(request.get("dest", "+32470000000")),
+                         str(request.get("stat", "DELIVRD")))  # fmt: skip
+        return {"ok": True}
+    if cmd == "reset":
+        sim.reset()
+        return {"ok": True}
+    if cmd == "drop":
+        return {"ok": True, "dropped": sim.drop_connections()}
+    if cmd == "malformed":
+        return {"ok": True, "sent": sim.send_raw(P.HEADER.pack(8, 0x5, 0, 1))}
+    if cmd == "fault":
+        cfg = sim.config
+        if "throttle_rate" in request:
+            sim.set_throttle(float(request["throttle_rate"]))
+        if "drop_every" in request:
+            sim.set_drop_every(float(request["drop_every"]))
+        if "response_delay" in request:
+            cfg.response_delay = float(request["response_delay"])
+        if "silent" in request:
+            cfg.silent = bool(request["silent"])
+        if "hold_binds" in request:
+            sim.set_hold_binds(bool(request["hold_binds"]))
+        if "password" in request:
+            cfg.password = str(request["password"])
+        if "receipt_delay" in request:
+            cfg.receipt_delay = float(request["receipt_delay"])
+        for number, status in dict(request.get("reject", {})).items():
+            code = P.STATUS[status] if isinstance(status, str) else int(status)
+            cfg.reject[number.removeprefix("+")] = code
+        for number in request.get("undeliver", []):
+            cfg.undeliver.add(str(number).removeprefix("+"))
+        return {"ok": True}
+    return {"ok": False, "error": f"unknown cmd {cmd!r}"}
+
+
+async def _serve_control(
+    sim: SmscSimulator, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+) -> None:
+    try:
+        while line := await reader.readline():
+            try:
+                answer = execute(sim, json.loads(line))
+            except (ValueError, KeyError, TypeError) as exc:
+                answer = {"ok": False, "error": str(exc)}
+            writer.write(json.dumps(answer).encode() + b"\n")
+            await writer.drain()
+    except ConnectionError:
+        pass
+    finally:
+        writer.close()
+
+
+async def start_control(sim: SmscSimulator, host: str, port: int) -> asyncio.Server:
+    return await asyncio.start_server(lambda r, w: _serve_control(sim, r, w), host, port)
+
+
+async def control(host: str, port: int, request: dict[str, Any], wait: float = 5.0) -> Any:
+    """Client side: send one command to a running simulator, return its answer."""
+    async with asyncio.timeout(wait):
+        reader, writer = await asyncio.open_connection(host, port)
+        try:
+            writer.write(json.dumps(request).encode() + b"\n")
+            await writer.drain()
+            return json.loads(await reader.readline())
+        finally:
+            writer.close()

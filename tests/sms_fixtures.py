@@ -1,0 +1,95 @@
+"""Helpers for the SMS tests: a simulator on a free port, a running channel, attempts."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from gateway.channel import Attempt, Report, Reports
+from gateway.domain import Priority
+from sms.channel import SmsChannel
+from sms.config import SmscConfig, SmsConfig
+from sms.simulator import SimulatorConfig, SmscSimulator
+
+MOBILE = "+32470123456"
+_ids = itertools.count(1)
+
+
+@asynccontextmanager
+async def simulator(**options: Any) -> AsyncIterator[SmscSimulator]:
+    sim = SmscSimulator(SimulatorConfig(**options))
+    await sim.start()
+    try:
+        yield sim
+    finally:
+        await sim.stop()
+
+
+def smsc(sim: SmscSimulator, name: str = "smsc1", **overrides: Any) -> SmscConfig:
+    """A link to `sim` with test-sized timeouts."""
+    values: dict[str, Any] = {
+        "name": name,
+        "host": "127.0.0.1",
+        "port": sim.port,
+        "system_id": sim.config.system_id,
+        "password": sim.config.password,
+        "response_timeout": 2.0,
+        "connect_timeout": 2.0,
+        "enquire_link_interval": 5.0,
+        "reconnect_initial_delay": 0.05,
+        "reconnect_max_delay": 0.4,
+    }
+    values.update(overrides)
+    return SmscConfig(**values)
+
+
+def sms_config(*links: SmscConfig, **overrides: Any) -> SmsConfig:
+    return SmsConfig(enabled=True, smsc=links, **overrides)
+
+
+@asynccontextmanager
+async def channel(config: SmsConfig, *, bound: bool = True) -> AsyncIterator[SmsChannel]:
+    """A started channel (waiting until every link is bound unless `bound=False`)."""
+    reports: Reports = asyncio.Queue()
+    ch = SmsChannel(config, reports)
+    await ch.start()
+    try:
+        if bound:
+            for s in ch.sessions:
+                assert await s.wait_bound(10.0), s.health()
+        yield ch
+    finally:
+        await ch.stop()
+
+
+def reports_of(ch: SmsChannel) -> Reports:
+    return ch._reports
+
+
+async def next_report(ch: SmsChannel, within: float = 10.0) -> Report:
+    async with asyncio.timeout(within):
+        return await reports_of(ch).get()
+
+
+def attempt(
+    address: str = MOBILE,
+    text: str = "Alerte PLP: cambriolage rue Haute.",
+    *,
+    expires_in: float = 3600.0,
+    test: bool = False,
+) -> Attempt:
+    n = next(_ids)
+    return Attempt(
+        delivery_id=n, job_id="job-1", channel="sms", ref=f"r{n}", address=address, lang="fr",
+        text=text, subject="", priority=Priority.HOT, number=1,
+        expires_at=datetime.now(UTC) + timedelta(seconds=expires_in), test=test,
+    )  # fmt: skip
+
+
+def mobile(i: int) -> str:
+    """The i-th distinct Belgian mobile number."""
+    return f"+32470{i:06d}"
