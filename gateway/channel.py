@@ -2,7 +2,9 @@
 
 A channel turns an `Attempt` into an `Outcome` or raises `TemporaryError` / `PermanentError`.
 News that arrives later (SMS delivery receipts, member replies) is put on the `reports`
-queue the daemon hands to the channel. Channels never touch the store or MQTT.
+queue the daemon hands to the channel; the daemon `settle()`s each report once it is stored,
+so a channel acknowledges news to its provider only when a crash can no longer lose it.
+Channels never touch the store or MQTT.
 Cancelling the task that runs `send()` means "stop this attempt now" (a voice channel hangs
 up); a channel must let `CancelledError` propagate.
 """
@@ -61,6 +63,9 @@ class Receipt:
     provider_id: str
     state: DeliveryState  # DELIVERED, FAILED or ACKNOWLEDGED
     reason: str | None = None
+    # Resolved by whoever consumes the report once it is durably applied (True) or could
+    # not be (False): the channel only then acknowledges the news to its provider.
+    settled: asyncio.Future[bool] | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -72,10 +77,17 @@ class Reply:
     text: str
     acknowledges: bool
     received_at: datetime | None = None
+    settled: asyncio.Future[bool] | None = field(default=None, compare=False, repr=False)
 
 
 Report = Receipt | Reply
 Reports = asyncio.Queue[Report]
+
+
+def settle(report: Report, applied: bool) -> None:
+    """Tell the channel that `report` is (or could not be) durably applied."""
+    if report.settled is not None and not report.settled.done():
+        report.settled.set_result(applied)
 
 
 @dataclass(frozen=True)

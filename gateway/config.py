@@ -6,14 +6,12 @@ Any secret value may be given literally, as `"env:NAME"` (read from the environm
 
 from __future__ import annotations
 
-import os
 import socket
 import tomllib
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 from pydantic import (
-    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -26,24 +24,7 @@ from voice.config import VoiceConfig
 
 from .channel import RetryPolicy
 from .errors import ConfigError
-
-
-def _resolve_secret(value: str) -> str:
-    if value.startswith("env:"):
-        name = value[4:]
-        if name not in os.environ:
-            raise ValueError(f"environment variable {name} is not set")
-        return os.environ[name]
-    if value.startswith("file:"):
-        path = Path(value[5:])
-        try:
-            return path.read_text(encoding="utf-8").strip()
-        except OSError as exc:
-            raise ValueError(f"cannot read secret file {path}: {exc.strerror}") from None
-    return value
-
-
-Secret = Annotated[str, AfterValidator(_resolve_secret)]
+from .secret import Secret
 
 
 class Section(BaseModel):

@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from .channel import Channel, Reports
+from .channel import Channel, Reports, settle
 from .config import Config, load_config
 from .errors import ConfigError
 from .intake import Intake
@@ -26,12 +26,17 @@ from .store import AsyncStore, Store
 log = logging.getLogger("gateway.daemon")
 
 STOP_GRACE = 10.0
+REPORT_BATCH = 500  # receipts applied per store transaction
 
 
 def build_channels(config: Config, reports: Reports) -> dict[str, Channel]:
     channels: dict[str, Channel] = {}
     if config.email.enabled:
         channels["email"] = EmailChannel(config.email)
+    if config.sms.enabled:
+        from sms.channel import SmsChannel
+
+        channels["sms"] = SmsChannel(config.sms, reports)
     return channels
 
 
@@ -111,11 +116,18 @@ class Gateway:
 
     async def _reports_loop(self) -> None:
         while True:
-            report = await self.reports.get()
+            batch = [await self.reports.get()]
+            while len(batch) < REPORT_BATCH and not self.reports.empty():
+                batch.append(self.reports.get_nowait())
             try:
-                await self.scheduler.report(report)
+                await self.scheduler.reports(batch)
             except Exception:
-                log.exception("could not apply a %s report", type(report).__name__)
+                log.exception("could not apply %d reports", len(batch))
+                applied = False
+            else:
+                applied = True
+            for report in batch:
+                settle(report, applied)
 
     async def _purge_loop(self) -> None:
         while True:

@@ -21,6 +21,8 @@ import paho.mqtt.client as paho
 
 from .config import MqttConfig
 
+PUBLISH_BATCH = 64  # status messages published concurrently
+
 log = logging.getLogger("gateway.mqtt")
 
 MessageHandler = Callable[[aiomqtt.Message], Awaitable[None]]
@@ -142,6 +144,9 @@ class MqttLink:
         )
         # Must happen before connecting: see the module docstring.
         client._client.manual_ack_set(True)
+        # _pump_out publishes in batches of PUBLISH_BATCH: that many pending calls is normal
+        # and must not log a warning each time.
+        client.pending_calls_threshold = 4 * PUBLISH_BATCH
         return client
 
     async def run(self) -> None:
@@ -194,7 +199,7 @@ class MqttLink:
                 self._out_ready.clear()
                 await self._out_ready.wait()
                 continue
-            batch = [self._out.popleft() for _ in range(min(64, len(self._out)))]
+            batch = [self._out.popleft() for _ in range(min(PUBLISH_BATCH, len(self._out)))]
             self._sending = len(batch)
             try:
                 results = await asyncio.gather(

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from .channel import Attempt, Channel, Outcome, Receipt, Reply, Report
@@ -380,21 +380,25 @@ class Scheduler:
 
     # -- late news from channels ------------------------------------------------------
     async def report(self, report: Report) -> None:
-        if isinstance(report, Receipt):
-            known, change = await self._store.run(
-                self._store.store.apply_receipt,
-                report.channel,
-                report.provider_id,
-                report.state,
-                report.reason,
+        await self.reports([report])
+
+    async def reports(self, reports: Sequence[Report]) -> None:
+        """Apply late news; receipts in one store transaction (an SMSC sends thousands/s)."""
+        receipts = [r for r in reports if isinstance(r, Receipt)]
+        if receipts:
+            results = await self._store.run(
+                self._store.store.apply_receipts,
+                [(r.channel, r.provider_id, r.state, r.reason) for r in receipts],
             )
-            if not known:
-                self.counters["receipts_unknown"] += 1
-                log.info("receipt for unknown %s id kept for later matching", report.channel)
-            if change is not None:
-                await self._changed(change)
-        elif isinstance(report, Reply):
-            await self._reply(report)
+            for receipt, (known, change) in zip(receipts, results, strict=True):
+                if not known:
+                    self.counters["receipts_unknown"] += 1
+                    log.info("receipt for unknown %s id kept for later matching", receipt.channel)
+                if change is not None:
+                    await self._changed(change)
+        for r in reports:
+            if isinstance(r, Reply):
+                await self._reply(r)
 
     async def _reply(self, reply: Reply) -> None:
         since = time.time() - self._reply_window

@@ -604,22 +604,34 @@ class Store:
         self, channel: str, provider_id: str, state: DeliveryState, reason: str | None
     ) -> tuple[bool, Change | None]:
         """(known, change). Unknown ids are kept a while: the submit may not be recorded yet."""
+        return self.apply_receipts([(channel, provider_id, state, reason)])[0]
+
+    def apply_receipts(
+        self, receipts: list[tuple[str, str, DeliveryState, str | None]]
+    ) -> list[tuple[bool, Change | None]]:
+        """`apply_receipt` for many (channel, provider_id, state, reason) in one transaction."""
         now = time.time()
 
-        def work() -> tuple[bool, Change | None]:
-            known = self._db.execute(
-                "SELECT 1 FROM provider_ids WHERE channel=? AND provider_id=?",
-                (channel, provider_id),
-            ).fetchone()
-            if known is None:
-                self._db.execute(
-                    "INSERT OR REPLACE INTO orphan_receipts VALUES (?,?,?,?,?)",
-                    (channel, provider_id, state.value, reason, now),
-                )
-                return False, None
-            return True, self._apply_receipt(channel, provider_id, state, reason, now)
+        def work() -> list[tuple[bool, Change | None]]:
+            out: list[tuple[bool, Change | None]] = []
+            for channel, provider_id, state, reason in receipts:
+                known = self._db.execute(
+                    "SELECT 1 FROM provider_ids WHERE channel=? AND provider_id=?",
+                    (channel, provider_id),
+                ).fetchone()
+                if known is None:
+                    self._db.execute(
+                        "INSERT OR REPLACE INTO orphan_receipts VALUES (?,?,?,?,?)",
+                        (channel, provider_id, state.value, reason, now),
+                    )
+                    out.append((False, None))
+                else:
+                    out.append(
+                        (True, self._apply_receipt(channel, provider_id, state, reason, now))
+                    )
+            return out
 
-        result: tuple[bool, Change | None] = self._tx(work)
+        result: list[tuple[bool, Change | None]] = self._tx(work)
         return result
 
     def _apply_receipt(

@@ -219,8 +219,9 @@ class SmsChannel:
         )
 
     # receiving
-    def _on_deliver(self, smsc: SmscConfig, frame: P.Pdu) -> int:
+    def _on_deliver(self, smsc: SmscConfig, frame: P.Pdu) -> int | asyncio.Future[int]:
         item = classify(P.decode_deliver_sm(frame.body))
+        loop = asyncio.get_running_loop()
         report: Receipt | Reply
         if item is None:
             log.warning("smsc %s: receipt without a message id ignored", smsc.name)
@@ -230,23 +231,34 @@ class SmsChannel:
                 return P.ESME_ROK
             provider_id = canonical_id(smsc.name, item.message_id, smsc.receipt_id_format)
             state = DeliveryState.DELIVERED if item.delivered else DeliveryState.FAILED
-            report = Receipt("sms", provider_id, state, None if item.delivered else item.reason)
+            reason = None if item.delivered else item.reason
+            report = Receipt("sms", provider_id, state, reason, settled=loop.create_future())
             if log.isEnabledFor(logging.DEBUG):
                 log.debug("smsc %s: receipt %s %s", smsc.name, address_hash(provider_id), item.stat)
         else:
-            report = self._reply(item)
+            report = self._reply(item, loop.create_future())
         try:
             self._reports.put_nowait(report)
         except asyncio.QueueFull:
             log.warning("smsc %s: reports queue full, the SMSC will redeliver", smsc.name)
             return P.ESME_RX_T_APPN
-        return P.ESME_ROK
+        assert report.settled is not None
+        status: asyncio.Future[int] = loop.create_future()
+        report.settled.add_done_callback(functools.partial(_status_of, status))
+        return status
 
-    def _reply(self, mo: MobileOriginated) -> Reply:
+    def _reply(self, mo: MobileOriginated, settled: asyncio.Future[bool]) -> Reply:
         sender = e164(mo.source_addr, mo.source_ton, self.config.default_region)
         keyword = self._keywords.match(mo.text)
         log.info("sms reply from %s%s", mask_phone(sender), " (acknowledges)" if keyword else "")
-        return Reply("sms", sender, mo.text, keyword is not None, datetime.now(UTC))
+        return Reply("sms", sender, mo.text, keyword is not None, datetime.now(UTC), settled)
+
+
+def _status_of(status: asyncio.Future[int], settled: asyncio.Future[bool]) -> None:
+    """deliver_sm_resp status once the report is stored: ROK, or 'retry later' (X_T_APPN)."""
+    if not status.done():
+        applied = not settled.cancelled() and settled.result()
+        status.set_result(P.ESME_ROK if applied else P.ESME_RX_T_APPN)
 
 
 def e164(addr: str, ton: int, region: str) -> str:

@@ -1,6 +1,6 @@
 """Configuration of the SMS channel (`[sms]` and `[[sms.smsc]]`).
 
-Secrets (`password`) are plain `str` here; the daemon's config layer resolves `env:`/`file:`.
+`password` may be given as `env:NAME` or `file:/path` (see `gateway.secret`).
 """
 
 from __future__ import annotations
@@ -9,6 +9,8 @@ import re
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from gateway.secret import Secret
 
 IdFormat = Literal["text", "dec", "hex"]
 BindMode = Literal["transceiver", "transmitter_receiver"]
@@ -49,7 +51,7 @@ class SmscConfig(_Section):
     host: str = "localhost"
     port: int = Field(default=2775, ge=1, le=65535)
     system_id: str = Field(max_length=15)
-    password: str = ""  # SMPP 3.4: at most 8 characters once `env:`/`file:` is resolved
+    password: Secret = ""  # SMPP 3.4: at most 8 characters once `env:`/`file:` is resolved
     system_type: str = Field(default="", max_length=12)
     bind_mode: BindMode = "transceiver"
     window: int = Field(default=10, ge=1, le=1000, description="outstanding submit_sm per bind")
@@ -74,7 +76,7 @@ class SmscConfig(_Section):
     @field_validator("password")
     @classmethod
     def _password(cls, v: str) -> str:
-        if not v.startswith(("env:", "file:")) and len(v) > 8:
+        if len(v) > 8:
             raise ValueError("SMPP 3.4 passwords have at most 8 characters")
         return v
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import functools
 import logging
 import random
 import time
@@ -24,8 +25,10 @@ from .pacing import Pacer
 
 log = logging.getLogger("sms.session")
 
-# Called for every deliver_sm with the PDU; returns the command_status for deliver_sm_resp.
-DeliverHandler = Callable[[P.Pdu], int]
+# Called for every deliver_sm with the PDU; returns the command_status for deliver_sm_resp,
+# or a future of it: the response is then sent once the news is safely stored, so a crash
+# before that makes the SMSC deliver it again instead of losing it.
+DeliverHandler = Callable[[P.Pdu], "int | asyncio.Future[int]"]
 
 MAX_THROTTLE_RETRIES = 20
 STABLE_AFTER = 5.0  # seconds bound before the reconnect backoff starts over
@@ -340,7 +343,10 @@ class Session:
         cmd = frame.command_id
         if cmd == P.Cmd.DELIVER_SM:
             status = self._on_deliver(frame)  # may raise PduError: the link is reset
-            link.write(_deliver_sm_resp(frame.sequence, status))
+            if isinstance(status, int):
+                link.write(_deliver_sm_resp(frame.sequence, status))
+            else:
+                status.add_done_callback(functools.partial(_respond_later, link, frame.sequence))
         elif cmd == P.Cmd.ENQUIRE_LINK:
             link.write(P.header_only(P.Cmd.ENQUIRE_LINK_RESP, frame.sequence))
         elif cmd == P.Cmd.UNBIND:
@@ -482,6 +488,12 @@ class Session:
                 log.info("smsc %s: unbound", self.name)
             except (TimeoutError, LinkLost) as exc:
                 log.warning("smsc %s: no unbind_resp (%r)", self.name, exc)
+
+
+def _respond_later(link: _Link, sequence: int, status: asyncio.Future[int]) -> None:
+    if link.is_open and not status.cancelled():
+        link.write(_deliver_sm_resp(sequence, status.result()))
+    # else: the link is gone; the SMSC delivers the unacknowledged PDU again
 
 
 def _deliver_sm_resp(sequence: int, status: int) -> bytes:

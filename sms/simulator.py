@@ -41,6 +41,7 @@ class SimulatorConfig:
     id_format: str = "dec"  # submit_sm_resp ids: dec | hex
     receipt_id_format: str = "dec"  # ids in receipts: dec | hex
     receipt_tlvs: bool = True  # receipted_message_id + message_state
+    redeliver_delay: float = 1.0  # deliver_sm refused or unanswered: send again after this
     # faults, changeable while running
     reject: dict[str, int] = field(default_factory=dict)  # destination digits -> status
     undeliver: set[str] = field(default_factory=set)  # destinations getting UNDELIV
@@ -88,6 +89,7 @@ class _Conn(asyncio.Protocol):
         self._writer: P.FrameWriter | None = None
         self.mode: str | None = None  # "tx", "rx", "trx" once bound
         self.seq = itertools.count(1)
+        self.awaiting: dict[int, P.DeliverSm] = {}  # deliver_sm sent, no deliver_sm_resp yet
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -97,6 +99,9 @@ class _Conn(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.sim.conns.discard(self)
+        if self.awaiting:  # like an SMSC: unacknowledged receipts and MOs are delivered again
+            self.sim.requeue(list(self.awaiting.values()))
+            self.awaiting.clear()
 
     def write(self, data: bytes) -> None:
         if self._writer is not None:
@@ -216,6 +221,9 @@ class SmscSimulator:
     def submits_to(self, number: str) -> int:
         return self.submits_by_dest[number.removeprefix("+")]
 
+    def parts_to(self, number: str) -> list[P.SubmitSm]:
+        return list(self._by_dest.get(number.removeprefix("+"), []))
+
     def messages_to(self, number: str) -> list[str]:
         return _texts(self._by_dest.get(number.removeprefix("+"), []))
 
@@ -254,9 +262,18 @@ class SmscSimulator:
         if conn is None:
             self._pending_reports.append(dm)  # stored, like an SMSC, until a receiver binds
             return False
-        conn.write(P.encode_deliver_sm(next(conn.seq), dm))
+        seq = next(conn.seq)
+        conn.awaiting[seq] = dm
+        conn.write(P.encode_deliver_sm(seq, dm))
         self.counters["deliver_sm_sent"] += 1
         return True
+
+    def requeue(self, items: list[P.DeliverSm], delay: float | None = None) -> None:
+        """Deliver again later: after `redeliver_delay`, or when a receiver binds."""
+        self.counters["deliver_sm_requeued"] += len(items)
+        self._pending_reports.extend(items)
+        wait = self.config.redeliver_delay if delay is None else delay
+        asyncio.get_running_loop().call_later(wait, self._flush_pending)
 
     def _flush_pending(self) -> None:
         pending, self._pending_reports = self._pending_reports, []
@@ -311,8 +328,11 @@ class SmscSimulator:
             self._submit(conn, frame)
         elif cmd == P.Cmd.DELIVER_SM_RESP:
             self.counters["deliver_sm_resp"] += 1
+            dm = conn.awaiting.pop(frame.sequence, None)
             if frame.status:
                 self.counters["deliver_sm_resp_errors"] += 1
+                if dm is not None:
+                    self.requeue([dm])
             self._notify()
         elif cmd == P.Cmd.ENQUIRE_LINK:
             conn.write(P.header_only(P.Cmd.ENQUIRE_LINK_RESP, frame.sequence))

@@ -28,6 +28,9 @@ def execute(sim: SmscSimulator, request: dict[str, Any]) -> dict[str, Any]:
         return {"ok": True, "submits": dict(sim.submits_by_dest)}
     if cmd == "messages":
         return {"ok": True, "messages": sim.messages_to(str(request["number"]))}
+    if cmd == "pdus":  # the parts one destination received, as the wire carried them
+        dest = str(request["number"]).removeprefix("+")
+        return {"ok": True, "pdus": [_describe(sm) for sm in sim.parts_to(dest)]}
     if cmd == "mo":
         sent = sim.inject_mo(str(request["source"]), str(request["text"]))
         return {"ok": True, "delivered_now": sent}
@@ -67,6 +70,19 @@ def execute(sim: SmscSimulator, request: dict[str, Any]) -> dict[str, Any]:
     return {"ok": False, "error": f"unknown cmd {cmd!r}"}
 
 
+def _describe(sm: P.SubmitSm) -> dict[str, Any]:
+    return {
+        "source_addr": sm.source_addr,
+        "source_addr_ton": sm.source_addr_ton,
+        "dest_addr_ton": sm.dest_addr_ton,
+        "esm_class": sm.esm_class,
+        "data_coding": sm.data_coding,
+        "short_message": sm.short_message.hex(),
+        "validity_period": sm.validity_period,
+        "registered_delivery": sm.registered_delivery,
+    }
+
+
 async def _serve_control(
     sim: SmscSimulator, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
 ) -> None:
@@ -91,7 +107,7 @@ async def start_control(sim: SmscSimulator, host: str, port: int) -> asyncio.Ser
 async def control(host: str, port: int, request: dict[str, Any], wait: float = 5.0) -> Any:
     """Client side: send one command to a running simulator, return its answer."""
     async with asyncio.timeout(wait):
-        reader, writer = await asyncio.open_connection(host, port)
+        reader, writer = await asyncio.open_connection(host, port, limit=64 * 1024 * 1024)
         try:
             writer.write(json.dumps(request).encode() + b"\n")
             await writer.drain()

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from tests.fixtures import GatewayProcess, Mosquitto, Observer, SmtpServer, gateway_config
+from tests.sms_fixtures import SmscProcess
 
 
 @pytest.fixture
@@ -55,3 +56,12 @@ def gateway(tmp_path: Path, broker: Mosquitto, smtp: SmtpServer) -> Iterator[Gat
     yield start
     for p in started:
         p.stop()
+
+
+@pytest.fixture
+def smsc(tmp_path: Path) -> Iterator[SmscProcess]:
+    """The SMSC simulator as its own process (`plp-gateway simulate smsc`)."""
+    sim = SmscProcess(tmp_path)
+    sim.start()
+    yield sim
+    sim.stop()

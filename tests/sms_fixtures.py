@@ -4,16 +4,24 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import AsyncIterator
+import json
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
-from gateway.channel import Attempt, Report, Reports
+from gateway.channel import Attempt, Report, Reports, settle
 from gateway.domain import Priority
 from sms.channel import SmsChannel
 from sms.config import SmscConfig, SmsConfig
 from sms.simulator import SimulatorConfig, SmscSimulator
+from sms.simulator_control import control
+
+ROOT = Path(__file__).resolve().parent.parent
 
 MOBILE = "+32470123456"
 _ids = itertools.count(1)
@@ -72,7 +80,9 @@ def reports_of(ch: SmsChannel) -> Reports:
 
 async def next_report(ch: SmsChannel, within: float = 10.0) -> Report:
     async with asyncio.timeout(within):
-        return await reports_of(ch).get()
+        report = await reports_of(ch).get()
+    settle(report, True)  # as the daemon does once the report is stored
+    return report
 
 
 def attempt(
@@ -93,3 +103,97 @@ def attempt(
 def mobile(i: int) -> str:
     """The i-th distinct Belgian mobile number."""
     return f"+32470{i:06d}"
+
+
+class SmscProcess:
+    """`plp-gateway simulate smsc` as a separate process, steered through its control port.
+
+    A separate process keeps the simulator independent of the test's event loop (the gateway
+    fixtures wait synchronously) and is how operators run it.
+    """
+
+    def __init__(self, workdir: Path, *args: str) -> None:
+        self.workdir = workdir
+        self.args = args
+        self.port = 0
+        self.control_port = 0
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        port_file = self.workdir / "smsc-ports.json"
+        port_file.unlink(missing_ok=True)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "gateway", "simulate", "smsc", "--port", "0",
+             "--control-port", "0", "--port-file", str(port_file), "--receipt-delay", "0.05",
+             "--log-level", "WARNING", *self.args],
+            cwd=ROOT, stdout=subprocess.DEVNULL,
+            stderr=open(self.workdir / "smsc.log", "ab"),  # noqa: SIM115
+        )  # fmt: skip
+        deadline = time.monotonic() + 20
+        while not port_file.exists() or not port_file.read_text():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("SMSC simulator did not start")
+            time.sleep(0.02)
+        ports = json.loads(port_file.read_text())
+        self.port, self.control_port = ports["port"], ports["control_port"]
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(10)
+
+    async def ctl(self, cmd: str, **fields: Any) -> dict[str, Any]:
+        answer: dict[str, Any] = await control(
+            "127.0.0.1", self.control_port, {"cmd": cmd, **fields}, wait=30
+        )
+        assert answer.get("ok"), answer
+        return answer
+
+    async def counts(self) -> dict[str, int]:
+        """Accepted submit_sm per destination (E.164 without '+')."""
+        submits: dict[str, int] = (await self.ctl("counts"))["submits"]
+        return submits
+
+    async def wait(
+        self, predicate: Callable[[dict[str, Any]], bool], timeout: float = 60
+    ) -> dict[str, Any]:
+        """Poll the simulator's stats until `predicate(stats)` holds."""
+        deadline = time.monotonic() + timeout
+        while True:
+            stats = await self.ctl("stats")
+            if predicate(stats):
+                return stats
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"SMSC simulator never reached the condition: {stats}")
+            await asyncio.sleep(0.05)
+
+    def config(self, window: int = 10, **extra: Any) -> str:
+        """The gateway's `[sms]` TOML for a link to this simulator, with test-sized timers."""
+        lines = [
+            "[sms]", "enabled = true", 'sender = "PolicePLP"', "link_wait = 5",
+            "[sms.retry]", "initial_delay = 0.2", "max_delay = 1.0", "max_attempts = 20",
+            "[[sms.smsc]]", 'name = "sim"', 'host = "127.0.0.1"', f"port = {self.port}",
+            'system_id = "plp"', 'password = "secret"', f"window = {window}",
+            "response_timeout = 2", "reconnect_initial_delay = 0.05",
+            "reconnect_max_delay = 0.5", "enquire_link_interval = 5",
+        ]  # fmt: skip
+        lines += [f"{k} = {json.dumps(v)}" for k, v in extra.items()]
+        return "\n".join(lines) + "\n"
+
+
+def sms_job(job_id: str, recipients: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
+    job: dict[str, Any] = {
+        "id": job_id,
+        "priority": "hot",
+        "message": {
+            "fr": "Alerte PLP: cambriolages rue des Tilleuls. Fermez portes et fenêtres.",
+            "nl": "BIN-alarm: inbraken in de Lindestraat. Sluit deuren en ramen.",
+            "de": "KPP-Alarm: Einbrüche in der Lindenstraße. Schließen Sie Türen und Fenster.",
+            "en": "PLP alert: burglaries in Linden Street. Lock doors and windows.",
+        },
+        "channels": ["sms"],
+        "recipients": recipients,
+        "ttl": 900,
+    }
+    job.update(extra)
+    return job
