@@ -19,6 +19,7 @@ from .config import JobsConfig
 from .domain import JobState
 from .errors import StoreError
 from .jobs import JobErrorItem, JobRejected, content_hash, parse_job
+from .privacy import scrub
 from .scheduler import Scheduler
 from .signing import SignatureError
 from .status import StatusPublisher, Topics
@@ -163,7 +164,8 @@ class Intake:
             try:
                 body = json.loads(payload)
                 if isinstance(body, dict) and isinstance(body.get("reason"), str):
-                    reason = f"cancelled: {body['reason'][:200]}"
+                    # Free text from dispatch goes to the store and MQTT: no numbers in it.
+                    reason = f"cancelled: {scrub(body['reason'][:200])}"
             except ValueError:
                 pass
         row = await self._store.run(self._store.store.job_row, job_id)
