@@ -100,7 +100,8 @@ class Intake:
         log.debug("job payload received (%d bytes)", len(payload))
         received = payload
         try:
-            if self.check is not None:
+            if self.check is not None and len(payload) <= self.limits.max_payload_bytes:
+                # (An oversize payload is left to the parser's size check, unread.)
                 # Off the loop too: a large job takes a while to parse and canonicalise.
                 payload = await asyncio.to_thread(self.check.check, payload)
             # Off the loop: a 100,000-recipient job takes seconds to validate.
