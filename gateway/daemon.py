@@ -138,8 +138,9 @@ class Gateway:
 
     def _alive(self) -> bool:
         # The watchdog task runs on the loop: a blocked loop stops the pings by itself. Also
-        # stop them when a task the gateway cannot work without has died.
-        return not any(t.done() for t in self._background)
+        # stop them when a task the gateway cannot work without has died (while stopping,
+        # tasks end on purpose and the pings must go on until the stop timeout).
+        return self._stopping or not any(t.done() for t in self._background)
 
     def _scrape(self, metrics: Metrics) -> None:
         links = {k: v for k, v in self.links().items() if isinstance(v, dict)}

@@ -108,6 +108,9 @@ async def test_logs_mqtt_and_metrics_hold_no_full_address(
         if needle in text
     ]
     assert not leaks, leaks
+    info_and_up = [line for line in log.splitlines() if " DEBUG " not in line]
+    texts_of_job = email_job("x", [])["message"].values()
+    assert not [line for line in info_and_up for t in texts_of_job if t[:20] in line]
     # Masked forms are what appears instead.
     assert "m***@leden.example.be" in log
     assert re.search(r"\+32470\*{4}88", log), "the number in the cancel reason is masked"
