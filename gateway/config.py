@@ -24,7 +24,9 @@ from voice.config import VoiceConfig
 
 from .channel import RetryPolicy
 from .errors import ConfigError
+from .metrics import MetricsConfig
 from .secret import Secret
+from .security_config import SecurityConfig as _SecurityConfig
 
 
 class Section(BaseModel):
@@ -113,6 +115,12 @@ class StatusConfig(Section):
     event_buffer: int = Field(200_000, ge=100)
 
 
+class SecurityConfig(_SecurityConfig):
+    """`[security]`: job signatures. Keys are secrets (`env:`/`file:` resolved before checks)."""
+
+    keys: dict[str, Secret] = Field(default_factory=dict, description="key id -> secret")
+
+
 class LogConfig(Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     format: Literal["text", "json"] = "text"
@@ -128,6 +136,8 @@ class Config(Section):
     voice: VoiceConfig = VoiceConfig()
     status: StatusConfig = StatusConfig()
     log: LogConfig = LogConfig()
+    security: SecurityConfig = SecurityConfig()
+    metrics: MetricsConfig = MetricsConfig()
 
     @field_validator("node")
     @classmethod

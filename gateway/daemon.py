@@ -13,13 +13,17 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from . import __version__
 from .channel import Channel, Reports, settle
 from .config import Config, load_config
 from .errors import ConfigError
 from .intake import Intake
 from .mail import EmailChannel
+from .metrics import MeteredChannel, Metrics, MetricsServer
 from .mqtt import MqttLink, Outgoing
 from .scheduler import Scheduler
+from .sdnotify import Notifier, Watchdog
+from .signing import Verifier
 from .status import StatusPublisher, Topics
 from .store import AsyncStore, Store
 
@@ -62,12 +66,28 @@ class Gateway:
             self.link.publish, self.topics, self.store, config.status.job_status_interval
         )
         self.channels = build_channels(config, self.reports)
-        self.scheduler = Scheduler(self.store, self.channels, self.status)
+        self.metrics = Metrics(__version__, config.node) if config.metrics.enabled else None
+        self.scheduler = Scheduler(self.store, self._metered(self.channels), self.status)
+        self.verifier = Verifier.from_config(config.security)
         self.intake = Intake(
-            self.store, self.scheduler, self.status, self.topics, config.jobs, self.link.ack
+            self.store,
+            self.scheduler,
+            self.status,
+            self.topics,
+            config.jobs,
+            self.link.ack,
+            check=self.verifier,
         )
         self.link.set_handlers(self.intake.handle, self._on_connect)
         self.ready_hooks: list[Callable[[], None]] = []
+        self.notifier = Notifier.from_env()
+        self.watchdog = Watchdog(self.notifier, self._alive)
+        self._ready_sent = False
+        self._background: list[asyncio.Task[None]] = []
+        self.metrics_server: MetricsServer | None = None
+        if self.metrics is not None:
+            self.status.sinks.append(self.metrics)
+            self.metrics.on_scrape(self._scrape)
 
     # -- health -------------------------------------------------------------------------
     def links(self) -> dict[str, object]:
@@ -101,14 +121,72 @@ class Gateway:
             self.status.job_dirty(row.id)
         for hook in self.ready_hooks:
             hook()
+        if not self._ready_sent:
+            # systemd: started once the store is open (it is) and the broker connected.
+            self._ready_sent = True
+            self.notifier.ready(self.status_line())
+
+    # -- service manager and metrics -----------------------------------------------------
+    def _metered(self, channels: dict[str, Channel]) -> dict[str, Channel]:
+        """What the scheduler drives: the channels, timed per attempt when metrics are on."""
+        if self.metrics is None:
+            return channels
+        return {name: MeteredChannel(ch, self.metrics) for name, ch in channels.items()}
+
+    def status_line(self) -> str:
+        """One line for `systemctl status`: state and each link's state."""
+        links = ", ".join(
+            f"{name} {health.get('state', '?') if isinstance(health, dict) else '?'}"
+            for name, health in self.links().items()
+        )
+        return f"{self.state()}: {links}"
+
+    def _alive(self) -> bool:
+        # The watchdog task runs on the loop: a blocked loop stops the pings by itself. Also
+        # stop them when a task the gateway cannot work without has died (while stopping,
+        # tasks end on purpose and the pings must go on until the stop timeout).
+        return self._stopping or not any(t.done() for t in self._background)
+
+    def _scrape(self, metrics: Metrics) -> None:
+        links = {k: v for k, v in self.links().items() if isinstance(v, dict)}
+        metrics.set_health(self.state(), links, self.scheduler.queue_depths())
+
+    async def _start_metrics(self) -> None:
+        if self.metrics is None:
+            return
+        server = MetricsServer.from_config(self.metrics, self.config.metrics)
+        try:
+            await server.start()
+        except OSError as exc:
+            # Alerts matter more than graphs: run on without the endpoint.
+            log.error(
+                "metrics endpoint not started, %s:%d: %s",
+                self.config.metrics.host,
+                self.config.metrics.port,
+                exc.strerror or exc,
+            )
+            return
+        self.metrics_server = server
+
+    def _reloaded(self, ok: bool) -> None:
+        if self.metrics is not None:
+            self.metrics.reload(ok)
+        if self._ready_sent:
+            note = "" if ok else " (reload refused: previous configuration in force)"
+            self.notifier.ready(self.status_line() + note)
 
     async def _health_loop(self) -> None:
         last = ""
+        last_line = ""
         next_periodic = time.monotonic()
         while True:
             await asyncio.sleep(0.5)
             state = self.state() + repr(self.links())
             now = time.monotonic()
+            line = self.status_line()
+            if line != last_line:
+                last_line = line
+                self.notifier.status(line)
             if state != last or now >= next_periodic:
                 last = state
                 next_periodic = now + self.config.status.health_interval
@@ -142,10 +220,13 @@ class Gateway:
         """Re-read the configuration; keep the old one when the new one is invalid."""
         if self.config_path is None:
             return False
+        if self._ready_sent:
+            self.notifier.reloading("reloading configuration")
         try:
             new = load_config(self.config_path)
         except ConfigError as exc:
             log.error("reload refused, configuration unchanged: %s", exc)
+            self._reloaded(False)
             return False
         if (
             new.mqtt != self.config.mqtt
@@ -153,15 +234,24 @@ class Gateway:
             or new.node != self.config.node
         ):
             log.warning("reload: [mqtt], [store] and node changes need a restart; ignored")
+        if new.metrics != self.config.metrics:
+            log.warning("reload: [metrics] changes need a restart; ignored")
         self.intake.limits = new.jobs
+        self.verifier.reconfigure(new.security)
         email = self.channels.get("email")
         if isinstance(email, EmailChannel):
             email.reconfigure(new.email)
         self.config = new.model_copy(
-            update={"mqtt": self.config.mqtt, "store": self.config.store, "node": self.config.node}
+            update={
+                "mqtt": self.config.mqtt,
+                "store": self.config.store,
+                "node": self.config.node,
+                "metrics": self.config.metrics,
+            }
         )
         self.scheduler.reload_limits()
         log.info("configuration reloaded from %s", self.config_path)
+        self._reloaded(True)
         return True
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -178,13 +268,15 @@ class Gateway:
             for ch in self.channels.values():
                 await ch.start()
             await self.scheduler.start()
-            background = [
+            await self._start_metrics()
+            background = self._background = [
                 asyncio.create_task(self.link.run(), name="mqtt"),
                 asyncio.create_task(self.status.run(), name="status"),
                 asyncio.create_task(self._health_loop(), name="health"),
                 asyncio.create_task(self._reports_loop(), name="reports"),
                 asyncio.create_task(self._purge_loop(), name="purge"),
             ]
+            self.watchdog.start()
             log.info(
                 "gateway %s started: channels=%s broker=%s:%d prefix=%s",
                 self.config.node,
@@ -205,6 +297,7 @@ class Gateway:
     async def _shutdown(self, background: list[asyncio.Task[None]]) -> None:
         log.info("stopping: no new jobs; finishing attempts in flight")
         self._stopping = True
+        self.notifier.stopping("stopping: finishing attempts in flight")
         self.link.pause_intake()
         self.publish_health()
         await self.scheduler.stop(STOP_GRACE)
@@ -219,5 +312,9 @@ class Gateway:
         for task in background:
             task.cancel()
         await asyncio.gather(*background, return_exceptions=True)
+        if self.metrics_server is not None:
+            await self.metrics_server.stop()
+        await self.watchdog.stop()
         self.store.close()
         log.info("stopped")
+        self.notifier.close()

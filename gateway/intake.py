@@ -11,6 +11,7 @@ import json
 import logging
 import time
 from collections.abc import Callable
+from typing import Protocol
 
 import aiomqtt
 
@@ -18,14 +19,27 @@ from .config import JobsConfig
 from .domain import JobState
 from .errors import StoreError
 from .jobs import JobErrorItem, JobRejected, content_hash, parse_job
+from .privacy import scrub
 from .scheduler import Scheduler
+from .signing import SignatureError
 from .status import StatusPublisher, Topics
 from .store import AddResult, AsyncStore
 
 log = logging.getLogger("gateway.intake")
 
 Ack = Callable[[aiomqtt.Message], None]
-PayloadCheck = Callable[[bytes], bytes]  # e.g. signature verification; raises JobRejected
+
+
+class PayloadCheck(Protocol):
+    """Authenticity check before parsing (gateway.signing.Verifier)."""
+
+    def check(self, payload: bytes) -> bytes:
+        """Return the payload to parse, or raise SignatureError (or JobRejected)."""
+        ...
+
+    def discard(self, payload: bytes) -> None:
+        """A checked payload was not stored (store failure): it will come again."""
+        ...
 
 
 class Intake:
@@ -84,13 +98,21 @@ class Intake:
     async def _job(self, payload: bytes) -> None:
         topic = self._topics.jobs
         log.debug("job payload received (%d bytes)", len(payload))
+        received = payload
         try:
-            if self.check is not None:
-                payload = self.check(payload)
+            if self.check is not None and len(payload) <= self.limits.max_payload_bytes:
+                # (An oversize payload is left to the parser's size check, unread.)
+                # Off the loop too: a large job takes a while to parse and canonicalise.
+                payload = await asyncio.to_thread(self.check.check, payload)
             # Off the loop: a 100,000-recipient job takes seconds to validate.
             job, _ = await asyncio.to_thread(
                 parse_job, payload, self.limits, self._scheduler.enabled
             )
+        except SignatureError as exc:
+            # Unauthenticated: nothing is written under the job's own topics (a forger must not
+            # be able to set the status of a job id), only the rejection.
+            self._reject([JobErrorItem("sig", exc.reason, exc.detail)], exc.job_id, topic)
+            return
         except JobRejected as rej:
             self._reject(rej.errors, rej.job_id, topic)
             if rej.job_id is not None:
@@ -99,9 +121,14 @@ class Intake:
                     self._status.job_rejected(rej.job_id)
             return
         started = time.perf_counter()
-        result, rows = await self._store.run(
-            self._store.store.add_job, job, content_hash(payload), self._scheduler.enabled
-        )
+        try:
+            result, rows = await self._store.run(
+                self._store.store.add_job, job, content_hash(payload), self._scheduler.enabled
+            )
+        except StoreError:
+            if self.check is not None:
+                self.check.discard(received)
+            raise
         if result is AddResult.CONFLICT:
             self._reject(
                 [
@@ -138,7 +165,8 @@ class Intake:
             try:
                 body = json.loads(payload)
                 if isinstance(body, dict) and isinstance(body.get("reason"), str):
-                    reason = f"cancelled: {body['reason'][:200]}"
+                    # Free text from dispatch goes to the store and MQTT: no numbers in it.
+                    reason = f"cancelled: {scrub(body['reason'][:200])}"
             except ValueError:
                 pass
         row = await self._store.run(self._store.store.job_row, job_id)

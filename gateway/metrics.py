@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Callable, Mapping
 
 from prometheus_client import (
@@ -25,6 +26,10 @@ from prometheus_client import (
     generate_latest,
 )
 from pydantic import BaseModel, ConfigDict, Field
+
+from .channel import Attempt, Channel, Limits, Outcome
+from .domain import Job
+from .errors import PermanentError, TemporaryError
 
 log = logging.getLogger("gateway.metrics")
 
@@ -146,7 +151,22 @@ class Metrics:
             namespace=NAMESPACE,
             registry=r,
         )
+        self.inflight = Gauge(
+            "inflight",
+            "Send attempts running per channel.",
+            ["channel"],
+            namespace=NAMESPACE,
+            registry=r,
+        )
+        self.link_stat = Gauge(
+            "link_stat",
+            "Numeric fields of each link's health (counters and gauges the channel reports).",
+            ["link", "stat"],
+            namespace=NAMESPACE,
+            registry=r,
+        )
         self._links: dict[str, str] = {}
+        self._tts_seen: dict[str, float] = {}
         self._queues: set[tuple[str, str]] = set()
         self._hooks: list[ScrapeHook] = []
         self.set_state("degraded")
@@ -193,6 +213,49 @@ class Metrics:
     def tts_cache_hit(self) -> None:
         self.tts_cache_hits.inc()
 
+    def set_health(
+        self,
+        state: str,
+        links: Mapping[str, Mapping[str, object]],
+        queues: Mapping[str, Mapping[str, int]],
+    ) -> None:
+        """Take the health report the daemon publishes on MQTT (see `Gateway.links()`):
+        link states, numeric health fields, queue depths, and TTS counts found under a
+        channel's `tts` member (`syntheses`/`<engine>_syntheses`, `cache_hits`)."""
+        self.set_state(state)
+        for link, health in links.items():
+            link_state = str(health.get("state", "unknown"))
+            self.set_link(link, link_state, link_state == "up")
+            for stat, value in _numbers(health):
+                self.link_stat.labels(link, stat).set(value)
+            tts = health.get("tts")
+            if isinstance(tts, Mapping):
+                self._tts_counts(tts)
+        depths: dict[tuple[str, str], int] = {}
+        for channel, depth in queues.items():
+            for key, n in depth.items():
+                if key == "inflight":
+                    self.inflight.labels(channel).set(n)
+                elif key in ("hot", "cold", "delayed"):
+                    depths[(channel, key)] = n
+        self.set_queue_depths(depths)
+
+    def _tts_counts(self, stats: Mapping[str, object]) -> None:
+        # The voice channel keeps running totals; counters take the increase since last time.
+        for key, value in stats.items():
+            if not isinstance(value, int | float) or isinstance(value, bool):
+                continue
+            if key == "cache_hits":
+                counter = self.tts_cache_hits
+            elif key.endswith("_syntheses"):
+                counter = self.tts_syntheses.labels(key.removesuffix("_syntheses"))
+            else:
+                continue
+            increase = value - self._tts_seen.get(key, 0)
+            self._tts_seen[key] = value
+            if increase > 0:
+                counter.inc(increase)
+
     def reject(self, reason: str) -> None:
         self.rejected.labels(reason).inc()
 
@@ -211,6 +274,63 @@ class Metrics:
             except Exception:
                 log.exception("metrics: a scrape hook failed; serving the last values")
         return generate_latest(self.registry)
+
+
+def _numbers(health: Mapping[str, object], prefix: str = "") -> list[tuple[str, float]]:
+    """Numeric fields of a health mapping, nested ones as `outer_inner` (lists skipped)."""
+    out: list[tuple[str, float]] = []
+    for key, value in health.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, int | float):  # bools too: up/down flags
+            out.append((name, float(value)))
+        elif isinstance(value, Mapping):
+            out.extend(_numbers(value, name + "_"))
+    return out
+
+
+class MeteredChannel:
+    """A channel as the scheduler sees it, timing every send attempt and counting outcomes.
+
+    It wraps without changing behaviour: results and exceptions pass through untouched.
+    """
+
+    def __init__(self, channel: Channel, metrics: Metrics) -> None:
+        self.inner = channel
+        self.name = channel.name
+        self._metrics = metrics
+
+    async def start(self) -> None:
+        await self.inner.start()
+
+    async def stop(self) -> None:
+        await self.inner.stop()
+
+    def limits(self) -> Limits:
+        return self.inner.limits()
+
+    async def prepare(self, job: Job) -> Mapping[str, str]:
+        return await self.inner.prepare(job)
+
+    async def send(self, attempt: Attempt) -> Outcome:
+        started = time.perf_counter()
+        outcome = "temporary"  # what the scheduler makes of an unexpected exception
+        try:
+            result = await self.inner.send(attempt)
+            outcome = "ok"
+            return result
+        except PermanentError:
+            outcome = "permanent"
+            raise
+        except TemporaryError:
+            raise
+        except asyncio.CancelledError:
+            outcome = "cancelled"
+            raise
+        finally:
+            self._metrics.attempt(self.name, outcome, time.perf_counter() - started)
+
+    def health(self) -> Mapping[str, object]:
+        return self.inner.health()
 
 
 class MetricsServer:

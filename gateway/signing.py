@@ -43,9 +43,10 @@ REASONS = ("unsigned", "malformed_signature", "unknown_key", "bad_signature", "s
 class SignatureError(GatewayError, ValueError):
     """A job's signature is missing or not acceptable. `reason` is one of REASONS."""
 
-    def __init__(self, reason: str, detail: str = "") -> None:
+    def __init__(self, reason: str, detail: str = "", job_id: str | None = None) -> None:
         self.reason = reason
         self.detail = detail
+        self.job_id = job_id  # when the refused payload had a readable id
         super().__init__(f"{reason}: {detail}" if detail else reason)
 
 
@@ -285,6 +286,39 @@ class Verifier:
         seen = SeenNonce(kid, nonce, signed_at + timedelta(seconds=self.window_s))
         self._remember(seen)
         return VerifiedJob(job, kid, signed_at, seen)
+
+    # -- the intake's payload check (gateway.intake.PayloadCheck) ----------------------------
+
+    def check(self, payload: bytes) -> bytes:
+        """Verify a job payload as received on MQTT; return what the intake should parse.
+
+        A payload that is not a JSON object is returned as it is: the job parser rejects it
+        with its own precise error. A signed job comes back as the RFC 8785 form of the job
+        without `sig`, so that re-signing the same job (new nonce) still reads as the same
+        content to the store's duplicate detection.
+        """
+        try:
+            body = json.loads(payload)
+        except ValueError:
+            return payload
+        if not isinstance(body, dict):
+            return payload
+        try:
+            verified = self.verify(body, datetime.now(UTC))
+        except SignatureError as exc:
+            job_id = body.get("id")
+            exc.job_id = job_id if isinstance(job_id, str) else None
+            raise
+        return canonical_json(verified.job) if verified.signed else payload
+
+    def discard(self, payload: bytes) -> None:
+        """Forget the nonce of a checked payload that was not stored after all (store failure):
+        the broker delivers it again, and that copy must not be refused as a replay."""
+        try:
+            sig = json.loads(payload).get("sig")
+            self._seen.pop((sig["kid"], sig["nonce"]), None)
+        except (ValueError, AttributeError, TypeError, KeyError):
+            pass
 
     # -- replay cache (the daemon may persist `seen()` and `restore()` it at start) --------
 

@@ -13,7 +13,7 @@ import time
 import uuid
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 from . import __version__
 from .privacy import address_hash
@@ -60,6 +60,19 @@ class Topics:
 Publish = Callable[..., None]
 
 
+class StatusSink(Protocol):
+    """Another consumer of what the publisher reports, e.g. gateway.metrics.Metrics.
+    Called with states and channel names only, never personal data."""
+
+    def job_state(self, state: str) -> None: ...
+
+    def delivery_state(self, channel: str, state: str) -> None: ...
+
+    def retry(self, channel: str) -> None: ...
+
+    def reject(self, reason: str) -> None: ...
+
+
 class StatusPublisher:
     """Turns store changes into MQTT messages. Job status is coalesced per job."""
 
@@ -74,6 +87,8 @@ class StatusPublisher:
         self._wake = asyncio.Event()
         self.boot_id = uuid.uuid4().hex
         self.started = time.time()
+        self.sinks: list[StatusSink] = []
+        self._job_states: dict[str, tuple[str, bool]] = {}  # job id -> last state, final
 
     # -- deliveries ---------------------------------------------------------------------
     def delivery(self, change: Change, priority: str | None = None) -> None:
@@ -100,6 +115,10 @@ class StatusPublisher:
         if d.possibly_sent:
             event["possibly_sent"] = True
         self._publish(self.topics.job_deliveries(d.job_id), dumps(event), qos=1)
+        for sink in self.sinks:
+            sink.delivery_state(d.channel, d.state.value)
+            if d.state.value == "retrying":
+                sink.retry(d.channel)
         log.info(
             "delivery %s job=%s ref=%s channel=%s to=%s %s->%s attempt=%d reason=%s",
             d.id,
@@ -143,10 +162,25 @@ class StatusPublisher:
             "reason": row.reason,
         }
         self._publish(self.topics.job_status(job_id), dumps(payload), qos=1, retain=True)
+        self._job_state(job_id, row.state.value, row.state.final)
+
+    def _job_state(self, job_id: str, state: str, final: bool) -> None:
+        # Job states as published: a state shorter than the status interval may be skipped.
+        if not self.sinks:
+            return
+        last = self._job_states.get(job_id)
+        if last is not None and last[0] == state:
+            return
+        for sink in self.sinks:
+            sink.job_state(state)
+        self._job_states[job_id] = (state, final)
+        if len(self._job_states) > 10_000:  # bounded: forget finished jobs
+            self._job_states = {k: v for k, v in self._job_states.items() if not v[1]}
 
     def job_rejected(self, job_id: str) -> None:
         payload = {"id": job_id, "state": "rejected", "updated_at": iso(time.time())}
         self._publish(self.topics.job_status(job_id), dumps(payload), qos=1, retain=True)
+        self._job_state(job_id, "rejected", True)
 
     def rejected(self, errors: list[Mapping[str, str]], job_id: str | None, topic: str) -> None:
         payload = {
@@ -157,6 +191,9 @@ class StatusPublisher:
             "time": iso(time.time()),
         }
         self._publish(self.topics.rejected, dumps(payload), qos=1)
+        for sink in self.sinks:
+            for code in {e.get("code", "unknown") for e in errors}:
+                sink.reject(code)
 
     def inbound(self, payload: Mapping[str, Any]) -> None:
         self._publish(self.topics.inbound_sms, dumps(dict(payload)), qos=1)

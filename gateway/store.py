@@ -236,6 +236,9 @@ class Store:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("PRAGMA foreign_keys=ON")
+        # Deleted rows (purged personal data) are overwritten with zeros, not left in free
+        # pages; the cost is a write of each freed page, only on delete.
+        self._db.execute("PRAGMA secure_delete=ON")
         self._db.executescript(_SCHEMA)
         self._db.execute(
             "INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', ?)",
@@ -690,6 +693,10 @@ class Store:
             return cur.rowcount
 
         result: int = self._tx(work)
+        if result:
+            # Copy the zeroed pages into the database and empty the WAL, whose old frames
+            # still hold the deleted rows.
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         return result
 
     def is_final(self, state: str) -> bool:

@@ -43,11 +43,13 @@ def gateway(tmp_path: Path, broker: Mosquitto, smtp: SmtpServer) -> Iterator[Gat
     """Start the gateway (e-mail enabled) as a process: `gateway(extra_toml="")`."""
     started: list[GatewayProcess] = []
 
-    def start(extra: str = "", wait_ready: bool = True) -> GatewayProcess:
+    def start(
+        extra: str = "", wait_ready: bool = True, env: dict[str, str] | None = None
+    ) -> GatewayProcess:
         config = gateway_config(tmp_path, broker, smtp, extra)
         proc = GatewayProcess(config, tmp_path)
         offset = len(proc.log())
-        proc.start()
+        proc.start(env)
         started.append(proc)
         if wait_ready:
             proc.wait_log("connected to MQTT broker", after=offset)

@@ -200,8 +200,9 @@ class GatewayProcess:
         self.log_path = workdir / "gateway.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self) -> None:
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(ROOT)}
+    def start(self, env: dict[str, str] | None = None) -> None:
+        """Start it; `env` adds to (or overrides) the environment, e.g. NOTIFY_SOCKET."""
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(ROOT), **(env or {})}
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "gateway", "run", "--config", str(self.config)],
             stdout=subprocess.DEVNULL,
@@ -230,6 +231,10 @@ class GatewayProcess:
         assert self.proc is not None
         self.proc.send_signal(signal.SIGKILL)
         self.proc.wait(10)
+
+    def send_signal(self, sig: signal.Signals) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
 
     def terminate(self, timeout: float = 30) -> int:
         assert self.proc is not None

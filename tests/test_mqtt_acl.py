@@ -4,6 +4,7 @@ only `dispatch` can get a job to the gateway; monitoring never sees a job."""
 from __future__ import annotations
 
 import asyncio
+import json
 import ssl
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
@@ -12,6 +13,7 @@ from pathlib import Path
 import aiomqtt
 import pytest
 
+from tests.fixtures import GatewayProcess, SmtpServer, email_job, members
 from tests.mqtt_tls_fixtures import TlsBroker, tls_broker
 
 TIMEOUT = 10.0
@@ -183,3 +185,54 @@ def test_fixture_hands_out_what_the_end_to_end_test_needs(broker: TlsBroker) -> 
     for name in ("gateway", "dispatch", "monitoring"):
         creds = broker.users[name]
         assert creds.password and Path(creds.cert).is_file() and Path(creds.key).is_file()
+
+
+async def test_gateway_over_tls_runs_only_dispatch_jobs(
+    broker: TlsBroker, smtp: SmtpServer, tmp_path: Path
+) -> None:
+    """The real daemon with the example broker: TLS with a client certificate and a login;
+    jobs published by anyone but dispatch never reach it (no e-mail, no status)."""
+    creds = broker.users["gateway"]
+    config = tmp_path / "gateway.toml"
+    config.write_text(
+        f'node = "tls"\n[mqtt]\nhost = "{broker.host}"\nport = {broker.port}\n'
+        f'username = "gateway"\npassword = "file:{tmp_path / "mqtt-password"}"\n'
+        "reconnect_initial_delay = 0.1\nreconnect_max_delay = 1.0\n"
+        f'[mqtt.tls]\nca_file = "{broker.ca}"\ncert_file = "{creds.cert}"\n'
+        f'key_file = "{creds.key}"\n'
+        f'[store]\npath = "{tmp_path}/gateway.sqlite3"\n'
+        f'[email]\nenabled = true\nhost = "127.0.0.1"\nport = {smtp.port}\n'
+    )
+    (tmp_path / "mqtt-password").write_text(creds.password + "\n")
+    proc = GatewayProcess(config, tmp_path)
+    proc.start()
+    try:
+        proc.wait_log(f"connected to MQTT broker {broker.host}:{broker.port}")
+        async with connect(broker, "dispatch", identifier="dispatch-e2e") as dispatch:
+            await dispatch.subscribe("plp/jobs/+/status", qos=1)
+            for intruder in ("monitoring", "stranger"):
+                async with connect(broker, intruder) as other:
+                    await other.publish(
+                        "plp/jobs", json.dumps(email_job(f"by-{intruder}", members(1))), qos=1
+                    )
+            await dispatch.publish("plp/jobs", json.dumps(email_job("by-dispatch", members(2))))
+
+            async def done() -> set[str]:
+                seen: set[str] = set()
+                async for msg in dispatch.messages:
+                    assert isinstance(msg.payload, bytes)
+                    seen.add(str(msg.topic))
+                    if json.loads(msg.payload)["state"] == "done":
+                        return seen
+                raise AssertionError("connection closed")
+
+            topics = await asyncio.wait_for(done(), 30)
+        assert topics == {"plp/jobs/by-dispatch/status"}
+        assert sorted(m.rcpts[0] for m in smtp.mailbox) == [
+            "member0@example.be",
+            "member1@example.be",
+        ]
+        assert "job by-dispatch accepted" in proc.log()
+        assert "by-monitoring" not in proc.log() and "by-stranger" not in proc.log()
+    finally:
+        proc.stop()

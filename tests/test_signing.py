@@ -230,3 +230,19 @@ def test_sign_command_reproduces_the_test_vector(
     assert signing_main(argv) == 0
     fresh = json.loads(capsys.readouterr().out)
     verifier().verify(fresh, datetime.now(UTC))
+
+
+def test_intake_check_returns_what_to_parse_and_forgets_unstored_nonces() -> None:
+    """`Verifier.check` is the intake's hook (real clock): bytes in, bytes to parse out."""
+    v = verifier(require=False)
+    unsigned = json.dumps(job()).encode()
+    assert v.check(unsigned) is unsigned
+    assert v.check(b"not json") == b"not json"  # the job parser explains what is wrong
+    signed = json.dumps(sign(job(), "dispatch-1", KEY, datetime.now(UTC))).encode()
+    assert v.check(signed) == canonical_json(job())
+    with pytest.raises(SignatureError) as info:
+        v.check(signed)
+    assert (info.value.reason, info.value.job_id) == ("replayed", "zone5344-2026-000123")
+    v.discard(signed)  # storing it failed: the broker's redelivery must pass
+    assert v.check(signed) == canonical_json(job())
+    v.discard(b"[]")  # never raises

@@ -1,0 +1,132 @@
+"""No full phone number or e-mail address leaves the store: everything the daemon logged
+(at DEBUG) and published on MQTT during jobs, its metrics, and a purged store are scanned."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import re
+from pathlib import Path
+
+import aiomqtt
+
+from gateway.config import JobsConfig
+from gateway.domain import DeliveryState, JobState
+from gateway.jobs import content_hash, parse_job
+from gateway.store import Store
+from tests.conftest import GatewayFactory
+from tests.fixtures import Mosquitto, Observer, Seen, SmtpServer, email_job, free_port, members
+from tests.test_metrics import http_get
+
+
+def needles(recipients: list[dict[str, str]]) -> set[str]:
+    """Each member's address and number, also as the digits someone might log."""
+    out: set[str] = set()
+    for r in recipients:
+        out |= {r["email"], r["email"].split("@")[0] + "@", r["phone"], r["phone"][1:]}
+        out.add("0" + r["phone"][3:])  # Belgian national form
+    return out
+
+
+@contextlib.asynccontextmanager
+async def record_everything(broker: Mosquitto, seen: list[Seen]):  # type: ignore[no-untyped-def]
+    async def run() -> None:
+        async with aiomqtt.Client(broker.host, broker.port) as client:
+            await client.subscribe("#", qos=1)
+            ready.set()
+            async for m in client.messages:
+                assert isinstance(m.payload, bytes)
+                seen.append(Seen(str(m.topic), m.payload, m.retain))
+
+    ready = asyncio.Event()
+    task = asyncio.create_task(run())
+    await asyncio.wait_for(ready.wait(), 10)
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def test_logs_mqtt_and_metrics_hold_no_full_address(
+    gateway: GatewayFactory,
+    observer: Observer,
+    smtp: SmtpServer,
+    broker: Mosquitto,
+    tmp_path: Path,
+) -> None:
+    recipients = members(6, domain="leden.example.be")
+    refused, retried = recipients[1]["email"], recipients[2]["email"]
+    # Mail servers like to quote the address back: that text must not escape either.
+    smtp.script.replies = {refused: [f"550 5.1.1 <{refused}>: no such user"], retried: [
+        f"451 4.3.0 <{retried}> try again later"
+    ]}  # fmt: skip
+    later = members(1, domain="later.example.be")  # still retrying when it is cancelled
+    smtp.script.replies[later[0]["email"]] = ["451 4.3.0 busy"] * 4
+    typo = {"ref": "m-typo", "email": "piet.peeters@@example.be", "phone": "+32471000999"}
+    recipients.append({**typo, "lang": "nl"})
+    bad = members(2, domain="weg.example.be")  # in a job refused as a whole
+    port = free_port()
+    proc = gateway(f"[metrics]\nenabled = true\nport = {port}\n")
+    seen: list[Seen] = []
+    async with record_everything(broker, seen):
+        await observer.publish_job(email_job("privacy-1", recipients))
+        await observer.publish_job(email_job("privacy-bad", bad, priority="urgent"))
+        await observer.publish_job(email_job("privacy-2", later))
+        await observer.wait(
+            lambda: "retrying" in {e["state"] for e in observer.events("privacy-2")}
+        )
+        await observer.publish("plp/jobs/privacy-2/cancel", b'{"reason": "call +32470999888"}')
+        await observer.wait_job("privacy-1", "done")
+        await observer.wait_job("privacy-2", "cancelled")
+        await observer.wait(observer.rejections)
+        _, _, metrics = await http_get(port, "/metrics")
+        await asyncio.to_thread(proc.terminate)
+        await observer.wait(lambda: any(s.payload == b"offline" for s in seen))
+
+    from_gateway = [s for s in seen if s.topic != "plp/jobs" and not s.topic.endswith("/cancel")]
+    assert {s.topic for s in from_gateway} >= {
+        "plp/jobs/privacy-1/status",
+        "plp/jobs/privacy-1/deliveries",
+        "plp/jobs/rejected",
+        "plp/gateway/test/health",
+        "plp/gateway/test/availability",
+    }
+    log = proc.log()
+    assert "DEBUG" in log and "smtp_550" in log and "retrying" in log and "invalid_email" in log
+    texts = {
+        "log": log,
+        "metrics": metrics.decode(),
+        **{f"mqtt {s.topic} #{i}": s.payload.decode() for i, s in enumerate(from_gateway)},
+    }
+    leaks = [
+        (where, needle)
+        for needle in needles(recipients + bad + later) | {"+32470999888", "piet.peeters"}
+        for where, text in texts.items()
+        if needle in text
+    ]
+    assert not leaks, leaks
+    info_and_up = [line for line in log.splitlines() if " DEBUG " not in line]
+    texts_of_job = email_job("x", [])["message"].values()
+    assert not [line for line in info_and_up for t in texts_of_job if t[:20] in line]
+    # Masked forms are what appears instead.
+    assert "m***@leden.example.be" in log
+    assert re.search(r"\+32470\*{4}88", log), "the number in the cancel reason is masked"
+
+
+def test_purge_leaves_no_address_in_the_database_files(tmp_path: Path) -> None:
+    recipients = members(50, domain="purged.example.be")
+    payload = json.dumps(email_job("gone-1", recipients)).encode()
+    job, _ = parse_job(payload, JobsConfig(), frozenset({"email"}))
+    store = Store(tmp_path / "gw.sqlite3")
+    try:
+        store.add_job(job, content_hash(payload), frozenset({"email"}))
+        store.close_job("gone-1", JobState.CANCELLED, DeliveryState.CANCELLED, "drill over")
+        assert store.purge(float("inf")) == 1
+    finally:
+        store.close()
+    addresses = [r["email"] for r in recipients] + [r["phone"] for r in recipients]
+    raw = b"".join(p.read_bytes() for p in tmp_path.iterdir() if p.name.startswith("gw."))
+    assert not [a for a in addresses if a.encode() in raw]
