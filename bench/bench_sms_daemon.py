@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -20,45 +21,58 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+import aiomqtt  # noqa: E402
+
 from tests.fixtures import GatewayProcess, Mosquitto, Observer, gateway_config, members  # noqa: E402
 from tests.sms_fixtures import SmscProcess, sms_job  # noqa: E402
 
 
-async def single_latencies(obs: Observer, sim: SmscProcess, n: int) -> list[float]:
-    """Publish one-recipient jobs one after another; time until the SMSC accepts each."""
+async def single_latencies(broker: Mosquitto, sim: SmscProcess, n: int) -> list[float]:
+    """Publish one-recipient jobs one after another from a connected dispatch client; time
+    from the publish call until the SMSC accepts the submit_sm."""
     out: list[float] = []
-    for i in range(n):
-        before = (await sim.ctl("stats"))["counters"].get("accepted", 0)
-        job = sms_job(f"single-{i}", [{"ref": "m", "phone": "+32470999000", "lang": "fr"}])
-        payload = json.dumps(job)
-        t0 = time.monotonic()
-        await obs.publish("plp/jobs", payload)
-
-        def accepted(stats: dict[str, Any], before: int = before) -> bool:
-            return int(stats["counters"].get("accepted", 0)) > before
-
-        stats = await sim.wait(accepted, 30)
-        out.append(stats["last_accepted_at"] - t0)  # both CLOCK_MONOTONIC, same machine
+    async with aiomqtt.Client(broker.host, broker.port) as dispatch:
+        for i in range(n):
+            out.append(await _single(dispatch, sim, i))
     return out
 
 
-async def run(n: int, window: int, singles: int) -> None:
+async def _single(dispatch: aiomqtt.Client, sim: SmscProcess, i: int) -> float:
+    before = int((await sim.ctl("stats"))["counters"].get("accepted", 0))
+    job = sms_job(f"single-{i}", [{"ref": "m", "phone": "+32470999000", "lang": "fr"}])
+    payload = json.dumps(job)
+
+    def accepted(stats: dict[str, Any]) -> bool:
+        return int(stats["counters"].get("accepted", 0)) > before
+
+    t0 = time.monotonic()
+    await dispatch.publish("plp/jobs", payload, qos=1)
+    stats = await sim.wait(accepted, 30)
+    return float(stats["last_accepted_at"] - t0)  # both CLOCK_MONOTONIC, same machine
+
+
+async def run(n: int, window: int, singles: int, events: str) -> float:
     with tempfile.TemporaryDirectory() as tmp:
-        work = Path(tmp)
+        work = Path(os.environ.get("BENCH_DIR", tmp))
         (work / "broker").mkdir()
-        broker = Mosquitto(work / "broker")
+        broker = Mosquitto(work / "broker", os.environ.get("BENCH_BROKER", ""))
         broker.start()
         sim = SmscProcess(work, "--receipt-delay", "0")
         sim.start()
         config = gateway_config(work, broker, None, sim.config(window=window))
-        config.write_text(config.read_text().replace('level = "DEBUG"', 'level = "WARNING"'))
+        text = config.read_text().replace(
+            'level = "DEBUG"',
+            'level = "' + __import__("os").environ.get("BENCH_LOG", "WARNING") + '"',
+        )
+        text = text.replace("[status]\n", f'[status]\ndelivery_events = "{events}"\n')
+        config.write_text(text)
         gw = GatewayProcess(config, work)
         gw.start()
         try:
             async with Observer(broker) as obs:
                 await obs.wait(lambda: obs.on("/gateway/test/availability"), 30)
                 await sim.wait(lambda s: s["bound"] >= 1, 30)
-                lat = await single_latencies(obs, sim, singles)
+                lat = await single_latencies(broker, sim, singles)
                 await sim.ctl("reset")
                 job = sms_job("bench-sms", members(n))
                 payload = json.dumps(job)
@@ -71,7 +85,7 @@ async def run(n: int, window: int, singles: int) -> None:
             first, last = stats["first_accepted_at"], stats["last_accepted_at"]
             lat_ms = sorted(x * 1000 for x in lat)
             p99 = lat_ms[min(len(lat_ms) - 1, int(len(lat_ms) * 0.99))]
-            print(f"window                      {window} (one bind)")
+            print(f"window                      {window} (one bind), delivery_events={events}")
             print(f"single jobs                 {len(lat_ms)}")
             print(f"publish -> 1st submit_sm    p50 {statistics.median(lat_ms):.1f} ms, "
                   f"p99 {p99:.1f} ms, max {lat_ms[-1]:.1f} ms")  # fmt: skip
@@ -82,6 +96,7 @@ async def run(n: int, window: int, singles: int) -> None:
             print(f"sustained (seen by SMSC)    {(n - 1) / (last - first):.0f} submit_sm/s")
             print(f"job 'done' (all receipts)   {t_done - t0:.2f} s after publish")
             print(f"duplicates at the SMSC      {stats['duplicates']}")
+            return float((n - 1) / (last - first))
         finally:
             gw.stop()
             sim.stop()
@@ -93,8 +108,35 @@ def main() -> None:
     parser.add_argument("--recipients", type=int, default=10_000)
     parser.add_argument("--window", type=int, default=50)
     parser.add_argument("--singles", type=int, default=200)
+    parser.add_argument("--events", choices=["each", "batch", "both"], default="both")
+    parser.add_argument("--kannel", action="store_true", help="also run Kannel, same simulator")
     args = parser.parse_args()
-    asyncio.run(run(args.recipients, args.window, args.singles))
+    asyncio.run(main_async(args))
+
+
+async def main_async(args: argparse.Namespace) -> None:
+    ours: dict[str, float] = {}
+    for events in ("each", "batch") if args.events == "both" else (args.events,):
+        print(f"# gateway daemon, delivery_events = {events}")
+        ours[events] = await run(args.recipients, args.window, args.singles, events)
+    if not args.kannel:
+        return
+    from bench.bench_sms_kannel import run_kannel
+
+    with tempfile.TemporaryDirectory() as tmp:
+        sim = SmscProcess(Path(tmp), "--receipt-delay", "0")
+        sim.start()
+        try:
+            print(f"# Kannel 1.4.5 against the same simulator, max-pending-submits {args.window}")
+            for dlr, label in ((True, "receipts (dlr-mask 3)"), (False, "no receipts")):
+                k = await run_kannel(
+                    sim.port, sim.control_port, args.recipients, args.window, dlr=dlr,
+                    prequeue=False,
+                )  # fmt: skip
+                ratios = ", ".join(f"{e}: {v / k:.2f}" for e, v in ours.items())
+                print(f"Kannel sendsms, {label}: {k:,.0f} submit_sm/s; gateway / Kannel = {ratios}")
+        finally:
+            sim.stop()
 
 
 if __name__ == "__main__":

@@ -113,6 +113,9 @@ class StatusConfig(Section):
         0.5, gt=0, description="min seconds between job status updates"
     )
     event_buffer: int = Field(200_000, ge=100)
+    delivery_events: Literal["each", "batch"] = Field(
+        "each", description="one MQTT message per delivery change, or batched per job"
+    )
 
 
 class SecurityConfig(_SecurityConfig):

@@ -50,6 +50,7 @@ class Gateway:
         self.config_path = config_path
         self.topics = Topics(config.mqtt.topic_prefix, config.node)
         self._stop = asyncio.Event()
+        self._reconfiguring: set[asyncio.Task[None]] = set()
         self._stopping = False
         self._reload_requested = asyncio.Event()
         self._health_changed = asyncio.Event()
@@ -63,7 +64,11 @@ class Gateway:
             buffer=config.status.event_buffer,
         )
         self.status = StatusPublisher(
-            self.link.publish, self.topics, self.store, config.status.job_status_interval
+            self.link.publish,
+            self.topics,
+            self.store,
+            config.status.job_status_interval,
+            config.status.delivery_events,
         )
         self.channels = build_channels(config, self.reports)
         self.metrics = Metrics(__version__, config.node) if config.metrics.enabled else None
@@ -241,6 +246,10 @@ class Gateway:
         email = self.channels.get("email")
         if isinstance(email, EmailChannel):
             email.reconfigure(new.email)
+        for name in ("email", "sms", "voice"):
+            if getattr(new, name).enabled != getattr(self.config, name).enabled:
+                log.warning("reload: enabling or disabling [%s] needs a restart; ignored", name)
+        self._reconfigure_sms(new)
         self.config = new.model_copy(
             update={
                 "mqtt": self.config.mqtt,
@@ -253,6 +262,17 @@ class Gateway:
         log.info("configuration reloaded from %s", self.config_path)
         self._reloaded(True)
         return True
+
+    def _reconfigure_sms(self, new: Config) -> None:
+        sms = self.channels.get("sms")
+        if sms is None or new.sms == self.config.sms or not new.sms.enabled:
+            return
+        from sms.channel import SmsChannel
+
+        if isinstance(sms, SmsChannel):
+            task = asyncio.get_running_loop().create_task(sms.reconfigure(new.sms))
+            self._reconfiguring.add(task)
+            task.add_done_callback(self._reconfiguring.discard)
 
     # -- lifecycle -------------------------------------------------------------------------
     def request_stop(self) -> None:

@@ -1,13 +1,16 @@
 """`plp-gateway demo`: the main job end to end on this machine.
 
-A private mosquitto, a local SMTP sink, the gateway on a demo configuration, a sample hot
-alert to a sample PLP of 20 members in FR/NL/DE/EN, live per-recipient progress, the report.
+A private mosquitto, a local SMTP sink, the SMSC simulator (SMPP 3.4 over TCP, receipts after
+2 s), the gateway on a demo configuration, a sample hot alert to a sample PLP of 20 members
+in FR/NL/DE/EN by e-mail and SMS, one member answering "BIEN RECU" by SMS (acknowledged),
+live per-recipient progress, the report.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import shutil
 import signal
 import socket
@@ -85,6 +88,7 @@ def sample_job(job_id: str, channels: list[str]) -> dict[str, Any]:
         }
         members.append(member)
     members[6]["email"] = "hanne-at-example.be"  # shows a clear per-recipient error
+    members[9]["phone"] = "+3225551234"  # a landline: the SMS fails "not_mobile"
     return {
         "id": job_id,
         "priority": "hot",
@@ -124,6 +128,61 @@ async def _wait_online(config_path: Path, timeout: float = 20) -> None:
                     return
 
 
+class _Smsc:
+    """`plp-gateway simulate smsc` as a process; its control port injects a member's reply."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.ports_file = workdir / "smsc-ports.json"
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "gateway", "simulate", "smsc", "--port", "0",
+             "--control-port", "0", "--port-file", str(self.ports_file),
+             "--receipt-delay", "2", "--log-level", "WARNING"],
+            stdout=subprocess.DEVNULL,
+            stderr=open(workdir / "smsc.log", "wb"),  # noqa: SIM115
+        )  # fmt: skip
+        deadline = time.monotonic() + 20
+        while not self.ports_file.exists() or not self.ports_file.read_text():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("the SMSC simulator did not start; see smsc.log")
+            time.sleep(0.05)
+        ports = json.loads(self.ports_file.read_text())
+        self.port, self.control_port = int(ports["port"]), int(ports["control_port"])
+
+    def config(self) -> str:
+        return (
+            '[sms]\nenabled = true\nsender = "PolicePLP"\n'
+            f'[[sms.smsc]]\nname = "simulator"\nhost = "127.0.0.1"\nport = {self.port}\n'
+            'system_id = "plp"\npassword = "secret"\nwindow = 10\n'
+        )
+
+    async def reply_when_sent(self, phone: str, text: str, within: float = 60) -> None:
+        """Once `phone` got its SMS, answer as the member would (before the receipt)."""
+        from sms.simulator_control import control
+
+        async with asyncio.timeout(within):
+            while True:
+                answer = await control(
+                    "127.0.0.1", self.control_port, {"cmd": "count", "number": phone}
+                )
+                if answer.get("submits"):
+                    break
+                await asyncio.sleep(0.1)
+            await control("127.0.0.1", self.control_port,
+                          {"cmd": "mo", "source": phone, "text": text})  # fmt: skip
+
+
+async def _drill(config: Any, job: dict[str, Any], smsc: _Smsc) -> int:
+    replier = job["recipients"][1]  # Bram answers "BIEN RECU" by SMS
+    reply = asyncio.create_task(smsc.reply_when_sent(replier["phone"], "BIEN RECU"))
+    try:
+        return await follow_job(config, job, timeout=120)
+    finally:
+        if not reply.done():
+            reply.cancel()
+        with contextlib.suppress(BaseException):
+            await reply
+
+
 def run_demo(workdir: Path) -> int:
     if workdir.exists():
         shutil.rmtree(workdir)
@@ -132,6 +191,7 @@ def run_demo(workdir: Path) -> int:
     mqtt_port, smtp_port = _free_port(), _free_port()
     (workdir / "mosquitto.conf").write_text(
         f"listener {mqtt_port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
+        "set_tcp_nodelay true\n"
     )
     sink = _MailSink(workdir / "mail")
     smtp = Controller(sink, hostname="127.0.0.1", port=smtp_port)
@@ -155,6 +215,11 @@ def run_demo(workdir: Path) -> int:
         )
         _wait_port(mqtt_port)
         smtp.start()
+        smsc = _Smsc(workdir)
+        procs.append(smsc.proc)
+        print(f"demo: SMSC simulator (SMPP) on 127.0.0.1:{smsc.port}")
+        with config_path.open("a") as fh:
+            fh.write(smsc.config())
         log = open(workdir / "gateway.log", "wb")  # noqa: SIM115
         gw = subprocess.Popen(
             [sys.executable, "-m", "gateway", "run", "--config", str(config_path)],
@@ -164,13 +229,20 @@ def run_demo(workdir: Path) -> int:
         procs.append(gw)
         asyncio.run(_wait_online(config_path))
         print(f"demo: gateway online (log: {workdir / 'gateway.log'})")
-        job = sample_job(f"demo-{time.strftime('%Y%m%d-%H%M%S')}", ["email"])
+        job = sample_job(f"demo-{time.strftime('%Y%m%d-%H%M%S')}", ["email", "sms"])
         print(f"demo: publishing hot alert {job['id']} to {len(job['recipients'])} members\n")
         config = load_config(config_path)
-        rc = asyncio.run(follow_job(config, job, timeout=120))
+        rc = asyncio.run(_drill(config, job, smsc))
         print()
         print_report(config, job["id"])
         print(f"\ndemo: {sink.count} e-mails in {workdir / 'mail'}")
+        from sms.simulator_control import control
+
+        stats = asyncio.run(control("127.0.0.1", smsc.control_port, {"cmd": "stats"}))
+        counters = stats.get("counters", {})
+        print(f"demo: the SMSC simulator accepted {counters.get('accepted', 0)} submit_sm, "
+              f"sent {counters.get('receipts_delivrd', 0)} delivery receipts and "
+              f"{counters.get('mo_injected', 0)} member reply")  # fmt: skip
         gw.send_signal(signal.SIGTERM)
         code = gw.wait(30)
         print(f"demo: gateway stopped cleanly (exit {code})")

@@ -11,10 +11,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 import ssl
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 import aiomqtt
 import paho.mqtt.client as paho
@@ -147,6 +149,7 @@ class MqttLink:
         # _pump_out publishes in batches of PUBLISH_BATCH: that many pending calls is normal
         # and must not log a warning each time.
         client.pending_calls_threshold = 4 * PUBLISH_BATCH
+        _no_delay(client)
         return client
 
     async def run(self) -> None:
@@ -217,3 +220,19 @@ class MqttLink:
                 self._out.extendleft(reversed(failed))
                 err = next(r for r in results if isinstance(r, Exception))
                 raise aiomqtt.MqttError(f"publish failed: {err}")
+
+
+def _no_delay(client: aiomqtt.Client) -> None:
+    """Turn Nagle's algorithm off on the broker connection, as asyncio does for its own TCP
+    transports: small MQTT packets (PUBACKs, events) otherwise wait for the peer's delayed
+    ACK, up to 40 ms on Linux, on the path of every alert."""
+    paho = client._client
+    opened = paho.on_socket_open
+
+    def on_socket_open(c: Any, userdata: Any, sock: Any) -> None:
+        with contextlib.suppress(OSError, AttributeError):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if opened is not None:
+            opened(c, userdata, sock)
+
+    paho.on_socket_open = on_socket_open

@@ -15,10 +15,10 @@ from dataclasses import dataclass, field
 from .channel import Attempt, Channel, Outcome, Receipt, Reply, Report
 from .domain import DeliveryState, Job, JobState, Priority, compose_subject, compose_text
 from .errors import PermanentError, TemporaryError
-from .privacy import mask_phone
+from .privacy import mask_phone, scrub
 from .queues import ChannelQueue, Slots, make_limiter
 from .status import StatusPublisher, iso
-from .store import AsyncStore, Change, DeliveryRow
+from .store import AsyncStore, Batched, Change, DeliveryRow
 
 log = logging.getLogger("gateway.scheduler")
 
@@ -54,6 +54,10 @@ class Scheduler:
         self._stopping = False
         self._reply_window = reply_window
         self.counters: dict[str, int] = {"attempts": 0, "retries": 0, "receipts_unknown": 0}
+        # The hot path's writes, coalesced: one transaction per batch of attempts.
+        self._claim = Batched(store, store.store.claim)
+        self._record_sent = Batched(store, store.store.record_sent)
+        self._transition = Batched(store, store.store.transition)
         for lane in self._lanes.values():
             self._apply_limits(lane)
 
@@ -241,7 +245,7 @@ class Scheduler:
     async def _attempt(self, lane: _Lane, delivery_id: int, job_id: str) -> None:
         store = self._store.store
         job = await self._job(job_id)
-        claim = await self._store.run(store.claim, delivery_id)
+        claim = await self._claim(delivery_id)
         if claim is None or job is None:
             return
         self._status.delivery(claim)
@@ -296,8 +300,7 @@ class Scheduler:
             await self._succeeded(d, outcome)
 
     async def _succeeded(self, d: DeliveryRow, outcome: Outcome) -> None:
-        changes = await self._store.run(
-            self._store.store.record_sent,
+        changes = await self._record_sent(
             d.id,
             outcome.state,
             d.channel,
@@ -315,8 +318,7 @@ class Scheduler:
         delay = exc.retry_after if exc.retry_after is not None else policy.delay(d.attempts)
         due = time.time() + delay
         possibly_sent = 1 if exc.reason == "possibly_sent" else int(d.possibly_sent)
-        change = await self._store.run(
-            self._store.store.transition,
+        change = await self._transition(
             d.id,
             DeliveryState.RETRYING,
             last_error=exc.reason,
@@ -331,12 +333,8 @@ class Scheduler:
         lane.queue.push(job.priority, d.id, job.id, due)
 
     async def _fail(self, d: DeliveryRow, reason: str, detail: str | None = None) -> None:
-        change = await self._store.run(
-            self._store.store.transition,
-            d.id,
-            DeliveryState.FAILED,
-            last_error=reason,
-            detail=detail,
+        change = await self._transition(
+            d.id, DeliveryState.FAILED, last_error=reason, detail=detail
         )
         if change is not None:
             await self._changed(change)
@@ -410,7 +408,7 @@ class Scheduler:
                 "from": match.masked if match else mask_phone(reply.sender),
                 "job_id": match.job_id if match else None,
                 "ref": match.ref if match else None,
-                "text": reply.text,
+                "text": scrub(reply.text),  # a number or address in it is masked too
                 "acknowledges": reply.acknowledges,
                 "time": iso(time.time()),
             }

@@ -21,6 +21,8 @@ from .store import AsyncStore, Change
 
 log = logging.getLogger("gateway.status")
 
+EVENT_BATCH = 1000  # delivery events per batch message at most
+
 
 def iso(ts: float | None) -> str | None:
     if ts is None:
@@ -48,6 +50,9 @@ class Topics:
 
     def job_deliveries(self, job_id: str) -> str:
         return f"{self.prefix}/jobs/{job_id}/deliveries"
+
+    def job_delivery_batches(self, job_id: str) -> str:
+        return f"{self.prefix}/jobs/{job_id}/deliveries/batch"
 
     def cancel_job_id(self, topic: str) -> str | None:
         parts = topic.split("/")
@@ -77,9 +82,18 @@ class StatusPublisher:
     """Turns store changes into MQTT messages. Job status is coalesced per job."""
 
     def __init__(
-        self, publish: Publish, topics: Topics, store: AsyncStore, job_interval: float
+        self,
+        publish: Publish,
+        topics: Topics,
+        store: AsyncStore,
+        job_interval: float,
+        delivery_events: str = "each",
     ) -> None:
         self._publish = publish
+        # "each": one message per delivery change; "batch": one message per job and flush
+        # holding that job's events in order (for jobs of thousands at full SMSC speed).
+        self._batch_events = delivery_events == "batch"
+        self._events: dict[str, list[dict[str, Any]]] = {}
         self.topics = topics
         self._store = store
         self._interval = job_interval
@@ -114,7 +128,13 @@ class StatusPublisher:
             event["next_attempt_at"] = iso(d.next_attempt_at)
         if d.possibly_sent:
             event["possibly_sent"] = True
-        self._publish(self.topics.job_deliveries(d.job_id), dumps(event), qos=1)
+        if self._batch_events:
+            pending = self._events.setdefault(d.job_id, [])
+            pending.append(event)
+            if len(pending) >= EVENT_BATCH:
+                self._publish_events(d.job_id)
+        else:
+            self._publish(self.topics.job_deliveries(d.job_id), dumps(event), qos=1)
         for sink in self.sinks:
             sink.delivery_state(d.channel, d.state.value)
             if d.state.value == "retrying":
@@ -206,7 +226,15 @@ class StatusPublisher:
             self._wake.clear()
             await self.flush()
 
+    def _publish_events(self, job_id: str) -> None:
+        events = self._events.pop(job_id, [])
+        if events:
+            payload = {"job_id": job_id, "events": events}
+            self._publish(self.topics.job_delivery_batches(job_id), dumps(payload), qos=1)
+
     async def flush(self) -> None:
+        for job_id in list(self._events):
+            self._publish_events(job_id)
         dirty, self._dirty = self._dirty, set()
         for job_id in dirty:
             await self.publish_job(job_id)

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import Enum
 from pathlib import Path
-from typing import Any, ParamSpec, TypeVar
+from typing import Any, Generic, ParamSpec, TypeVar
 
 from .domain import (
     FINAL_DELIVERY_STATES,
@@ -31,6 +31,9 @@ from .domain import (
 )
 from .errors import StoreError
 from .privacy import mask_address
+
+P = ParamSpec("P")
+T = TypeVar("T")
 
 SCHEMA_VERSION = 1
 _SCHEMA = """
@@ -80,6 +83,7 @@ CREATE TABLE IF NOT EXISTS provider_ids (
     reason TEXT,
     PRIMARY KEY (channel, provider_id)
 );
+CREATE INDEX IF NOT EXISTS provider_ids_delivery ON provider_ids(delivery_id);
 CREATE TABLE IF NOT EXISTS orphan_receipts (
     channel TEXT NOT NULL,
     provider_id TEXT NOT NULL,
@@ -226,6 +230,7 @@ def address_for(recipient: Recipient, channel: str) -> tuple[str | None, str | N
 class Store:
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
+        self._in_tx = False
         try:
             self._db = sqlite3.connect(
                 str(path), isolation_level=None, check_same_thread=False, timeout=30
@@ -251,20 +256,49 @@ class Store:
 
     # -- transactions ---------------------------------------------------------------
     def _tx(self, fn: Callable[[], Any], durable: bool = False) -> Any:
+        if self._in_tx:  # part of a `many()` batch: its transaction commits everything
+            return fn()
         if durable:
             self._db.execute("PRAGMA synchronous=FULL")
         try:
             self._db.execute("BEGIN IMMEDIATE")
+            self._in_tx = True
             try:
                 result = fn()
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
+            finally:
+                self._in_tx = False
             self._db.execute("COMMIT")
             return result
         finally:
             if durable:
                 self._db.execute("PRAGMA synchronous=NORMAL")
+
+    def many(
+        self, fn: Callable[..., T], calls: list[tuple[tuple[Any, ...], dict[str, Any]]]
+    ) -> list[T | Exception]:
+        """`fn(*args, **kwargs)` for each call, in one transaction (one commit for all).
+
+        Each call runs in its own savepoint: one that raises is undone alone and its
+        exception is returned in its place.
+        """
+
+        def work() -> list[T | Exception]:
+            out: list[T | Exception] = []
+            for args, kwargs in calls:
+                self._db.execute("SAVEPOINT one")
+                try:
+                    out.append(fn(*args, **kwargs))
+                except Exception as exc:
+                    self._db.execute("ROLLBACK TO one")
+                    out.append(exc)
+                self._db.execute("RELEASE one")
+            return out
+
+        result: list[T | Exception] = self._tx(work)
+        return result
 
     # -- jobs ---------------------------------------------------------------------------
     def add_job(
@@ -703,8 +737,48 @@ class Store:
         return DeliveryState(state) in FINAL_DELIVERY_STATES
 
 
-P = ParamSpec("P")
-T = TypeVar("T")
+class Batched(Generic[T]):
+    """An async front to one store method that coalesces concurrent calls.
+
+    Calls made while a batch is being written wait for the next one, so under load a
+    thousand attempts cost a few transactions, and an idle gateway adds no delay.
+    """
+
+    def __init__(self, store: AsyncStore, fn: Callable[..., T], max_batch: int = 512) -> None:
+        self._store = store
+        self._fn = fn
+        self._max = max_batch
+        self._pending: list[tuple[tuple[tuple[Any, ...], dict[str, Any]], asyncio.Future[T]]] = []
+        self._running = False
+        self._task: asyncio.Task[None] | None = None
+
+    async def __call__(self, *args: Any, **kwargs: Any) -> T:
+        fut: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._pending.append(((args, kwargs), fut))
+        if not self._running:
+            self._running = True
+            self._task = asyncio.get_running_loop().create_task(self._drain())
+        return await fut
+
+    async def _drain(self) -> None:
+        try:
+            while self._pending:
+                batch, self._pending = self._pending[: self._max], self._pending[self._max :]
+                try:
+                    results = await self._store.run(
+                        self._store.store.many, self._fn, [call for call, _ in batch]
+                    )
+                except Exception as exc:
+                    results = [exc] * len(batch)
+                for (_, fut), result in zip(batch, results, strict=True):
+                    if fut.done():
+                        continue
+                    if isinstance(result, Exception):
+                        fut.set_exception(result)
+                    else:
+                        fut.set_result(result)
+        finally:
+            self._running = False
 
 
 class AsyncStore:

@@ -113,6 +113,32 @@ class SmsChannel:
     async def stop(self) -> None:
         await asyncio.gather(*(s.stop() for s in self.sessions))
 
+    async def reconfigure(self, config: SmsConfig) -> None:
+        """Apply a reloaded `[sms]`: channel settings at once; a link whose settings changed
+        (credentials, address, window, rate...) drains its window, unbinds and binds again
+        with the new ones while the other links carry the traffic. Unchanged links stay up."""
+        old = {s.name: s for s in self.sessions}
+        self.config = config
+        self._keywords = KeywordMatcher(config.reply_keywords)
+        self._sender = sender_address(config.sender)
+        self._encoded.clear()
+        sessions: list[Session] = []
+        for smsc in config.smsc:
+            current = old.pop(smsc.name, None)
+            if current is not None and current.config == smsc:
+                sessions.append(current)
+                continue
+            if current is not None:
+                log.info("smsc %s: settings changed, binding again", smsc.name)
+                await current.stop()
+            fresh = Session(smsc, functools.partial(self._on_deliver, smsc))
+            await fresh.start()
+            sessions.append(fresh)
+        self.sessions = sessions
+        for gone in old.values():
+            log.info("smsc %s: removed from the configuration, unbinding", gone.name)
+            await gone.stop()
+
     def limits(self) -> Limits:
         r = self.config.retry
         policy = RetryPolicy(r.max_attempts, r.initial_delay, r.max_delay, r.factor, r.jitter)

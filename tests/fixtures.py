@@ -52,7 +52,7 @@ class Mosquitto:
         self.conf.write_text(
             f"listener {self.port} 127.0.0.1\nallow_anonymous true\n"
             f"persistence true\npersistence_location {workdir}/\n"
-            "max_queued_messages 0\nmax_inflight_messages 100\n" + extra_conf
+            "max_queued_messages 0\nmax_inflight_messages 100\nset_tcp_nodelay true\n" + extra_conf
         )
         self.proc: subprocess.Popen[bytes] | None = None
 

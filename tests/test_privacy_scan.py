@@ -17,6 +17,7 @@ from gateway.jobs import content_hash, parse_job
 from gateway.store import Store
 from tests.conftest import GatewayFactory
 from tests.fixtures import Mosquitto, Observer, Seen, SmtpServer, email_job, free_port, members
+from tests.sms_fixtures import SmscProcess, sms_job
 from tests.test_metrics import http_get
 
 
@@ -130,3 +131,34 @@ def test_purge_leaves_no_address_in_the_database_files(tmp_path: Path) -> None:
     addresses = [r["email"] for r in recipients] + [r["phone"] for r in recipients]
     raw = b"".join(p.read_bytes() for p in tmp_path.iterdir() if p.name.startswith("gw."))
     assert not [a for a in addresses if a.encode() in raw]
+
+
+async def test_sms_job_and_replies_leave_no_full_number(
+    gateway: GatewayFactory, observer: Observer, broker: Mosquitto, smsc: SmscProcess
+) -> None:
+    recipients = members(5, domain="sms.example.be")
+    await smsc.ctl("fault", undeliver=[recipients[0]["phone"]])
+    await smsc.ctl("fault", reject={recipients[1]["phone"]: "ESME_RINVDSTADR"})
+    proc = gateway(smsc.config())
+    seen: list[Seen] = []
+    async with record_everything(broker, seen):
+        await observer.publish_job(sms_job("privacy-sms", recipients))
+        await observer.wait_job("privacy-sms", "done")
+        await smsc.ctl("mo", source=recipients[2]["phone"], text="OK bien reçu")
+        await smsc.ctl("mo", source="+32475123987", text="qui est-ce ? +32475123987")
+        await observer.wait(lambda: len(observer.on("/inbound/sms")) == 2)
+        await asyncio.to_thread(proc.terminate)
+        await observer.wait(lambda: any(s.payload == b"offline" for s in seen))
+    from_gateway = [s for s in seen if s.topic != "plp/jobs"]
+    log = proc.log()
+    assert "sent via sim" in log and "sms reply from" in log
+    texts = {"log": log, **{f"mqtt {s.topic} #{i}": s.payload.decode() for i, s in
+                            enumerate(from_gateway)}}  # fmt: skip
+    numbers = {r["phone"] for r in recipients} | {r["phone"][1:] for r in recipients}
+    numbers |= {"+32475123987", "32475123987"}
+    leaks = [(w, n) for n in numbers for w, t in texts.items() if n in t]
+    assert not leaks, leaks
+    # A reply is relayed to dispatch with its sender masked, and numbers in its text too.
+    stranger = next(m.json() for m in observer.on("/inbound/sms") if m.json()["job_id"] is None)
+    assert stranger["from"] == "+32475****87"
+    assert stranger["text"] == "qui est-ce ? +32475****87"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 from collections import Counter
 
 from tests.conftest import GatewayFactory
@@ -140,3 +141,24 @@ async def test_connection_dropped_every_few_seconds_the_job_completes_exactly(
     assert len(counts) == 5000, "every member got the SMS"
     drops = stats["counters"]["dropped_connections"]
     assert stats["duplicates"] <= drops * 10, "at most a window resent per drop"
+
+
+async def test_reload_with_new_smsc_credentials_rebinds_without_losing_or_doubling(
+    gateway: GatewayFactory, observer: Observer, smsc: SmscProcess
+) -> None:
+    proc = gateway(smsc.config(rate=200))
+    recipients = members(1000)
+    await observer.publish_job(sms_job("sms-reload", recipients))
+    await smsc.wait(lambda s: s["counters"].get("accepted", 0) >= 200)
+    await smsc.ctl("fault", password="n3w-pw")  # the operator rotates the password
+    proc.config.write_text(
+        proc.config.read_text().replace('password = "secret"', 'password = "n3w-pw"')
+    )
+    offset = len(proc.log())
+    proc.send_signal(signal.SIGHUP)
+    proc.wait_log("smsc sim: settings changed, binding again", after=offset)
+    status = await observer.wait_job("sms-reload", "done", timeout=120)
+    assert status["totals"] == {"delivered": 1000}
+    stats = await smsc.ctl("stats")
+    assert stats["duplicates"] == 0, "the old bind drained its window before unbinding"
+    assert stats["counters"]["binds"] >= 2 and stats["counters"].get("bind_failures", 0) == 0
