@@ -9,6 +9,7 @@ delivery transitions use `NORMAL`, which survives a killed process.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import sqlite3
 import time
@@ -164,6 +165,27 @@ def _row_to_delivery(r: sqlite3.Row) -> DeliveryRow:
         possibly_sent=bool(r["possibly_sent"]),
         updated_at=r["updated_at"],
     )
+
+
+_PLAIN_FIELDS = frozenset({"attempts", "next_attempt_at", "last_error", "detail"})
+
+
+def _updated(
+    d: DeliveryRow, state: DeliveryState, now: float, fields: dict[str, Any]
+) -> DeliveryRow | None:
+    """The row as `UPDATE ... SET state, updated_at, **fields` left it, without reading it
+    (None for a field it does not know: the caller reads the row then)."""
+    changes: dict[str, Any] = {"state": state, "updated_at": now}
+    for key, value in fields.items():
+        if key in _PLAIN_FIELDS:
+            changes[key] = value
+        elif key == "provider_ids":
+            changes[key] = tuple(json.loads(value))
+        elif key == "possibly_sent":
+            changes[key] = bool(value)
+        else:
+            return None
+    return dataclasses.replace(d, **changes)
 
 
 def _row_to_job(r: sqlite3.Row) -> JobRow:
@@ -477,7 +499,8 @@ class Store:
         values.append(d.id)
         self._db.execute(f"UPDATE deliveries SET {', '.join(sets)} WHERE id=?", values)  # noqa: S608
         finished = self._maybe_finish_job(d.job_id, now)
-        return Change(self._delivery(d.id), d.state, finished)
+        row = _updated(d, new, now, fields) or self._delivery(d.id)
+        return Change(row, d.state, finished)
 
     def _maybe_finish_job(self, job_id: str, now: float) -> JobState | None:
         """running -> done once nothing is pending or waiting for a receipt."""
