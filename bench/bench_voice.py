@@ -28,7 +28,7 @@ from gateway.channel import Attempt, Report
 from gateway.domain import Job, Priority
 from gateway.errors import ChannelError
 from voice.call_channel import VoiceChannel
-from voice.call_config import AmiConfig, CallConfig
+from voice.config import AmiConfig, VoiceConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 USER, SECRET = "bench", "bench-secret"
@@ -53,6 +53,15 @@ class WavSource:
             w.setframerate(8000)
             w.writeframes(b"\x00\x10" * int(8000 * seconds))
         self.audio = Audio(base.with_suffix(".wav"), str(base), seconds)
+
+    async def start(self) -> None:
+        pass
+
+    async def stop(self) -> None:
+        pass
+
+    def stats(self) -> Mapping[str, object]:
+        return {}
 
     async def prepare(self, job: Job) -> Mapping[str, str]:
         return {}
@@ -99,7 +108,7 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
     )
     assert sim.stdout is not None
     await asyncio.wait_for(sim.stdout.readline(), 15)  # "AMI simulator on ..."
-    cfg = CallConfig(
+    cfg = VoiceConfig(
         enabled=True,
         channel="Local/{number}@plp-phones",
         max_channels=args.channels,

@@ -27,6 +27,7 @@ log = logging.getLogger("gateway.daemon")
 
 STOP_GRACE = 10.0
 REPORT_BATCH = 500  # receipts applied per store transaction
+_DOWN = ("down", "degraded", "auth_failed")  # a channel's health state that degrades us
 
 
 def build_channels(config: Config, reports: Reports) -> dict[str, Channel]:
@@ -37,6 +38,12 @@ def build_channels(config: Config, reports: Reports) -> dict[str, Channel]:
         from sms.channel import SmsChannel
 
         channels["sms"] = SmsChannel(config.sms, reports)
+    if config.voice.enabled:
+        from voice.call_channel import VoiceChannel
+        from voice.synthesis import Synthesizer
+
+        # The channel starts and stops its synthesizer (the audio is made at acceptance).
+        channels["voice"] = VoiceChannel(config.voice, reports, Synthesizer(config.voice))
     return channels
 
 
@@ -82,7 +89,7 @@ class Gateway:
         if self._stopping:
             return "stopping"
         down = self.link.state != "up" or any(
-            ch.health().get("state") in ("down", "degraded") for ch in self.channels.values()
+            ch.health().get("state") in _DOWN for ch in self.channels.values()
         )
         return "degraded" if down else "ready"
 
@@ -157,6 +164,12 @@ class Gateway:
         email = self.channels.get("email")
         if isinstance(email, EmailChannel):
             email.reconfigure(new.email)
+        if "voice" in self.channels and new.voice.enabled:
+            from voice.call_channel import VoiceChannel
+
+            voice = self.channels["voice"]
+            if isinstance(voice, VoiceChannel):
+                voice.reconfigure(new.voice)
         self.config = new.model_copy(
             update={"mqtt": self.config.mqtt, "store": self.config.store, "node": self.config.node}
         )

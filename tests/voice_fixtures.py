@@ -15,7 +15,7 @@ from typing import Any
 from gateway.channel import Attempt, Report
 from gateway.domain import Job, Priority
 from voice.call_channel import VoiceChannel
-from voice.call_config import AmiConfig, CallConfig, CallRetry, RetryRule
+from voice.config import AmiConfig, CallRetry, RetryRule, VoiceConfig
 from voice.simulator import AsteriskSimulator, SimConfig
 
 TRANSCRIPTS = Path(__file__).resolve().parent / "voice_transcripts"
@@ -53,6 +53,15 @@ class FakeAudio:
         self.missing = False  # render a name whose file does not exist
         self.renders = 0
         directory.mkdir(parents=True, exist_ok=True)
+
+    async def start(self) -> None:
+        pass
+
+    async def stop(self) -> None:
+        pass
+
+    def stats(self) -> Mapping[str, object]:
+        return {}
 
     async def prepare(self, job: Job) -> Mapping[str, str]:
         return {}
@@ -102,7 +111,7 @@ def sim_config(**over: Any) -> SimConfig:
     return SimConfig(**values)
 
 
-def call_config(sim: AsteriskSimulator, **over: Any) -> CallConfig:
+def call_config(sim: AsteriskSimulator, **over: Any) -> VoiceConfig:
     ami: dict[str, Any] = {
         "host": sim.host,
         "port": sim.port,
@@ -125,10 +134,10 @@ def call_config(sim: AsteriskSimulator, **over: Any) -> CallConfig:
         ),
     }
     values.update(over)
-    return CallConfig(**values)
+    return VoiceConfig(**values)
 
 
-async def started_channel(cfg: CallConfig, audio: FakeAudio) -> VoiceChannel:
+async def started_channel(cfg: VoiceConfig, audio: FakeAudio) -> VoiceChannel:
     reports: asyncio.Queue[Report] = asyncio.Queue()
     ch = VoiceChannel(cfg, reports, audio)
     await ch.start()
