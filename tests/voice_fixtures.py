@@ -223,12 +223,12 @@ class AsteriskProcess:
 
     def config(self, sounds_dir: Path, retry: str = "", **extra: Any) -> str:
         """The gateway's `[voice]` TOML for this simulator, with test-sized timers."""
-        lines = [
-            "[voice]", "enabled = true", f'sounds_dir = "{sounds_dir}"',
-            'channel = "Local/{number}@plp-phones"', "ring_timeout = 15",
-            "max_channels = 10", "calls_per_second = 0", "answer_margin = 10",
-        ]  # fmt: skip
-        lines += [f"{k} = {json.dumps(v)}" for k, v in extra.items()]
+        keys: dict[str, Any] = {
+            "enabled": True, "sounds_dir": str(sounds_dir), "channel": "Local/{number}@plp-phones",
+            "ring_timeout": 15, "max_channels": 10, "calls_per_second": 0, "answer_margin": 10,
+        }  # fmt: skip
+        keys.update(extra)
+        lines = ["[voice]"] + [f"{k} = {json.dumps(v)}" for k, v in keys.items()]
         lines += [
             "[voice.ami]", 'host = "127.0.0.1"', f"port = {self.port}", f'username = "{USER}"',
             f'secret = "{SECRET}"', "reconnect_initial_delay = 0.05", "reconnect_max_delay = 0.5",

@@ -93,6 +93,9 @@ class VoiceChannel:
         self._slots = asyncio.Semaphore(config.max_channels)
         self._background: set[asyncio.Task[None]] = set()
         self._ami = AmiClient(config.ami, self._on_event, self._reconcile)
+        # Set once the first reconcile after start has run: until then a retried attempt
+        # might belong to a call an earlier (killed) process left up, to adopt, not redial.
+        self._reconciled = asyncio.Event()
         self.outcomes: Counter[str] = Counter()
         self.active = 0
         self.peak = 0
@@ -162,6 +165,10 @@ class VoiceChannel:
             min(5.0, self._cfg.ami.connect_timeout)
         ):
             raise LinkDown("ami_down", self._ami.state, retry_after=self._cfg.retry.link_down.delay)
+        if not self._reconciled.is_set():
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._cfg.ami.action_timeout):
+                    await self._reconciled.wait()
         async with self._slots:
             self.active += 1
             self.peak = max(self.peak, self.active)
@@ -324,6 +331,12 @@ class VoiceChannel:
         Only calls placed on an earlier connection are resolved: a call placed on this
         one may not have its channels yet.
         """
+        try:
+            await self._reconcile_calls()
+        finally:
+            self._reconciled.set()
+
+    async def _reconcile_calls(self) -> None:
         connection = self._ami.connects
         earlier = {aid for aid, conn in self._placed_on.items() if conn < connection}
         earlier |= {c.action_id for c in self._tracker.active() if c.adopted}
