@@ -4,7 +4,9 @@ Prints the job duration against the ideal (members x call time / channels) and t
 from the first send() to the first Originate the simulator receives. The simulator runs in
 its own process; `--speed` scales its clock (1 = real time, the default).
 
-    /work/venv/bin/python bench/bench_voice.py [--members 1000 --channels 30 --speed 1]
+    .venv/bin/python bench/bench_voice.py [--members 1000 --channels 30 --speed 1]
+
+The same job through the whole daemon (MQTT, store, scheduler): bench/bench_voice_daemon.py.
 """
 
 from __future__ import annotations
