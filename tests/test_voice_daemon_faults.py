@@ -4,6 +4,7 @@ limits and utilisation, Asterisk faults. The AMI simulator runs as its own proce
 from __future__ import annotations
 
 import asyncio
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -103,3 +104,35 @@ async def test_200_calls_on_10_channels_keep_every_channel_busy(
     utilisation = busy / (10 * span)
     # Generous (2 cores, a loaded CI): the bench measures the real figure.
     assert utilisation > 0.6, utilisation
+
+
+async def test_wrong_ami_credentials_degrade_then_a_reload_with_the_right_ones_recovers(
+    gateway: GatewayFactory, observer: Observer, asterisk: AsteriskProcess, tmp_path: Path
+) -> None:
+    retry = "link_down = { delay = 0.5, max_attempts = 50 }"
+    good = asterisk.config(tmp_path / "sounds", retry=retry)
+    proc = gateway(good.replace('secret = "s3cret"', 'secret = "wrong"'))
+
+    def voice_link() -> dict[str, object] | None:
+        msgs = observer.on("/gateway/test/health")
+        if not msgs:
+            return None
+        health = msgs[-1].json()
+        link: dict[str, object] = health["links"]["voice"]
+        return link if health["state"] == "degraded" and link["state"] == "auth_failed" else None
+
+    link = await observer.wait(voice_link, timeout=30)
+    assert link["last_error"] == "Authentication failed"
+    await observer.publish_job(voice_job("v-auth", [member(1, 1)]))
+    await observer.wait(
+        lambda: any(e.get("reason") == "ami_down" for e in observer.events("v-auth")), 30
+    )
+    assert (await asterisk.ctl("stats"))["originates"] == 0
+
+    # The operator fixes the secret and reloads: the session logs in again at once.
+    assert proc.proc is not None
+    proc.config.write_text(proc.config.read_text().replace('secret = "wrong"', 'secret = "s3cret"'))
+    proc.proc.send_signal(signal.SIGHUP)
+    status = await observer.wait_job("v-auth", "done", timeout=30)
+    assert status["totals"] == {"acknowledged": 1}
+    assert (await asterisk.calls()) == {member(1, 1)["phone"][1:]: 1}
