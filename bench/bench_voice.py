@@ -4,7 +4,9 @@ Prints the job duration against the ideal (members x call time / channels) and t
 from the first send() to the first Originate the simulator receives. The simulator runs in
 its own process; `--speed` scales its clock (1 = real time, the default).
 
-    /work/venv/bin/python bench/bench_voice.py [--members 1000 --channels 30 --speed 1]
+    .venv/bin/python bench/bench_voice.py [--members 1000 --channels 30 --speed 1]
+
+The same job through the whole daemon (MQTT, store, scheduler): bench/bench_voice_daemon.py.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from gateway.channel import Attempt, Report
 from gateway.domain import Job, Priority
 from gateway.errors import ChannelError
 from voice.call_channel import VoiceChannel
-from voice.call_config import AmiConfig, CallConfig
+from voice.config import AmiConfig, VoiceConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 USER, SECRET = "bench", "bench-secret"
@@ -53,6 +55,15 @@ class WavSource:
             w.setframerate(8000)
             w.writeframes(b"\x00\x10" * int(8000 * seconds))
         self.audio = Audio(base.with_suffix(".wav"), str(base), seconds)
+
+    async def start(self) -> None:
+        pass
+
+    async def stop(self) -> None:
+        pass
+
+    def stats(self) -> Mapping[str, object]:
+        return {}
 
     async def prepare(self, job: Job) -> Mapping[str, str]:
         return {}
@@ -99,7 +110,7 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
     )
     assert sim.stdout is not None
     await asyncio.wait_for(sim.stdout.readline(), 15)  # "AMI simulator on ..."
-    cfg = CallConfig(
+    cfg = VoiceConfig(
         enabled=True,
         channel="Local/{number}@plp-phones",
         max_channels=args.channels,

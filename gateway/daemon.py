@@ -31,6 +31,7 @@ log = logging.getLogger("gateway.daemon")
 
 STOP_GRACE = 10.0
 REPORT_BATCH = 500  # receipts applied per store transaction
+_DOWN = ("down", "degraded", "auth_failed")  # a channel's health state that degrades us
 
 
 def build_channels(config: Config, reports: Reports) -> dict[str, Channel]:
@@ -41,6 +42,12 @@ def build_channels(config: Config, reports: Reports) -> dict[str, Channel]:
         from sms.channel import SmsChannel
 
         channels["sms"] = SmsChannel(config.sms, reports)
+    if config.voice.enabled:
+        from voice.call_channel import VoiceChannel
+        from voice.synthesis import Synthesizer
+
+        # The channel starts and stops its synthesizer (the audio is made at acceptance).
+        channels["voice"] = VoiceChannel(config.voice, reports, Synthesizer(config.voice))
     return channels
 
 
@@ -107,7 +114,7 @@ class Gateway:
         if self._stopping:
             return "stopping"
         down = self.link.state != "up" or any(
-            ch.health().get("state") in ("down", "degraded") for ch in self.channels.values()
+            ch.health().get("state") in _DOWN for ch in self.channels.values()
         )
         return "degraded" if down else "ready"
 
@@ -250,6 +257,12 @@ class Gateway:
             if getattr(new, name).enabled != getattr(self.config, name).enabled:
                 log.warning("reload: enabling or disabling [%s] needs a restart; ignored", name)
         self._reconfigure_sms(new)
+        if "voice" in self.channels and new.voice.enabled:
+            from voice.call_channel import VoiceChannel
+
+            voice = self.channels["voice"]
+            if isinstance(voice, VoiceChannel):
+                voice.reconfigure(new.voice)
         self.config = new.model_copy(
             update={
                 "mqtt": self.config.mqtt,

@@ -1,9 +1,10 @@
 """`plp-gateway demo`: the main job end to end on this machine.
 
 A private mosquitto, a local SMTP sink, the SMSC simulator (SMPP 3.4 over TCP, receipts after
-2 s), the gateway on a demo configuration, a sample hot alert to a sample PLP of 20 members
-in FR/NL/DE/EN by e-mail and SMS, one member answering "BIEN RECU" by SMS (acknowledged),
-live per-recipient progress, the report.
+2 s), the AMI simulator standing in for Asterisk, the gateway on a demo configuration, a
+sample hot alert to a sample PLP of 20 members in FR/NL/DE/EN by e-mail, SMS and phone call
+(press 1 to acknowledge), one member answering "BIEN RECU" by SMS (acknowledged: no more
+calls), live per-recipient progress, the report.
 """
 
 from __future__ import annotations
@@ -77,6 +78,52 @@ class _MailSink:
         return "250 OK queued"
 
 
+def start_voice(workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
+    """Start the AMI simulator (4x speed) and return it with the gateway's `[voice]` TOML.
+
+    The demo members' numbers end in every digit, so the simulated phones answer and press
+    1, are busy, do not answer, hang up early... (docs/voice-calls.md); short retries keep
+    the demo under a minute.
+    """
+    port = _free_port()
+    sim = subprocess.Popen(
+        [sys.executable, "-m", "voice.simulator", "--port", str(port), "--speed", "4",
+         "--username", "demo", "--secret", "demo-secret", "--log-level", "WARNING"],
+        stdout=subprocess.DEVNULL,
+        stderr=open(workdir / "asterisk-sim.log", "wb"),  # noqa: SIM115
+    )  # fmt: skip
+    _wait_port(port)
+    rules = ("busy", "no_answer", "congestion", "unreachable", "hung_up_early",
+             "not_acknowledged", "failed")  # fmt: skip
+    retry = "".join(f"{rule} = {{ delay = 2, max_attempts = 2 }}\n" for rule in rules)
+    toml = (
+        f'[voice]\nenabled = true\nsounds_dir = "{workdir / "sounds"}"\n'
+        'channel = "Local/{number}@plp-phones"\nmax_channels = 10\ncalls_per_second = 0\n'
+        "ring_timeout = 12\n"
+        f'[voice.ami]\nhost = "127.0.0.1"\nport = {port}\nusername = "demo"\n'
+        'secret = "demo-secret"\n'
+        "[voice.retry]\n" + retry
+    )
+    print(f"demo: AMI simulator (stands in for Asterisk) on 127.0.0.1:{port}")
+    return sim, toml
+
+
+def voice_summary(config_path: Path, job_id: str) -> None:
+    """Who acknowledged the call by pressing 1 (masked numbers, as on MQTT)."""
+    from .privacy import mask_phone
+    from .store import Store
+
+    store = Store(load_config(config_path).store.path)
+    try:
+        rows = [d for d in store.deliveries(job_id) if d.channel == "voice"]
+    finally:
+        store.close()
+    acked = [d for d in rows if d.state.value == "acknowledged"]
+    print(f"\ndemo: {len(acked)} of {len(rows)} members acknowledged the call (pressed 1):")
+    for d in acked:
+        print(f"  {d.ref:<8} {mask_phone(d.address or '')}  attempt {d.attempts}")
+
+
 def sample_job(job_id: str, channels: list[str]) -> dict[str, Any]:
     members = []
     for i, name in enumerate(NAMES):
@@ -111,6 +158,7 @@ def sample_job(job_id: str, channels: list[str]) -> dict[str, Any]:
         },
         "channels": channels,
         "recipients": members,
+        "voice": {"ack": True},
         "ttl": 900,
     }
 
@@ -204,6 +252,11 @@ def run_demo(workdir: Path) -> int:
         'sender = "alerte@police-zone5344.example.be"\nconcurrency = 4\n'
         "[status]\njob_status_interval = 0.5\n"
     )
+    (workdir / "sounds").mkdir()
+    voice_sim, voice_toml = start_voice(workdir)
+    procs.append(voice_sim)
+    with config_path.open("a") as fh:
+        fh.write(voice_toml)
     try:
         print(f"demo: mosquitto on 127.0.0.1:{mqtt_port}, SMTP sink on 127.0.0.1:{smtp_port}")
         procs.append(
@@ -229,12 +282,13 @@ def run_demo(workdir: Path) -> int:
         procs.append(gw)
         asyncio.run(_wait_online(config_path))
         print(f"demo: gateway online (log: {workdir / 'gateway.log'})")
-        job = sample_job(f"demo-{time.strftime('%Y%m%d-%H%M%S')}", ["email", "sms"])
+        job = sample_job(f"demo-{time.strftime('%Y%m%d-%H%M%S')}", ["email", "sms", "voice"])
         print(f"demo: publishing hot alert {job['id']} to {len(job['recipients'])} members\n")
         config = load_config(config_path)
         rc = asyncio.run(_drill(config, job, smsc))
         print()
         print_report(config, job["id"])
+        voice_summary(config_path, job["id"])
         print(f"\ndemo: {sink.count} e-mails in {workdir / 'mail'}")
         from sms.simulator_control import control
 

@@ -13,7 +13,15 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from .channel import Attempt, Channel, Outcome, Receipt, Reply, Report
-from .domain import DeliveryState, Job, JobState, Priority, compose_subject, compose_text
+from .domain import (
+    DeliveryState,
+    Job,
+    JobState,
+    Priority,
+    can_transition,
+    compose_subject,
+    compose_text,
+)
 from .errors import PermanentError, TemporaryError
 from .privacy import mask_phone, scrub
 from .queues import ChannelQueue, Slots, make_limiter
@@ -401,7 +409,7 @@ class Scheduler:
     async def _reply(self, reply: Reply) -> None:
         since = time.time() - self._reply_window
         rows = await self._store.run(self._store.store.find_member_by_phone, reply.sender, since)
-        match = rows[0] if rows else None
+        match = _acknowledgeable(rows, reply.channel)
         self._status.inbound(
             {
                 "channel": reply.channel,
@@ -423,6 +431,19 @@ class Scheduler:
         )
         if change is not None:
             await self._changed(change)
+
+
+def _acknowledgeable(rows: Sequence[DeliveryRow], channel: str) -> DeliveryRow | None:
+    """The delivery a reply acknowledges: the member's newest job, preferably the reply's
+    own channel, and one that can become acknowledged (a voice call waiting for its retry
+    cannot; the member's SMS delivery of the same job can, and that cancels the call)."""
+    if not rows:
+        return None
+    newest = rows[0]
+    same = [r for r in rows if (r.job_id, r.rindex) == (newest.job_id, newest.rindex)]
+    ok = [r for r in same if can_transition(r.state, DeliveryState.ACKNOWLEDGED)]
+    ok.sort(key=lambda r: r.channel != channel)  # stable: newest first within each group
+    return ok[0] if ok else newest
 
 
 __all__ = ["Scheduler"]

@@ -9,6 +9,7 @@ import pytest
 
 from tests.fixtures import GatewayProcess, Mosquitto, Observer, SmtpServer, gateway_config
 from tests.sms_fixtures import SmscProcess
+from tests.voice_fixtures import AsteriskProcess
 
 
 @pytest.fixture
@@ -64,6 +65,15 @@ def gateway(tmp_path: Path, broker: Mosquitto, smtp: SmtpServer) -> Iterator[Gat
 def smsc(tmp_path: Path) -> Iterator[SmscProcess]:
     """The SMSC simulator as its own process (`plp-gateway simulate smsc`)."""
     sim = SmscProcess(tmp_path)
+    sim.start()
+    yield sim
+    sim.stop()
+
+
+@pytest.fixture
+def asterisk(tmp_path: Path) -> Iterator[AsteriskProcess]:
+    """The AMI simulator as its own process (`plp-gateway simulate asterisk`), 20x speed."""
+    sim = AsteriskProcess(tmp_path)
     sim.start()
     yield sim
     sim.stop()

@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
+import sys
+import time
 import wave
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -14,11 +17,13 @@ from typing import Any
 
 from gateway.channel import Attempt, Report
 from gateway.domain import Job, Priority
+from sms.simulator_control import control
 from voice.call_channel import VoiceChannel
-from voice.call_config import AmiConfig, CallConfig, CallRetry, RetryRule
+from voice.config import AmiConfig, CallRetry, RetryRule, VoiceConfig
 from voice.simulator import AsteriskSimulator, SimConfig
 
-TRANSCRIPTS = Path(__file__).resolve().parent / "voice_transcripts"
+ROOT = Path(__file__).resolve().parent.parent
+TRANSCRIPTS = ROOT / "tests" / "voice_transcripts"
 SPEED = 20.0  # the simulator runs 20x faster than a real call
 USER, SECRET = "plp-test", "s3cret"
 
@@ -53,6 +58,15 @@ class FakeAudio:
         self.missing = False  # render a name whose file does not exist
         self.renders = 0
         directory.mkdir(parents=True, exist_ok=True)
+
+    async def start(self) -> None:
+        pass
+
+    async def stop(self) -> None:
+        pass
+
+    def stats(self) -> Mapping[str, object]:
+        return {}
 
     async def prepare(self, job: Job) -> Mapping[str, str]:
         return {}
@@ -102,7 +116,7 @@ def sim_config(**over: Any) -> SimConfig:
     return SimConfig(**values)
 
 
-def call_config(sim: AsteriskSimulator, **over: Any) -> CallConfig:
+def call_config(sim: AsteriskSimulator, **over: Any) -> VoiceConfig:
     ami: dict[str, Any] = {
         "host": sim.host,
         "port": sim.port,
@@ -125,10 +139,10 @@ def call_config(sim: AsteriskSimulator, **over: Any) -> CallConfig:
         ),
     }
     values.update(over)
-    return CallConfig(**values)
+    return VoiceConfig(**values)
 
 
-async def started_channel(cfg: CallConfig, audio: FakeAudio) -> VoiceChannel:
+async def started_channel(cfg: VoiceConfig, audio: FakeAudio) -> VoiceChannel:
     reports: asyncio.Queue[Report] = asyncio.Queue()
     ch = VoiceChannel(cfg, reports, audio)
     await ch.start()
@@ -141,3 +155,108 @@ async def wait_for(predicate: Any, within: float = 10.0) -> None:
     async with asyncio.timeout(within):
         while not predicate():  # noqa: ASYNC110
             await asyncio.sleep(0.01)
+
+
+class AsteriskProcess:
+    """`plp-gateway simulate asterisk` as a separate process, steered through its control port
+    (like tests.sms_fixtures.SmscProcess): the gateway under test is a process too."""
+
+    def __init__(self, workdir: Path, *args: str, speed: float = SPEED) -> None:
+        self.workdir = workdir
+        self.args = args
+        self.speed = speed
+        self.port = 0
+        self.control_port = 0
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        port_file = self.workdir / "ami-ports.json"
+        port_file.unlink(missing_ok=True)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "gateway", "simulate", "asterisk", "--port", "0",
+             "--control-port", "0", "--port-file", str(port_file), "--speed", str(self.speed),
+             "--username", USER, "--secret", SECRET, "--log-level", "WARNING", *self.args],
+            cwd=ROOT, stdout=subprocess.DEVNULL,
+            stderr=open(self.workdir / "asterisk-sim.log", "ab"),  # noqa: SIM115
+        )  # fmt: skip
+        deadline = time.monotonic() + 20
+        while not port_file.exists() or not port_file.read_text():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("AMI simulator did not start")
+            time.sleep(0.02)
+        ports = json.loads(port_file.read_text())
+        self.port, self.control_port = ports["port"], ports["control_port"]
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(10)
+
+    async def ctl(self, cmd: str, **fields: Any) -> dict[str, Any]:
+        answer: dict[str, Any] = await control(
+            "127.0.0.1", self.control_port, {"cmd": cmd, **fields}, wait=30
+        )
+        assert answer.get("ok"), answer
+        return answer
+
+    async def calls(self) -> dict[str, int]:
+        """Originates per number (E.164 without '+')."""
+        counts: dict[str, int] = (await self.ctl("stats"))["calls_per_number"]
+        return counts
+
+    async def record(self) -> list[dict[str, Any]]:
+        entries: list[dict[str, Any]] = (await self.ctl("record"))["record"]
+        return entries
+
+    async def wait(
+        self, predicate: Callable[[dict[str, Any]], object], timeout: float = 60
+    ) -> dict[str, Any]:
+        """Poll the simulator's stats until `predicate(stats)` holds."""
+        deadline = time.monotonic() + timeout
+        while True:
+            stats = await self.ctl("stats")
+            if predicate(stats):
+                return stats
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"AMI simulator never reached the condition: {stats}")
+            await asyncio.sleep(0.05)
+
+    def config(self, sounds_dir: Path, retry: str = "", **extra: Any) -> str:
+        """The gateway's `[voice]` TOML for this simulator, with test-sized timers."""
+        keys: dict[str, Any] = {
+            "enabled": True, "sounds_dir": str(sounds_dir), "channel": "Local/{number}@plp-phones",
+            "ring_timeout": 15, "max_channels": 10, "calls_per_second": 0, "answer_margin": 10,
+        }  # fmt: skip
+        keys.update(extra)
+        lines = ["[voice]"] + [f"{k} = {json.dumps(v)}" for k, v in keys.items()]
+        lines += [
+            "[voice.ami]", 'host = "127.0.0.1"', f"port = {self.port}", f'username = "{USER}"',
+            f'secret = "{SECRET}"', "reconnect_initial_delay = 0.05", "reconnect_max_delay = 0.5",
+            "connect_timeout = 3",
+        ]  # fmt: skip
+        lines += ["[voice.retry]", retry] if retry else []
+        return "\n".join(lines) + "\n"
+
+
+def voice_job(job_id: str, recipients: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
+    job: dict[str, Any] = {
+        "id": job_id,
+        "priority": "hot",
+        "message": {
+            "fr": "Alerte PLP: cambriolages rue des Tilleuls. Fermez portes et fenêtres.",
+            "nl": "BIN-alarm: inbraken in de Lindestraat. Sluit deuren en ramen.",
+            "de": "KPP-Alarm: Einbrüche in der Lindenstraße. Schließen Sie Türen.",
+            "en": "PLP alert: burglaries in Linden Street. Lock doors and windows.",
+        },
+        "channels": ["voice"],
+        "voice": {"ack": True, "repeat": 0},
+        "recipients": recipients,
+        "ttl": 900,
+    }
+    job.update(extra)
+    return job
+
+
+def member(i: int, last_digit: int, lang: str = "fr", **extra: Any) -> dict[str, Any]:
+    """A member whose phone's last digit picks the simulated callee's behaviour."""
+    return {"ref": f"v-{i:05d}", "phone": number(last_digit, i), "lang": lang, **extra}

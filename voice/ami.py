@@ -19,7 +19,7 @@ from panoramisk.ami_protocol import AMIProtocol
 
 from gateway.errors import GatewayError, LinkDown
 
-from .call_config import AmiConfig
+from .config import AmiConfig
 
 log = logging.getLogger("voice.ami")
 
@@ -113,6 +113,22 @@ class AmiClient:
                 await self.action({"Action": "Logoff"}, within=2.0)
         self._close()
         self._set_state("stopped")
+
+    async def reconfigure(self, config: AmiConfig) -> None:
+        """New server or credentials: drop the session and log in again with them now."""
+        if config == self._cfg:
+            return
+        self._cfg = config
+        task, self._task = self._task, None
+        if task is None:
+            return
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        self._close()
+        self._set_state("connecting")
+        log.info("AMI settings changed: reconnecting")
+        self._task = asyncio.create_task(self._run(), name="ami-session")
 
     @property
     def is_up(self) -> bool:

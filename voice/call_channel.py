@@ -21,8 +21,8 @@ from gateway.errors import ChannelError, LinkDown, PermanentError, TemporaryErro
 from gateway.privacy import mask_phone
 
 from .ami import AmiActionError, AmiClient, AmiNotConnected
-from .call_config import CallConfig
 from .calls import CallOutcome, CallResult, CallTracker
+from .config import VoiceConfig
 
 log = logging.getLogger("voice.calls")
 
@@ -49,7 +49,17 @@ class Rendered(Protocol):
 
 
 class AudioSource(Protocol):
-    """The part of voice.synthesis.Synthesizer the channel needs."""
+    """The part of voice.synthesis.Synthesizer the channel needs.
+
+    The channel owns its audio source's lifecycle: `start()` before the AMI session, `stop()`
+    after it, and shows `stats()` in its health (`tts`).
+    """
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    def stats(self) -> Mapping[str, object]: ...
 
     async def prepare(self, job: Job) -> Mapping[str, str]: ...
 
@@ -71,7 +81,7 @@ def ack_wanted(options: Mapping[str, object]) -> bool:
 class VoiceChannel:
     name = "voice"
 
-    def __init__(self, config: CallConfig, reports: Reports, audio: AudioSource) -> None:
+    def __init__(self, config: VoiceConfig, reports: Reports, audio: AudioSource) -> None:
         self._cfg = config
         self._reports = reports  # calls settle synchronously; kept for late news
         self._audio = audio
@@ -83,12 +93,16 @@ class VoiceChannel:
         self._slots = asyncio.Semaphore(config.max_channels)
         self._background: set[asyncio.Task[None]] = set()
         self._ami = AmiClient(config.ami, self._on_event, self._reconcile)
+        # Set once the first reconcile after start has run: until then a retried attempt
+        # might belong to a call an earlier (killed) process left up, to adopt, not redial.
+        self._reconciled = asyncio.Event()
         self.outcomes: Counter[str] = Counter()
         self.active = 0
         self.peak = 0
 
     # -- Channel protocol ------------------------------------------------------------------
     async def start(self) -> None:
+        await self._audio.start()
         await self._ami.start()
 
     async def stop(self) -> None:
@@ -100,6 +114,24 @@ class VoiceChannel:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await self._ami.stop()
+        await self._audio.stop()
+
+    def reconfigure(self, config: VoiceConfig) -> None:
+        """A configuration reload: limits, retry rules and call keys apply to the next calls;
+        changed `[voice.ami]` settings reconnect the session (calls in progress are
+        reconciled after the reconnect, like after a dropped link). `sounds_dir` and
+        `[voice.tts]` need a restart."""
+        old, self._cfg = self._cfg, config
+        if config.max_channels != old.max_channels:
+            # Calls holding a slot of the old semaphore release it there; the scheduler's
+            # own slots (resized on reload) are the real limit.
+            self._slots = asyncio.Semaphore(config.max_channels)
+        if config.ami != old.ami:
+            task = asyncio.create_task(self._ami.reconfigure(config.ami), name="ami-reconfigure")
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+        if (config.sounds_dir, config.tts) != (old.sounds_dir, old.tts):
+            log.warning("reload: [voice] sounds_dir and [voice.tts] need a restart; ignored")
 
     def limits(self) -> Limits:
         retry = self._cfg.retry
@@ -121,6 +153,7 @@ class VoiceChannel:
             "max_channels": self._cfg.max_channels,
             "outcomes": dict(self.outcomes),
             "unknown_events": self._tracker.ignored,
+            "tts": dict(self._audio.stats()),
         }
 
     async def send(self, attempt: Attempt) -> Outcome:
@@ -132,6 +165,10 @@ class VoiceChannel:
             min(5.0, self._cfg.ami.connect_timeout)
         ):
             raise LinkDown("ami_down", self._ami.state, retry_after=self._cfg.retry.link_down.delay)
+        if not self._reconciled.is_set():
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._cfg.ami.action_timeout):
+                    await self._reconciled.wait()
         async with self._slots:
             self.active += 1
             self.peak = max(self.peak, self.active)
@@ -294,6 +331,12 @@ class VoiceChannel:
         Only calls placed on an earlier connection are resolved: a call placed on this
         one may not have its channels yet.
         """
+        try:
+            await self._reconcile_calls()
+        finally:
+            self._reconciled.set()
+
+    async def _reconcile_calls(self) -> None:
         connection = self._ami.connects
         earlier = {aid for aid, conn in self._placed_on.items() if conn < connection}
         earlier |= {c.action_id for c in self._tracker.active() if c.adopted}

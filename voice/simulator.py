@@ -22,6 +22,7 @@ from pathlib import Path
 from gateway.privacy import mask_phone
 
 from .simulator_calls import BEHAVIOUR, Half, SimCall, playback_seconds
+from .simulator_control import start_control
 
 log = logging.getLogger("voice.simulator")
 
@@ -55,6 +56,8 @@ class SimStats:
     logins: int = 0
     first_originate_at: float | None = None
     channel_seconds: float = 0.0  # sum of call durations (wall clock): utilisation
+    # One entry per Originate: number, action id, start/end (time.time()), outcome.
+    record: list[dict[str, object]] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -133,6 +136,11 @@ class AsteriskSimulator:
         """Asterisk restarts: everything is lost, then it listens again on the same port."""
         await self.stop()
         await self.start(self.host, self.port)
+
+    def reset_stats(self) -> None:
+        """Start counting afresh (calls in progress go on)."""
+        active, self.stats = self.stats.active, SimStats()
+        self.stats.active = active
 
     def drop_connections(self) -> None:
         """Cut every AMI connection (calls go on, like a network failure)."""
@@ -281,11 +289,14 @@ class AsteriskSimulator:
         self.stats.calls_per_number[number] += 1
         reply("Success", "Originate successfully queued")
         aid = headers.get("actionid", "")
+        entry: dict[str, object] = {"number": number, "action_id": aid, "start": time.time()}
+        self.stats.record.append(entry)
         timeout_s = float(headers.get("timeout", "30000") or 30000) / 1000.0
         if self.stats.active >= self.config.max_channels:
             # Trunk full: like a real trunk, the call fails at once with congestion.
             self.stats.rejected_over_limit += 1
             self.stats.outcomes["over_limit"] += 1
+            entry.update(end=entry["start"], outcome="over_limit")
             self._broadcast(
                 "OriginateResponse",
                 [
@@ -335,17 +346,22 @@ class AsteriskSimulator:
         self.stats.active += 1
         self.stats.peak = max(self.stats.peak, self.stats.active)
         log.info("originate %s -> %s (%s)", aid, mask_phone("+" + number), behaviour)
-        task = asyncio.ensure_future(self._play(call, length, behaviour))
+        task = asyncio.ensure_future(self._play(call, length, behaviour, entry))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         self._write_stats()
 
-    async def _play(self, call: SimCall, length: float | None, behaviour: str) -> None:
+    async def _play(
+        self, call: SimCall, length: float | None, behaviour: str, entry: dict[str, object]
+    ) -> None:
         began = time.monotonic()
         try:
             await call.run(length, behaviour)
-            self.stats.outcomes[behaviour if not call.hangup_cause else "hung_up_by_ami"] += 1
+            outcome = behaviour if not call.hangup_cause else "hung_up_by_ami"
+            self.stats.outcomes[outcome] += 1
+            entry["outcome"] = outcome
         finally:
+            entry["end"] = time.time()
             self.stats.channel_seconds += time.monotonic() - began
             self.stats.active -= 1
             self._calls.pop(call.one.name, None)
@@ -435,8 +451,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--playback", type=float, default=None, help="force message length (s)")
     parser.add_argument("--no-file-check", action="store_true", help="do not require ALERT_FILE")
     parser.add_argument("--stats-file", type=Path, default=None, help="write counters here (JSON)")
+    parser.add_argument(
+        "--control-port", type=int, default=None, help="JSON control port (0 = any)"
+    )
+    parser.add_argument("--port-file", type=Path, help="write {port, control_port} as JSON here")
+    parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(name)s %(message)s")
     cfg = SimConfig(
         username=args.username,
         secret=args.secret,
@@ -450,12 +471,23 @@ def main(argv: list[str] | None = None) -> int:
     async def run() -> None:
         sim = AsteriskSimulator(cfg)
         await sim.start(args.host, args.port)
-        print(f"AMI simulator on {sim.host}:{sim.port}", flush=True)
+        ctl = None
+        control_port = None
+        if args.control_port is not None:
+            ctl = await start_control(sim, args.host, args.control_port)
+            control_port = ctl.sockets[0].getsockname()[1]
+        if args.port_file:
+            ports = {"port": sim.port, "control_port": control_port}
+            args.port_file.write_text(json.dumps(ports), encoding="utf-8")
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
+        control = f", control on {args.host}:{control_port}" if ctl is not None else ""
+        print(f"AMI simulator on {sim.host}:{sim.port}{control}", flush=True)
         await stop.wait()
+        if ctl is not None:
+            ctl.close()
         await sim.stop()
 
     asyncio.run(run())

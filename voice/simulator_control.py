@@ -1,0 +1,73 @@
+"""The AMI simulator's control port: steer and read a simulator running in another process.
+
+One JSON object per line in, one per line out, e.g. `{"cmd": "stats"}`, `{"cmd": "record"}`
+(one entry per Originate: number, action_id, start, end, outcome), `{"cmd": "live"}`,
+`{"cmd": "fault", "fail_originates": 1}`, `{"cmd": "drop"}`, `{"cmd": "restart"}`,
+`{"cmd": "reset"}`. The client side is `sms.simulator_control.control` (same protocol).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .simulator import AsteriskSimulator
+
+
+async def execute(sim: AsteriskSimulator, request: dict[str, Any]) -> dict[str, Any]:
+    """Run one control command; returns the JSON-able answer."""
+    cmd = request.get("cmd")
+    if cmd == "stats":
+        return {"ok": True, **sim.stats.as_dict(), "live": len(sim.live_calls())}
+    if cmd == "record":
+        return {"ok": True, "record": list(sim.stats.record)}
+    if cmd == "live":
+        calls = [
+            {"number": c.number, "action_id": c.action_id, "answered": c.answered}
+            for c in sim.live_calls()
+        ]
+        return {"ok": True, "calls": calls}
+    if cmd == "reset":
+        sim.reset_stats()
+        return {"ok": True}
+    if cmd == "drop":
+        sim.drop_connections()
+        return {"ok": True}
+    if cmd == "restart":
+        await sim.restart()
+        return {"ok": True}
+    if cmd == "fault":
+        cfg = sim.config
+        if "fail_originates" in request:
+            sim.fail_originates = int(request["fail_originates"])
+        if "max_channels" in request:
+            cfg.max_channels = int(request["max_channels"])
+        if "secret" in request:
+            cfg.secret = str(request["secret"])
+        if "speed" in request:
+            cfg.speed = float(request["speed"])
+        return {"ok": True}
+    return {"ok": False, "error": f"unknown cmd {cmd!r}"}
+
+
+async def _serve(
+    sim: AsteriskSimulator, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+) -> None:
+    try:
+        while line := await reader.readline():
+            try:
+                answer = await execute(sim, json.loads(line))
+            except (ValueError, KeyError, TypeError) as exc:
+                answer = {"ok": False, "error": str(exc)}
+            writer.write(json.dumps(answer).encode() + b"\n")
+            await writer.drain()
+    except ConnectionError:
+        pass
+    finally:
+        writer.close()
+
+
+async def start_control(sim: AsteriskSimulator, host: str, port: int) -> asyncio.Server:
+    return await asyncio.start_server(lambda r, w: _serve(sim, r, w), host, port)
