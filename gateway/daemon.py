@@ -225,6 +225,17 @@ class Gateway:
             purged = await self.store.run(self.store.store.purge, cutoff)
             if purged:
                 log.info("retention: purged %d finished jobs and their personal data", purged)
+            for name, channel in self.channels.items():
+                housekeeping = getattr(channel, "housekeeping", None)
+                if housekeeping is None:
+                    continue
+                try:
+                    removed = await housekeeping()
+                except Exception:
+                    log.exception("retention: %s housekeeping failed", name)
+                else:
+                    if removed:
+                        log.info("retention: %s removed %d old files", name, removed)
             await asyncio.sleep(self.config.store.purge_interval)
 
     # -- reload ----------------------------------------------------------------------------

@@ -145,6 +145,14 @@ class VoiceChannel:
     async def prepare(self, job: Job) -> Mapping[str, str]:
         return await self._audio.prepare(job)
 
+    async def housekeeping(self) -> int:
+        """Remove audio unused for `[voice.tts] retention_days` (the daemon's purge loop)."""
+        cleanup = getattr(self._audio, "cleanup", None)
+        if cleanup is None:
+            return 0
+        removed: int = await cleanup()
+        return removed
+
     def health(self) -> Mapping[str, object]:
         return {
             **self._ami.health(),
