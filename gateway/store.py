@@ -498,16 +498,20 @@ class Store:
             values.append(value)
         values.append(d.id)
         self._db.execute(f"UPDATE deliveries SET {', '.join(sets)} WHERE id=?", values)  # noqa: S608
-        finished = self._maybe_finish_job(d.job_id, now)
+        # Only a final state can be the job's last open delivery; the others just mark the
+        # job running (cheap) without looking for open deliveries.
+        finished = self._maybe_finish_job(d.job_id, now, check=new in FINAL_DELIVERY_STATES)
         row = _updated(d, new, now, fields) or self._delivery(d.id)
         return Change(row, d.state, finished)
 
-    def _maybe_finish_job(self, job_id: str, now: float) -> JobState | None:
+    def _maybe_finish_job(self, job_id: str, now: float, check: bool = True) -> JobState | None:
         """running -> done once nothing is pending or waiting for a receipt."""
         self._db.execute(
             "UPDATE jobs SET state='running', updated_at=? WHERE id=? AND state='accepted'",
             (now, job_id),
         )
+        if not check:
+            return None
         left = self._db.execute(
             "SELECT 1 FROM deliveries WHERE job_id=? AND state IN (?,?,?,?) LIMIT 1",
             (job_id, *_OPEN),
