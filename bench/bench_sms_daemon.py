@@ -110,11 +110,47 @@ def main() -> None:
     parser.add_argument("--singles", type=int, default=200)
     parser.add_argument("--events", choices=["each", "batch", "both"], default="both")
     parser.add_argument("--kannel", action="store_true", help="also run Kannel, same simulator")
+    parser.add_argument("--throttle-seconds", type=float, default=20.0, help="0 = skip")
     args = parser.parse_args()
     asyncio.run(main_async(args))
 
 
+async def throttled(seconds: float) -> None:
+    """A job through the daemon against an SMSC throttling at 50/s, bind `rate = 50`."""
+    n = int(50 * seconds)
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        (work / "broker").mkdir()
+        broker = Mosquitto(work / "broker")
+        broker.start()
+        sim = SmscProcess(work, "--receipt-delay", "0", "--throttle", "50")
+        sim.start()
+        config = gateway_config(work, broker, None, sim.config(window=10, rate=50))
+        config.write_text(config.read_text().replace('level = "DEBUG"', 'level = "WARNING"'))
+        gw = GatewayProcess(config, work)
+        gw.start()
+        try:
+            async with Observer(broker) as obs:
+                await obs.wait(lambda: obs.on("/gateway/test/availability"), 30)
+                await sim.wait(lambda s: s["bound"] >= 1, 30)
+                await obs.publish("plp/jobs", json.dumps(sms_job("throttled", members(n))))
+                stats = await sim.wait(lambda s: s["counters"].get("accepted", 0) >= n, 600)
+            first, last = stats["first_accepted_at"], stats["last_accepted_at"]
+            counters = stats["counters"]
+            share = counters.get("throttled", 0) / max(1, counters["submit_sm"])
+            print(f"# throttling SMSC (50 submit_sm/s), bind rate = 50, {n} recipients")
+            print(f"sustained (seen by SMSC)    {(n - 1) / (last - first):.1f} msg/s")
+            print(f"throttled responses         {counters.get('throttled', 0)} of "
+                  f"{counters['submit_sm']} submits ({share:.2%})")  # fmt: skip
+        finally:
+            gw.stop()
+            sim.stop()
+            broker.stop()
+
+
 async def main_async(args: argparse.Namespace) -> None:
+    if args.throttle_seconds > 0:
+        await throttled(args.throttle_seconds)
     ours: dict[str, float] = {}
     for events in ("each", "batch") if args.events == "both" else (args.events,):
         print(f"# gateway daemon, delivery_events = {events}")
