@@ -24,6 +24,7 @@ def _client(config: Config) -> aiomqtt.Client:
         username=cfg.username,
         password=cfg.password,
         tls_params=tls_parameters(cfg),
+        tls_insecure=cfg.tls.insecure if cfg.tls is not None else None,
         timeout=10,
     )
 
