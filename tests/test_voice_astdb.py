@@ -15,10 +15,10 @@ from panoramisk.actions import Action
 from panoramisk.message import Message
 
 from gateway.domain import DeliveryState
-from gateway.errors import TemporaryError
+from gateway.errors import LinkDown, TemporaryError
 from tests.voice_fixtures import FakeAudio, attempt, call_config, number, sim_config, wait_for
 from tests.voice_fixtures import started_channel as start
-from voice.ami import DB_NOT_FOUND, AmiActionError, db_get_value
+from voice.ami import DB_NOT_FOUND, AmiActionError, AmiNotConnected, db_get_value
 from voice.call_channel import VoiceChannel
 from voice.calls import CallOutcome, recorded_result
 from voice.simulator import AsteriskSimulator
@@ -206,6 +206,49 @@ async def test_gateway_deletes_the_record_of_a_call_it_followed_to_the_end(tmp_p
         with pytest.raises(AmiActionError) as err:
             await ch._ami.action({"Action": "DBDel", "Family": "plp", "Key": "plp-4-1"})
         assert err.value.message == DB_NOT_FOUND
+    finally:
+        await ch.stop()
+        await sim.stop()
+
+
+async def test_a_retry_cut_off_before_asking_does_not_lose_the_record(tmp_path: Path) -> None:
+    # Attempt 1's call ended while down and was recorded; attempt 2 (its retry) was killed
+    # before it could ask; attempt 3 still finds attempt 1's record.
+    sim = AsteriskSimulator(sim_config())
+    await sim.start()
+    sim.astdb.put("plp", "plp-5-1", "acknowledged")
+    ch = await start(call_config(sim), FakeAudio(tmp_path))
+    try:
+        assert await ch._ami.wait_up(10)
+        retry = attempt(number(1), delivery_id=5, number_=3, interrupted=True)
+        out = await asyncio.wait_for(ch.send(retry), 10)
+        assert out.state is DeliveryState.ACKNOWLEDGED and out.provider_ids == ("plp-5-1",)
+        assert sim.stats.originates == 0
+        await wait_for(lambda: not sim.astdb.family("plp"))
+        # Not interrupted: the record of an earlier attempt is not consulted at all.
+        sim.astdb.put("plp", "plp-6-1", "acknowledged")
+        out = await asyncio.wait_for(ch.send(attempt(number(1), delivery_id=6, number_=2)), 30)
+        assert out.provider_ids == ("plp-6-2",) and sim.stats.originates == 1
+    finally:
+        await ch.stop()
+        await sim.stop()
+
+
+async def test_no_answer_to_dbget_is_retried_later_still_as_interrupted(tmp_path: Path) -> None:
+    sim = AsteriskSimulator(sim_config())
+    await sim.start()
+    ch = await start(call_config(sim), FakeAudio(tmp_path))
+    try:
+        assert await ch._ami.wait_up(10)
+
+        async def no_answer(family: str, key: str, *, within: float | None = None) -> None:
+            raise AmiNotConnected("connection lost")
+
+        ch._ami.db_get = no_answer  # type: ignore[method-assign]
+        with pytest.raises(LinkDown) as err:
+            await ch.send(attempt(number(1), delivery_id=8, number_=2, interrupted=True))
+        assert (err.value.reason, err.value.retry_after) == ("interrupted", 15)
+        assert sim.stats.originates == 0  # not dialled without knowing
     finally:
         await ch.stop()
         await sim.stop()

@@ -207,25 +207,33 @@ class VoiceChannel:
             return None
         if str(attempt.delivery_id) in self._orphans:
             return None  # still up: `_call` adopts it
-        action_id = f"plp-{attempt.delivery_id}-{attempt.number - 1}"
-        result = await self._recorded(action_id)
-        if result is not None:
-            log.info(
-                "call %s of delivery %s ended while the gateway was down: %s (AstDB)",
-                action_id,
-                attempt.delivery_id,
-                result.outcome.value,
-            )
-        return result
+        # Newest first: the cut-off call is the previous attempt's, unless the retry that
+        # should have asked was itself cut off (a second kill) or could not ask (no AMI).
+        # Records of calls whose end the gateway saw are deleted, so older ones are rare.
+        for earlier in range(attempt.number - 1, 0, -1):
+            action_id = f"plp-{attempt.delivery_id}-{earlier}"
+            result = await self._recorded(action_id)
+            if result is not None:
+                log.info(
+                    "call %s of delivery %s ended while the gateway was down: %s (AstDB)",
+                    action_id,
+                    attempt.delivery_id,
+                    result.outcome.value,
+                )
+                return result
+        return None
 
     async def _recorded(self, action_id: str) -> CallResult | None:
         """Read, and then delete, the call's AstDB record; None if there is none."""
         try:
             value = await self._ami.db_get(ASTDB_FAMILY, action_id)
         except (AmiNotConnected, TimeoutError) as exc:
-            # Without an answer, dialling could call the member twice: ask again later.
+            # Without an answer, dialling could call the member twice: ask again later. The
+            # reason stays "interrupted" so that the next attempt asks again.
             raise LinkDown(
-                "ami_down", f"DBGet {action_id}: {exc}", retry_after=self._cfg.retry.link_down.delay
+                "interrupted",
+                f"DBGet {action_id}: {exc}",
+                retry_after=self._cfg.retry.link_down.delay,
             ) from None
         except AmiActionError as exc:  # e.g. no "system" write permission: cannot know
             log.warning("DBGet %s refused (%s): the member may be called twice", action_id, exc)
