@@ -39,6 +39,9 @@ class Attempt:
     test: bool
     options: Mapping[str, object] = field(default_factory=dict)  # the job's options, e.g. "voice"
     previous_provider_ids: tuple[str, ...] = ()  # set when an earlier attempt was possibly sent
+    # The previous attempt was cut off by a crash or a stop: the channel may find out how it
+    # ended from its provider (voice: the call's AstDB record) instead of sending again.
+    interrupted: bool = False
 
 
 @dataclass(frozen=True)

@@ -277,6 +277,7 @@ class Scheduler:
             test=job.test,
             options=job.options,
             previous_provider_ids=d.provider_ids if d.possibly_sent else (),
+            interrupted=d.last_error == "interrupted",
         )
         self.counters["attempts"] += 1
         try:

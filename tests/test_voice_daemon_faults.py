@@ -59,6 +59,57 @@ async def test_kill_9_with_calls_in_progress_then_restart_calls_nobody_twice(
     assert "calls of an earlier run" in log
 
 
+@pytest.fixture
+def astdb_asterisk(tmp_path: Path) -> Iterator[AsteriskProcess]:
+    """Calls of 8 s of message at 8x speed: ~1.5-2 s each, long enough to kill mid-call."""
+    workdir = tmp_path / "astdb-ami"
+    workdir.mkdir()
+    sim = AsteriskProcess(workdir, "--playback", "8", speed=8.0)
+    sim.start()
+    yield sim
+    sim.stop()
+
+
+async def test_kill_9_then_calls_end_while_down_restart_reads_astdb_calls_nobody_twice(
+    gateway: GatewayFactory, observer: Observer, astdb_asterisk: AsteriskProcess, tmp_path: Path
+) -> None:
+    sim = astdb_asterisk
+    config = sim.config(tmp_path / "sounds", max_channels=3, retry="recall_unacknowledged = false")
+    proc = gateway(config)
+    # Even members press 1 (acknowledged), odd ones listen to the end (delivered).
+    recipients = [member(i, 1 if i % 2 == 0 else 6) for i in range(6)]
+    await observer.publish_job(voice_job("v-astdb", recipients))
+
+    # Three calls have ended (stored), the next three are in progress: kill -9.
+    await sim.wait(lambda s: s["originates"] >= 6 and s["live"] == 3, timeout=60)
+    proc.kill()
+    record = await sim.record()
+    assert len(record) == 6
+    in_progress = {str(e["action_id"]) for e in record if "end" not in e}
+    assert len(in_progress) == 3
+    # The calls go on and end while no gateway listens; the dialplan records each result.
+    await sim.wait(lambda s: s["live"] == 0, timeout=30)
+    recorded = (await sim.ctl("astdb"))["plp"]
+    assert set(recorded) == in_progress, recorded
+
+    gateway(config)
+    status = await observer.wait_job("v-astdb", "done", timeout=60)
+    assert status["totals"] == {"acknowledged": 3, "delivered": 3}
+    assert await sim.calls() == {r["phone"][1:]: 1 for r in recipients}, "nobody called twice"
+    assert (await sim.ctl("stats"))["originates"] == 6
+    final = {e["ref"]: e for e in observer.events("v-astdb")}
+    for r in recipients:
+        want = "acknowledged" if r["phone"].endswith("1") else "delivered"
+        assert final[r["ref"]]["state"] == want, final[r["ref"]]
+    ended_while_down = [e["number"] for e in record if e["action_id"] in in_progress]
+    for r in recipients:
+        if r["phone"][1:] in ended_while_down:
+            assert final[r["ref"]].get("possibly_sent"), final[r["ref"]]
+    # What was read back is deleted, like the records of the calls followed to the end.
+    await sim.wait(lambda s: s["astdb_records"] == 0, timeout=10)
+    assert "ended while the gateway was down" in (tmp_path / "gateway.log").read_text()
+
+
 async def test_cancel_stops_queued_calls_and_hangs_up_ringing_and_answered_ones(
     gateway: GatewayFactory, observer: Observer, slow_asterisk: AsteriskProcess, tmp_path: Path
 ) -> None:

@@ -89,3 +89,7 @@ def test_shipped_dialplan_reports_what_the_gateway_reads() -> None:
         "UserEvent(PLPAck,Delivery: ${DELIVERY_ID},Digit: ${ACK},ReadStatus: ${READSTATUS})" in text
     )
     assert "Playback(${ALERT_FILE})" in text
+    # The result each answered call leaves in AstDB for a gateway that was not listening.
+    assert "Set(DB(plp/${PLP_CALL})=${PLP_RESULT})" in text
+    assert "exten => h,1,GotoIf(" in text
+    assert "Set(DB(plp/${PLP_CALL})=hung_up_early)" in text

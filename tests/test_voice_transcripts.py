@@ -102,6 +102,16 @@ def _key(e: dict[str, Any]) -> tuple[str, ...]:
     return (str(e["Event"]), half, *(f"{f}={e[f]}" for f in fields if f in e))
 
 
+def _shipped_addition(e: dict[str, Any], key: tuple[str, ...]) -> bool:
+    """What the shipped plp-alert adds to the recorded one: one GotoIf (ack wanted? played?)
+    and the AstDB record of the result (Set PLP_RESULT, Set DB(...), the `h` extension)."""
+    if key[:2] == ("Newexten", ";1") and (
+        e.get("Extension") == "h" or key[2] in ("Application=GotoIf", "Application=Set")
+    ):
+        return True
+    return key[:3] == ("VarSet", ";1", "Variable=PLP_RESULT")
+
+
 def _projection(events: list[dict[str, Any]]) -> dict[str, list[tuple[str, ...]]]:
     """Significant events per channel half (";1", ";2", "" for bridge/dial events):
     within one channel Asterisk's order is fixed; across the two halves it depends on
@@ -111,8 +121,8 @@ def _projection(events: list[dict[str, Any]]) -> dict[str, list[tuple[str, ...]]
         if e["Event"] in _NOISE or e["Event"] == "OriginateResponse":
             continue
         key = _key(e)
-        if key[:3] == ("Newexten", ";1", "Application=GotoIf"):
-            continue  # the shipped plp-alert adds one GotoIf (ack wanted? played?)
+        if _shipped_addition(e, key):
+            continue
         out.setdefault(key[1], []).append(key)
     return out
 

@@ -91,7 +91,13 @@ class FakeAudio:
 
 
 def attempt(
-    address: str, delivery_id: int = 1, number_: int = 1, *, ack: bool = True, job: str = "job-1"
+    address: str,
+    delivery_id: int = 1,
+    number_: int = 1,
+    *,
+    ack: bool = True,
+    job: str = "job-1",
+    interrupted: bool = False,
 ) -> Attempt:
     return Attempt(
         delivery_id=delivery_id,
@@ -107,6 +113,7 @@ def attempt(
         expires_at=datetime.now(UTC) + timedelta(hours=1),
         test=False,
         options={"voice": {"ack": ack, "repeat": 1}},
+        interrupted=interrupted,
     )
 
 

@@ -51,6 +51,25 @@ class AmiNotConnected(LinkDown):
         super().__init__("ami_down", detail)
 
 
+DB_NOT_FOUND = "Database entry not found"  # main/db.c, for DBGet, DBDel and DBDelTree
+
+
+def db_get_value(reply: Any) -> str | None:
+    """The `Val` of a successful `DBGet` reply as panoramisk returns it.
+
+    Asterisk answers `Response: Success` (`EventList: start`, "Result will follow"), then
+    `Event: DBGetResponse` (Family, Key, Val), then `Event: DBGetComplete`; panoramisk
+    collects them into a list. A reply without a DBGetResponse has no value (None).
+    """
+    for message in reply if isinstance(reply, list) else [reply]:
+        if message is not None and str(message.get("Event", "")) == "DBGetResponse":
+            value = message.get("Val")
+            if isinstance(value, list):  # a repeated header: the last one counts
+                value = value[-1] if value else None
+            return None if value is None else str(value)
+    return None
+
+
 class _Manager(panoramisk.Manager):  # type: ignore[misc]
     """panoramisk's Manager, but the session (not panoramisk) decides about reconnecting."""
 
@@ -180,6 +199,32 @@ class AmiClient:
         if first is not None and str(first.get("Response", "")) == "Error":
             raise AmiActionError(str(fields.get("Action", "?")), str(first.get("Message", "")))
         return result
+
+    # -- AstDB -----------------------------------------------------------------------------
+    async def db_get(self, family: str, key: str, *, within: float | None = None) -> str | None:
+        """`DBGet`: the value, or None when Asterisk has no such entry.
+
+        Raises AmiNotConnected / TimeoutError / AmiActionError (another error) like action().
+        """
+        try:
+            reply = await self.action(
+                {"Action": "DBGet", "Family": family, "Key": key}, within=within
+            )
+        except AmiActionError as exc:
+            if exc.message == DB_NOT_FOUND:
+                return None
+            raise
+        return db_get_value(reply)
+
+    async def db_del(self, family: str, key: str, *, within: float | None = None) -> bool:
+        """`DBDel`: True if the entry existed and is gone, False if there was none."""
+        try:
+            await self.action({"Action": "DBDel", "Family": family, "Key": key}, within=within)
+        except AmiActionError as exc:
+            if exc.message == DB_NOT_FOUND:
+                return False
+            raise
+        return True
 
     # -- the session -----------------------------------------------------------------------
     async def _run(self) -> None:

@@ -11,7 +11,7 @@ import contextlib
 import logging
 import re
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Coroutine, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -21,12 +21,13 @@ from gateway.errors import ChannelError, LinkDown, PermanentError, TemporaryErro
 from gateway.privacy import mask_phone
 
 from .ami import AmiActionError, AmiClient, AmiNotConnected
-from .calls import CallOutcome, CallResult, CallTracker
+from .calls import CallOutcome, CallResult, CallTracker, recorded_result
 from .config import VoiceConfig
 
 log = logging.getLogger("voice.calls")
 
 _E164 = re.compile(r"^\+[1-9]\d{6,14}$")
+ASTDB_FAMILY = "plp"  # the dialplan records each answered call's result at plp/<PLP_CALL>
 _TEMPORARY = {
     CallOutcome.BUSY: "busy",
     CallOutcome.NO_ANSWER: "no_answer",
@@ -106,8 +107,12 @@ class VoiceChannel:
         await self._ami.start()
 
     async def stop(self) -> None:
-        if self._background:  # let the hangups of cancelled calls go out first
-            await asyncio.wait(set(self._background), timeout=2.0)
+        # Let the hangups of cancelled calls go out first, and the AstDB clean-up that
+        # follows once they have ended.
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 2.0
+        while self._background and (left := deadline - loop.time()) > 0:
+            await asyncio.wait(set(self._background), timeout=left)
         for task in list(self._background):
             task.cancel()
         for task in list(self._background):
@@ -127,9 +132,7 @@ class VoiceChannel:
             # own slots (resized on reload) are the real limit.
             self._slots = asyncio.Semaphore(config.max_channels)
         if config.ami != old.ami:
-            task = asyncio.create_task(self._ami.reconfigure(config.ami), name="ami-reconfigure")
-            self._background.add(task)
-            task.add_done_callback(self._background.discard)
+            self._spawn(self._ami.reconfigure(config.ami), "ami-reconfigure")
         if (config.sounds_dir, config.tts) != (old.sounds_dir, old.tts):
             log.warning("reload: [voice] sounds_dir and [voice.tts] need a restart; ignored")
 
@@ -177,13 +180,17 @@ class VoiceChannel:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self._cfg.ami.action_timeout):
                     await self._reconciled.wait()
-        async with self._slots:
-            self.active += 1
-            self.peak = max(self.peak, self.active)
-            try:
-                result = await self._call(attempt, audio, ack)
-            finally:
-                self.active -= 1
+        result = await self._ended_while_down(attempt)
+        if result is None:
+            async with self._slots:
+                self.active += 1
+                self.peak = max(self.peak, self.active)
+                try:
+                    result = await self._call(attempt, audio, ack)
+                finally:
+                    self.active -= 1
+        if result.answered and not result.recorded:
+            self._spawn(self._forget_record(result.action_id), f"dbdel-{result.action_id}")
         self.outcomes[result.outcome.value] += 1
         log.info(
             "call %s to %s for job %s: %s%s",
@@ -194,6 +201,76 @@ class VoiceChannel:
             f" (cause {result.cause})" if result.cause else "",
         )
         return self._settle(attempt, result, ack)
+
+    # -- what Asterisk recorded ------------------------------------------------------------
+    async def _ended_while_down(self, attempt: Attempt) -> CallResult | None:
+        """The result of the interrupted previous attempt, if its call ended while no
+        gateway was following it (killed, stopped) and the dialplan recorded it in AstDB.
+
+        None means "dial": no interruption, the call is still up (adopted by `_call`), or
+        nothing was recorded (it never connected: busy, no answer, still ringing at the
+        kill; or Asterisk restarted).
+        """
+        if not attempt.interrupted or attempt.number < 2:
+            return None
+        if str(attempt.delivery_id) in self._orphans:
+            return None  # still up: `_call` adopts it
+        # Newest first: the cut-off call is the previous attempt's, unless the retry that
+        # should have asked was itself cut off (a second kill) or could not ask (no AMI).
+        # Records of calls whose end the gateway saw are deleted, so older ones are rare.
+        for earlier in range(attempt.number - 1, 0, -1):
+            action_id = f"plp-{attempt.delivery_id}-{earlier}"
+            result = await self._recorded(action_id)
+            if result is not None:
+                log.info(
+                    "call %s of delivery %s ended while the gateway was down: %s (AstDB)",
+                    action_id,
+                    attempt.delivery_id,
+                    result.outcome.value,
+                )
+                return result
+        return None
+
+    async def _recorded(self, action_id: str) -> CallResult | None:
+        """Read, and then delete, the call's AstDB record; None if there is none."""
+        try:
+            value = await self._ami.db_get(ASTDB_FAMILY, action_id)
+        except (AmiNotConnected, TimeoutError) as exc:
+            # Without an answer, dialling could call the member twice: ask again later. The
+            # reason stays "interrupted" so that the next attempt asks again.
+            raise LinkDown(
+                "interrupted",
+                f"DBGet {action_id}: {exc}",
+                retry_after=self._cfg.retry.link_down.delay,
+            ) from None
+        except AmiActionError as exc:  # e.g. no "system" write permission: cannot know
+            log.warning("DBGet %s refused (%s): the member may be called twice", action_id, exc)
+            return None
+        if value is None:
+            return None
+        result = recorded_result(action_id, value)
+        if result is None:
+            log.warning("call %s: unknown AstDB record %r, calling again", action_id, value)
+        self._spawn(self._forget_record(action_id), f"dbdel-{action_id}")
+        return result
+
+    async def _ended_unseen(self, result: CallResult) -> CallResult:
+        """A call of this process that ended while the AMI link was down: what the dialplan
+        recorded beats what was seen before the link went (or `call_lost`)."""
+        if result.outcome is not CallOutcome.LOST and not result.answered:
+            return result
+        try:
+            return await self._recorded(result.action_id) or result
+        except LinkDown as exc:
+            log.info("call %s: no AstDB answer (%s)", result.action_id, exc)
+            return result
+
+    async def _forget_record(self, action_id: str) -> None:
+        """The gateway knows how the call ended: its AstDB record is no longer needed."""
+        try:
+            await self._ami.db_del(ASTDB_FAMILY, action_id)
+        except (AmiActionError, AmiNotConnected, TimeoutError) as exc:
+            log.info("DBDel %s: %s (the record stays in AstDB)", action_id, exc)
 
     # -- one call --------------------------------------------------------------------------
     async def _render(self, attempt: Attempt) -> Rendered:
@@ -291,7 +368,10 @@ class VoiceChannel:
             self._spawn_hangup(action_id, call.hangup_channel)
 
     def _spawn_hangup(self, action_id: str, channel: str) -> None:
-        task = asyncio.create_task(self._hangup(action_id, channel), name=f"hangup-{action_id}")
+        self._spawn(self._hangup(action_id, channel), f"hangup-{action_id}")
+
+    def _spawn(self, work: Coroutine[Any, Any, None], name: str) -> None:
+        task = asyncio.create_task(work, name=name)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
@@ -332,6 +412,8 @@ class VoiceChannel:
             waiter.set_result(result)
         if waiter is None:
             self._forget(result.action_id)  # cancelled or timed out earlier: now it ended
+            if result.answered:  # the dialplan's h extension has recorded it: not needed
+                self._spawn(self._forget_record(result.action_id), f"dbdel-{result.action_id}")
 
     async def _reconcile(self) -> None:
         """After every (re)connect: which calls are still up? Resolve the others.
@@ -367,7 +449,7 @@ class VoiceChannel:
             )
         for result in self._tracker.reconcile(live, only=earlier):
             if result.action_id in self._waiters or result.action_id in self._hangup_wanted:
-                self._resolve(result)
+                self._resolve(await self._ended_unseen(result))
         self._orphans.clear()
         groups: dict[str, list[dict[str, str]]] = {}
         for ch in live:

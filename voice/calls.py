@@ -52,6 +52,7 @@ class CallResult:
     answered: bool = False
     played: bool = False
     digit: str | None = None
+    recorded: bool = False  # read back from the dialplan's AstDB record, not seen live
 
 
 @dataclass
@@ -144,6 +145,38 @@ def classify_answered(call: Call) -> CallResult:
         answered=True,
         played=call.playback == "SUCCESS",
         digit=call.digit,
+    )
+
+
+# What the shipped dialplan records in AstDB (`plp/${PLP_CALL}` = "<outcome>[,<detail>]")
+# once the call has entered plp-alert, i.e. was answered; see configs/asterisk/extensions.conf.
+_RECORDED = {
+    "answered": CallOutcome.ANSWERED,
+    "acknowledged": CallOutcome.ACKNOWLEDGED,
+    "hung_up_early": CallOutcome.HUNG_UP_EARLY,
+    "failed": CallOutcome.FAILED,
+}
+
+
+def recorded_result(action_id: str, value: str) -> CallResult | None:
+    """The result of an answered call from its AstDB record; None if the value is unknown
+    (a dialplan changed without the gateway: better to call again than to guess)."""
+    outcome_name, _, detail = value.strip().partition(",")
+    outcome = _RECORDED.get(outcome_name.strip())
+    if outcome is None:
+        return None
+    detail = detail.strip()
+    played = outcome in (CallOutcome.ANSWERED, CallOutcome.ACKNOWLEDGED)
+    if outcome is CallOutcome.FAILED:
+        detail = detail or "failed"
+    return CallResult(
+        action_id,
+        outcome,
+        detail or None,
+        answered=True,
+        played=played,
+        digit="1" if outcome is CallOutcome.ACKNOWLEDGED else None,
+        recorded=True,
     )
 
 

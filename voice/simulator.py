@@ -21,6 +21,7 @@ from pathlib import Path
 
 from gateway.privacy import mask_phone
 
+from .simulator_astdb import AstDB, db_action
 from .simulator_calls import BEHAVIOUR, Half, SimCall, playback_seconds
 from .simulator_control import start_control
 
@@ -97,6 +98,7 @@ class AsteriskSimulator:
         self.config = config or SimConfig()
         self.stats = SimStats()
         self.fail_originates = 0  # answer that many next Originates with "Response: Error"
+        self.astdb = AstDB()  # what the dialplan records (plp/<PLP_CALL>); survives restart()
         self._server: asyncio.Server | None = None
         self._sessions: set[_Session] = set()
         self._calls: dict[str, SimCall] = {}  # by ;1 channel name
@@ -252,7 +254,7 @@ class AsteriskSimulator:
             self._status(s, head, headers, reply)
         elif action == "coreshowchannels":
             self._core_show_channels(s, head, reply)
-        else:
+        elif not db_action(self.astdb, action, headers, s.send):
             reply("Error", "Invalid/unknown command")
         return True
 
@@ -331,6 +333,7 @@ class AsteriskSimulator:
             timeout_s=timeout_s,
             emit=self._broadcast,
             sleep=self._sleep,
+            astdb=self.astdb,
         )
         alert = dict(variables).get("ALERT_FILE", "")
         if self.config.playback_s is not None:

@@ -2,7 +2,8 @@
 
 Modelled on the reference transcripts (tests/voice_transcripts/): an Originate to a
 `Local/<number>@...` channel whose callee behaves by the number's last digit, landing in
-the gateway's `plp-alert` dialplan (configs/asterisk/extensions.conf).
+the gateway's `plp-alert` dialplan (configs/asterisk/extensions.conf), including the
+result it records in AstDB (`plp/${PLP_CALL}`) and its `h` extension.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ import wave
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from .simulator_astdb import AstDB
 
 Emit = Callable[[str, list[tuple[str, str]]], None]
 
@@ -117,6 +120,7 @@ class SimCall:
     ended: bool = False
     hangup_cause: str | None = None  # set by the AMI Hangup action
     hangup_event: asyncio.Event = field(default_factory=asyncio.Event)
+    astdb: AstDB | None = None  # where the dialplan's Set(DB(plp/...)) writes
 
     # -- event helpers -------------------------------------------------------------------
     def _ev(self, name: str, h: Half | None, extra: list[tuple[str, str]] | None = None) -> None:
@@ -169,7 +173,35 @@ class SimCall:
             ],
         )
 
+    def _record(self, prio: int, result: str) -> None:
+        """`Set(PLP_RESULT=<result>)` then `Set(DB(plp/${PLP_CALL})=${PLP_RESULT})`."""
+        one = self.one
+        self._exten(one, prio, "Set", f"PLP_RESULT={result}")
+        self._var(one, "PLP_RESULT", result)
+        self._db_write(prio + 1, result)
+
+    def _db_write(self, prio: int, value: str) -> None:
+        # A function write: a Newexten but no VarSet. An empty PLP_CALL makes DB() refuse.
+        key = dict(self.variables).get("PLP_CALL", "")
+        self._exten(self.one, prio, "Set", f"DB(plp/{key})={value}")
+        if key and self.astdb is not None:
+            self.astdb.put("plp", key, value)
+
+    def _h_extension(self) -> None:
+        """The shipped plp-alert's `h` extension: runs on ;1 as it hangs up, once answered."""
+        one = self.one
+        one.exten = "h"
+        recorded = bool(one.variables.get("PLP_RESULT"))
+        self._exten(one, 1, "GotoIf", f"{int(recorded)}?recorded")
+        if not recorded:
+            self._db_write(2, "hung_up_early")
+        key = dict(self.variables).get("PLP_CALL", "")
+        stored = self.astdb.get("plp", key) if self.astdb is not None and key else None
+        self._exten(one, 3, "NoOp", f"call {key} ended: {stored or ''}")
+
     def _hangup(self, h: Half, cause: str) -> None:
+        if h is self.one and self.answered and h.exten != "h":
+            self._h_extension()
         self._ev("Hangup", h, [("Cause", cause), ("Cause-txt", CAUSE_TXT.get(cause, "Unknown"))])
 
     def _hangup_both(self, first: Half, cause: str) -> None:
@@ -367,10 +399,11 @@ class SimCall:
         ack_wanted = dict(self.variables).get("ACK_WANTED", "1") != "0"
         digit, read_status = "", "TIMEOUT"
         skip = status != "SUCCESS" or not ack_wanted
-        # The shipped dialplan's one addition to the recorded one (priorities shift by one).
-        self._exten(one, 5, "GotoIf", f"{int(skip)}?done")
+        # The shipped dialplan's additions to the recorded one: the AstDB record, one GotoIf.
+        self._record(5, "answered" if status == "SUCCESS" else "failed,playback_failed")
+        self._exten(one, 7, "GotoIf", f"{int(skip)}?done")
         if not skip:
-            self._exten(one, 6, "Read", "ACK,,1,,1,6")
+            self._exten(one, 8, "Read", "ACK,,1,,1,6")
             self._var(one, "READSTATUS", "ERROR")
             if behaviour == "ack":
                 if await self._wait(1.488):
@@ -393,7 +426,7 @@ class SimCall:
             self._var(one, "READSTATUS", read_status)
             self._exten(
                 one,
-                6,
+                9,
                 "UserEvent",
                 f"PLPAck,Delivery: {delivery},Digit: {digit},ReadStatus: {read_status}",
             )
@@ -407,5 +440,6 @@ class SimCall:
                     ("ReadStatus", read_status),
                 ],
             )
-        self._exten(one, 8, "Hangup")
+            self._record(10, "acknowledged" if digit == "1" else "answered")
+        self._exten(one, 12, "Hangup")
         self._hangup_both(one, "16")

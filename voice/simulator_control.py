@@ -2,6 +2,7 @@
 
 One JSON object per line in, one per line out, e.g. `{"cmd": "stats"}`, `{"cmd": "record"}`
 (one entry per Originate: number, action_id, start, end, outcome), `{"cmd": "live"}`,
+`{"cmd": "astdb"}` (the `plp` family of the simulated AstDB: what the dialplan recorded),
 `{"cmd": "fault", "fail_originates": 1}`, `{"cmd": "drop"}`, `{"cmd": "restart"}`,
 `{"cmd": "reset"}`. The client side is `sms.simulator_control.control` (same protocol).
 """
@@ -20,7 +21,8 @@ async def execute(sim: AsteriskSimulator, request: dict[str, Any]) -> dict[str, 
     """Run one control command; returns the JSON-able answer."""
     cmd = request.get("cmd")
     if cmd == "stats":
-        return {"ok": True, **sim.stats.as_dict(), "live": len(sim.live_calls())}
+        live, recorded = len(sim.live_calls()), len(sim.astdb.family("plp"))
+        return {"ok": True, **sim.stats.as_dict(), "live": live, "astdb_records": recorded}
     if cmd == "record":
         return {"ok": True, "record": list(sim.stats.record)}
     if cmd == "live":
@@ -29,6 +31,8 @@ async def execute(sim: AsteriskSimulator, request: dict[str, Any]) -> dict[str, 
             for c in sim.live_calls()
         ]
         return {"ok": True, "calls": calls}
+    if cmd == "astdb":
+        return {"ok": True, "plp": sim.astdb.family("plp")}
     if cmd == "reset":
         sim.reset_stats()
         return {"ok": True}
