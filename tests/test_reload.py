@@ -20,7 +20,7 @@ def email_slots(observer: Observer) -> Any:
 async def test_reload_valid_then_invalid_during_a_job(
     gateway: GatewayFactory, observer: Observer, smtp: SmtpServer, tmp_path: Path
 ) -> None:
-    smtp.script.delay = 0.01
+    smtp.script.delay = 0.03  # long enough that both reloads land while the job runs
     proc = gateway()
     config = tmp_path / "gateway.toml"
     original = config.read_text()
@@ -42,7 +42,7 @@ async def test_reload_valid_then_invalid_during_a_job(
     assert f"{config}: email.concurrency:" in line
     assert len(smtp.mailbox) < len(recipients), "both reloads must happen while the job runs"
 
-    status = await observer.wait_job("reload-1", "done", timeout=60)
+    status = await observer.wait_job("reload-1", "done", timeout=120)
     assert status["totals"] == {"delivered": 160}
     counts = Counter(m.rcpts[0] for m in smtp.mailbox)
     assert counts == Counter({r["email"]: 1 for r in recipients})

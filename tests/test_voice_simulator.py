@@ -4,8 +4,10 @@ trunk limit, and the shipped dialplan it imitates."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -23,6 +25,18 @@ from tests.voice_fixtures import (
     started_channel,
 )
 from voice.simulator import AsteriskSimulator, read_stats
+
+
+async def _stats_when(
+    path: Path, ready: Callable[[dict[str, object]], bool], within: float = 15.0
+) -> dict[str, object]:
+    async with asyncio.timeout(within):
+        while True:
+            with contextlib.suppress(FileNotFoundError):
+                counters = read_stats(path)
+                if ready(counters):
+                    return counters
+            await asyncio.sleep(0.02)
 
 
 async def test_simulator_process_counts_calls_per_number(tmp_path: Path) -> None:
@@ -51,7 +65,8 @@ async def test_simulator_process_counts_calls_per_number(tmp_path: Path) -> None
                 await asyncio.wait_for(ch.send(attempt(number(2))), 20)
         finally:
             await ch.stop()
-        counters = read_stats(stats)
+        # The simulator writes its counters just after the call's last event: wait for them.
+        counters = await _stats_when(stats, lambda c: bool(c.get("outcomes")))
         assert counters["calls_per_number"] == {"32470000002": 1}
         assert counters["outcomes"] == {"busy": 1}
     finally:
