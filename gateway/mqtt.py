@@ -24,6 +24,7 @@ import paho.mqtt.client as paho
 from .config import MqttConfig
 
 PUBLISH_BATCH = 64  # status messages published concurrently
+PUBLISH_TIMEOUT = 10.0  # seconds for the broker to confirm a batch
 
 log = logging.getLogger("gateway.mqtt")
 
@@ -197,6 +198,15 @@ class MqttLink:
                 raise aiomqtt.MqttError(f"message handler failed: {exc}") from exc
 
     async def _pump_out(self, client: aiomqtt.Client) -> None:
+        """Publish the outgoing queue in batches through paho, confirmed per batch.
+
+        aiomqtt's `publish()` costs a future and a timeout task per message; status events
+        come by thousands per second, so messages go to paho directly and the batch is
+        confirmed when every QoS 1 message has its PUBACK (one wake-up per PUBACK burst).
+        Unconfirmed messages go back to the head of the queue for the next connection.
+        """
+        acked = asyncio.Event()
+        _notify_acks(client, acked.set)
         while True:
             if not self._out:
                 self._out_ready.clear()
@@ -205,21 +215,58 @@ class MqttLink:
             batch = [self._out.popleft() for _ in range(min(PUBLISH_BATCH, len(self._out)))]
             self._sending = len(batch)
             try:
-                results = await asyncio.gather(
-                    *(
-                        client.publish(m.topic, m.payload, qos=m.qos, retain=m.retain, timeout=10)
-                        for m in batch
-                    ),
-                    return_exceptions=True,
-                )
+                sent = self._publish_now(client, batch)
+                await self._confirmed(sent, acked)
             finally:
                 self._sending = 0
-            failed = [m for m, r in zip(batch, results, strict=True) if isinstance(r, Exception)]
-            if failed:
-                # Put back in order and let the link reconnect.
-                self._out.extendleft(reversed(failed))
-                err = next(r for r in results if isinstance(r, Exception))
-                raise aiomqtt.MqttError(f"publish failed: {err}")
+
+    def _publish_now(
+        self, client: aiomqtt.Client, batch: list[Outgoing]
+    ) -> list[tuple[Outgoing, paho.MQTTMessageInfo]]:
+        sent: list[tuple[Outgoing, paho.MQTTMessageInfo]] = []
+        for i, m in enumerate(batch):
+            info = client._client.publish(m.topic, m.payload, m.qos, m.retain)
+            if info.rc != paho.MQTT_ERR_SUCCESS:
+                unsent = [o for o, inf in sent if not inf.is_published()] + batch[i:]
+                self._out.extendleft(reversed(unsent))
+                raise aiomqtt.MqttError(f"publish failed: {paho.error_string(info.rc)}")
+            sent.append((m, info))
+        return sent
+
+    async def _confirmed(
+        self, sent: list[tuple[Outgoing, paho.MQTTMessageInfo]], acked: asyncio.Event
+    ) -> None:
+        try:
+            async with asyncio.timeout(PUBLISH_TIMEOUT):
+                while True:
+                    acked.clear()
+                    if all(info.is_published() for _, info in sent):
+                        return
+                    await acked.wait()
+        except TimeoutError:
+            unconfirmed = [m for m, info in sent if not info.is_published()]
+            self._out.extendleft(reversed(unconfirmed))
+            raise aiomqtt.MqttError(
+                f"{len(unconfirmed)} publications not confirmed in {PUBLISH_TIMEOUT:.0f} s"
+            ) from None
+        except BaseException:
+            # Cancelled (the connection ended): keep what the broker has not confirmed.
+            unconfirmed = [m for m, info in sent if not info.is_published()]
+            self._out.extendleft(reversed(unconfirmed))
+            raise
+
+
+def _notify_acks(client: aiomqtt.Client, notify: Callable[[], None]) -> None:
+    """Call `notify` after aiomqtt's own handling of every PUBACK (and QoS 0 write)."""
+    paho = client._client
+    inner = paho.on_publish
+
+    def on_publish(*args: Any) -> None:
+        if inner is not None:
+            inner(*args)
+        notify()
+
+    paho.on_publish = on_publish
 
 
 def _no_delay(client: aiomqtt.Client) -> None:
