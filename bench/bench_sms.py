@@ -24,12 +24,12 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from gateway.channel import Attempt, Reports  # noqa: E402
+from gateway.control_port import control  # noqa: E402
 from gateway.domain import Priority  # noqa: E402
 from gateway.errors import TemporaryError  # noqa: E402
 from sms import pdu as P  # noqa: E402
 from sms.channel import SmsChannel  # noqa: E402
 from sms.config import SmscConfig, SmsConfig  # noqa: E402
-from sms.simulator_control import control  # noqa: E402
 
 TEXT = "Alerte PLP: cambriolage signale rue Haute, restez vigilants."
 _BANNER = re.compile(rb"SMPP on [\d.]+:(\d+), control on [\d.]+:(\d+)")

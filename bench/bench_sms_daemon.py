@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import statistics
 import sys
 import tempfile
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -51,56 +53,67 @@ async def _single(dispatch: aiomqtt.Client, sim: SmscProcess, i: int) -> float:
     return float(stats["last_accepted_at"] - t0)  # both CLOCK_MONOTONIC, same machine
 
 
-async def run(n: int, window: int, singles: int, events: str) -> float:
+@contextlib.asynccontextmanager
+async def stack(
+    sim_args: tuple[str, ...], sms: dict[str, Any], events: str = "each"
+) -> AsyncIterator[tuple[Mosquitto, SmscProcess, Observer]]:
+    """mosquitto, the SMSC simulator and the gateway (log level BENCH_LOG, default WARNING),
+    each its own process, in BENCH_DIR or a temporary directory; the gateway is online and
+    bound when this yields."""
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(os.environ.get("BENCH_DIR", tmp))
         (work / "broker").mkdir()
-        broker = Mosquitto(work / "broker", os.environ.get("BENCH_BROKER", ""))
+        broker = Mosquitto(work / "broker")
         broker.start()
-        sim = SmscProcess(work, "--receipt-delay", "0")
-        sim.start()
-        config = gateway_config(work, broker, None, sim.config(window=window))
-        text = config.read_text().replace(
-            'level = "DEBUG"',
-            'level = "' + __import__("os").environ.get("BENCH_LOG", "WARNING") + '"',
-        )
-        text = text.replace("[status]\n", f'[status]\ndelivery_events = "{events}"\n')
-        config.write_text(text)
-        gw = GatewayProcess(config, work)
-        gw.start()
+        sim = SmscProcess(work, "--receipt-delay", "0", *sim_args)
+        gw: GatewayProcess | None = None
         try:
+            sim.start()
+            config = gateway_config(work, broker, None, sim.config(**sms))
+            level = os.environ.get("BENCH_LOG", "WARNING")
+            text = config.read_text().replace('level = "DEBUG"', f'level = "{level}"')
+            text = text.replace("[status]\n", f'[status]\ndelivery_events = "{events}"\n')
+            config.write_text(text)
+            gw = GatewayProcess(config, work)
+            gw.start()
             async with Observer(broker) as obs:
                 await obs.wait(lambda: obs.on("/gateway/test/availability"), 30)
                 await sim.wait(lambda s: s["bound"] >= 1, 30)
-                lat = await single_latencies(broker, sim, singles)
-                await sim.ctl("reset")
-                job = sms_job("bench-sms", members(n))
-                payload = json.dumps(job)
-                t0 = time.monotonic()
-                await obs.publish("plp/jobs", payload)
-                stats = await sim.wait(lambda s: s["counters"].get("accepted", 0) >= n, 600)
-                t_all = time.monotonic()
-                await obs.wait_job("bench-sms", "done", timeout=600)
-                t_done = time.monotonic()
-            first, last = stats["first_accepted_at"], stats["last_accepted_at"]
-            lat_ms = sorted(x * 1000 for x in lat)
-            p99 = lat_ms[min(len(lat_ms) - 1, int(len(lat_ms) * 0.99))]
-            print(f"window                      {window} (one bind), delivery_events={events}")
-            print(f"single jobs                 {len(lat_ms)}")
-            print(f"publish -> 1st submit_sm    p50 {statistics.median(lat_ms):.1f} ms, "
-                  f"p99 {p99:.1f} ms, max {lat_ms[-1]:.1f} ms")  # fmt: skip
-            print(f"recipients                  {n}")
-            print(f"payload                     {len(payload) / 1e6:.2f} MB")
-            print(f"publish -> 1st submit (job) {(first - t0) * 1000:.0f} ms")
-            print(f"all submits accepted        {t_all - t0:.2f} s after publish")
-            print(f"sustained (seen by SMSC)    {(n - 1) / (last - first):.0f} submit_sm/s")
-            print(f"job 'done' (all receipts)   {t_done - t0:.2f} s after publish")
-            print(f"duplicates at the SMSC      {stats['duplicates']}")
-            return float((n - 1) / (last - first))
+                yield broker, sim, obs
         finally:
-            gw.stop()
+            if gw is not None:
+                gw.stop()
             sim.stop()
             broker.stop()
+
+
+async def run(n: int, window: int, singles: int, events: str) -> float:
+    async with stack((), {"window": window}, events) as (broker, sim, obs):
+        lat = await single_latencies(broker, sim, singles)
+        await sim.ctl("reset")
+        job = sms_job("bench-sms", members(n))
+        payload = json.dumps(job)
+        t0 = time.monotonic()
+        await obs.publish("plp/jobs", payload)
+        stats = await sim.wait(lambda s: s["counters"].get("accepted", 0) >= n, 600)
+        t_all = time.monotonic()
+        await obs.wait_job("bench-sms", "done", timeout=600)
+        t_done = time.monotonic()
+    first, last = stats["first_accepted_at"], stats["last_accepted_at"]
+    lat_ms = sorted(x * 1000 for x in lat)
+    p99 = lat_ms[min(len(lat_ms) - 1, int(len(lat_ms) * 0.99))]
+    print(f"window                      {window} (one bind), delivery_events={events}")
+    print(f"single jobs                 {len(lat_ms)}")
+    print(f"publish -> 1st submit_sm    p50 {statistics.median(lat_ms):.1f} ms, "
+          f"p99 {p99:.1f} ms, max {lat_ms[-1]:.1f} ms")  # fmt: skip
+    print(f"recipients                  {n}")
+    print(f"payload                     {len(payload) / 1e6:.2f} MB")
+    print(f"publish -> 1st submit (job) {(first - t0) * 1000:.0f} ms")
+    print(f"all submits accepted        {t_all - t0:.2f} s after publish")
+    print(f"sustained (seen by SMSC)    {(n - 1) / (last - first):.0f} submit_sm/s")
+    print(f"job 'done' (all receipts)   {t_done - t0:.2f} s after publish")
+    print(f"duplicates at the SMSC      {stats['duplicates']}")
+    return float((n - 1) / (last - first))
 
 
 def main() -> None:
@@ -118,34 +131,16 @@ def main() -> None:
 async def throttled(seconds: float) -> None:
     """A job through the daemon against an SMSC throttling at 50/s, bind `rate = 50`."""
     n = int(50 * seconds)
-    with tempfile.TemporaryDirectory() as tmp:
-        work = Path(tmp)
-        (work / "broker").mkdir()
-        broker = Mosquitto(work / "broker")
-        broker.start()
-        sim = SmscProcess(work, "--receipt-delay", "0", "--throttle", "50")
-        sim.start()
-        config = gateway_config(work, broker, None, sim.config(window=10, rate=50))
-        config.write_text(config.read_text().replace('level = "DEBUG"', 'level = "WARNING"'))
-        gw = GatewayProcess(config, work)
-        gw.start()
-        try:
-            async with Observer(broker) as obs:
-                await obs.wait(lambda: obs.on("/gateway/test/availability"), 30)
-                await sim.wait(lambda s: s["bound"] >= 1, 30)
-                await obs.publish("plp/jobs", json.dumps(sms_job("throttled", members(n))))
-                stats = await sim.wait(lambda s: s["counters"].get("accepted", 0) >= n, 600)
-            first, last = stats["first_accepted_at"], stats["last_accepted_at"]
-            counters = stats["counters"]
-            share = counters.get("throttled", 0) / max(1, counters["submit_sm"])
-            print(f"# throttling SMSC (50 submit_sm/s), bind rate = 50, {n} recipients")
-            print(f"sustained (seen by SMSC)    {(n - 1) / (last - first):.1f} msg/s")
-            print(f"throttled responses         {counters.get('throttled', 0)} of "
-                  f"{counters['submit_sm']} submits ({share:.2%})")  # fmt: skip
-        finally:
-            gw.stop()
-            sim.stop()
-            broker.stop()
+    async with stack(("--throttle", "50"), {"window": 10, "rate": 50}) as (_, sim, obs):
+        await obs.publish("plp/jobs", json.dumps(sms_job("throttled", members(n))))
+        stats = await sim.wait(lambda s: s["counters"].get("accepted", 0) >= n, 600)
+    first, last = stats["first_accepted_at"], stats["last_accepted_at"]
+    counters = stats["counters"]
+    share = counters.get("throttled", 0) / max(1, counters["submit_sm"])
+    print(f"# throttling SMSC (50 submit_sm/s), bind rate = 50, {n} recipients")
+    print(f"sustained (seen by SMSC)    {(n - 1) / (last - first):.1f} msg/s")
+    print(f"throttled responses         {counters.get('throttled', 0)} of "
+          f"{counters['submit_sm']} submits ({share:.2%})")  # fmt: skip
 
 
 async def main_async(args: argparse.Namespace) -> None:

@@ -16,7 +16,7 @@ import urllib.parse
 from pathlib import Path
 from typing import Any
 
-from sms.simulator_control import control
+from gateway.control_port import control
 
 TEXT = "Alerte PLP: cambriolage signale rue Haute, restez vigilants."
 

@@ -205,7 +205,7 @@ class _Smsc:
 
     async def reply_when_sent(self, phone: str, text: str, within: float = 60) -> None:
         """Once `phone` got its SMS, answer as the member would (before the receipt)."""
-        from sms.simulator_control import control
+        from gateway.control_port import control
 
         async with asyncio.timeout(within):
             while True:
@@ -290,7 +290,7 @@ def run_demo(workdir: Path) -> int:
         print_report(config, job["id"])
         voice_summary(config_path, job["id"])
         print(f"\ndemo: {sink.count} e-mails in {workdir / 'mail'}")
-        from sms.simulator_control import control
+        from gateway.control_port import control
 
         stats = asyncio.run(control("127.0.0.1", smsc.control_port, {"cmd": "stats"}))
         counters = stats.get("counters", {})

@@ -8,8 +8,10 @@ Control protocol: one JSON object per line in, one JSON object per line out, e.g
 from __future__ import annotations
 
 import asyncio
-import json
+import functools
 from typing import TYPE_CHECKING, Any
+
+from gateway.control_port import control, serve
 
 from . import pdu as P
 
@@ -83,34 +85,8 @@ def _describe(sm: P.SubmitSm) -> dict[str, Any]:
     }
 
 
-async def _serve_control(
-    sim: SmscSimulator, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-) -> None:
-    try:
-        while line := await reader.readline():
-            try:
-                answer = execute(sim, json.loads(line))
-            except (ValueError, KeyError, TypeError) as exc:
-                answer = {"ok": False, "error": str(exc)}
-            writer.write(json.dumps(answer).encode() + b"\n")
-            await writer.drain()
-    except ConnectionError:
-        pass
-    finally:
-        writer.close()
-
-
 async def start_control(sim: SmscSimulator, host: str, port: int) -> asyncio.Server:
-    return await asyncio.start_server(lambda r, w: _serve_control(sim, r, w), host, port)
+    return await serve(functools.partial(execute, sim), host, port)
 
 
-async def control(host: str, port: int, request: dict[str, Any], wait: float = 5.0) -> Any:
-    """Client side: send one command to a running simulator, return its answer."""
-    async with asyncio.timeout(wait):
-        reader, writer = await asyncio.open_connection(host, port, limit=64 * 1024 * 1024)
-        try:
-            writer.write(json.dumps(request).encode() + b"\n")
-            await writer.drain()
-            return json.loads(await reader.readline())
-        finally:
-            writer.close()
+__all__ = ["control", "execute", "start_control"]

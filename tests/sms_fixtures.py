@@ -5,10 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
-import subprocess
-import sys
-import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -19,7 +16,7 @@ from gateway.domain import Priority
 from sms.channel import SmsChannel
 from sms.config import SmscConfig, SmsConfig
 from sms.simulator import SimulatorConfig, SmscSimulator
-from sms.simulator_control import control
+from tests.simulator_process import SimulatorProcess
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -105,67 +102,19 @@ def mobile(i: int) -> str:
     return f"+32470{i:06d}"
 
 
-class SmscProcess:
-    """`plp-gateway simulate smsc` as a separate process, steered through its control port.
+class SmscProcess(SimulatorProcess):
+    """`plp-gateway simulate smsc`, receipts after 50 ms unless the test says otherwise."""
 
-    A separate process keeps the simulator independent of the test's event loop (the gateway
-    fixtures wait synchronously) and is how operators run it.
-    """
+    kind = "smsc"
+    title = "SMSC simulator"
 
-    def __init__(self, workdir: Path, *args: str) -> None:
-        self.workdir = workdir
-        self.args = args
-        self.port = 0
-        self.control_port = 0
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        port_file = self.workdir / "smsc-ports.json"
-        port_file.unlink(missing_ok=True)
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "gateway", "simulate", "smsc", "--port", "0",
-             "--control-port", "0", "--port-file", str(port_file), "--receipt-delay", "0.05",
-             "--log-level", "WARNING", *self.args],
-            cwd=ROOT, stdout=subprocess.DEVNULL,
-            stderr=open(self.workdir / "smsc.log", "ab"),  # noqa: SIM115
-        )  # fmt: skip
-        deadline = time.monotonic() + 20
-        while not port_file.exists() or not port_file.read_text():
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("SMSC simulator did not start")
-            time.sleep(0.02)
-        ports = json.loads(port_file.read_text())
-        self.port, self.control_port = ports["port"], ports["control_port"]
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(10)
-
-    async def ctl(self, cmd: str, **fields: Any) -> dict[str, Any]:
-        answer: dict[str, Any] = await control(
-            "127.0.0.1", self.control_port, {"cmd": cmd, **fields}, wait=30
-        )
-        assert answer.get("ok"), answer
-        return answer
+    def options(self) -> list[str]:
+        return ["--receipt-delay", "0.05"]
 
     async def counts(self) -> dict[str, int]:
         """Accepted submit_sm per destination (E.164 without '+')."""
         submits: dict[str, int] = (await self.ctl("counts"))["submits"]
         return submits
-
-    async def wait(
-        self, predicate: Callable[[dict[str, Any]], bool], timeout: float = 60
-    ) -> dict[str, Any]:
-        """Poll the simulator's stats until `predicate(stats)` holds."""
-        deadline = time.monotonic() + timeout
-        while True:
-            stats = await self.ctl("stats")
-            if predicate(stats):
-                return stats
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"SMSC simulator never reached the condition: {stats}")
-            await asyncio.sleep(0.05)
 
     def config(self, window: int = 10, **extra: Any) -> str:
         """The gateway's `[sms]` TOML for a link to this simulator, with test-sized timers."""

@@ -8,10 +8,10 @@ import sys
 from pathlib import Path
 
 from gateway.channel import Receipt, Reply
+from gateway.control_port import control
 from gateway.domain import DeliveryState
 from gateway.errors import PermanentError
 from sms.config import SmscConfig
-from sms.simulator_control import control
 from tests.sms_fixtures import MOBILE, attempt, channel, next_report, sms_config
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -5,11 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import subprocess
-import sys
-import time
 import wave
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -17,7 +14,7 @@ from typing import Any
 
 from gateway.channel import Attempt, Report
 from gateway.domain import Job, Priority
-from sms.simulator_control import control
+from tests.simulator_process import SimulatorProcess
 from voice.call_channel import VoiceChannel
 from voice.config import AmiConfig, CallRetry, RetryRule, VoiceConfig
 from voice.simulator import AsteriskSimulator, SimConfig
@@ -164,47 +161,18 @@ async def wait_for(predicate: Any, within: float = 10.0) -> None:
             await asyncio.sleep(0.01)
 
 
-class AsteriskProcess:
-    """`plp-gateway simulate asterisk` as a separate process, steered through its control port
-    (like tests.sms_fixtures.SmscProcess): the gateway under test is a process too."""
+class AsteriskProcess(SimulatorProcess):
+    """`plp-gateway simulate asterisk`: the gateway under test is a process too."""
+
+    kind = "asterisk"
+    title = "AMI simulator"
 
     def __init__(self, workdir: Path, *args: str, speed: float = SPEED) -> None:
-        self.workdir = workdir
-        self.args = args
+        super().__init__(workdir, *args)
         self.speed = speed
-        self.port = 0
-        self.control_port = 0
-        self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self) -> None:
-        port_file = self.workdir / "ami-ports.json"
-        port_file.unlink(missing_ok=True)
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "gateway", "simulate", "asterisk", "--port", "0",
-             "--control-port", "0", "--port-file", str(port_file), "--speed", str(self.speed),
-             "--username", USER, "--secret", SECRET, "--log-level", "WARNING", *self.args],
-            cwd=ROOT, stdout=subprocess.DEVNULL,
-            stderr=open(self.workdir / "asterisk-sim.log", "ab"),  # noqa: SIM115
-        )  # fmt: skip
-        deadline = time.monotonic() + 20
-        while not port_file.exists() or not port_file.read_text():
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("AMI simulator did not start")
-            time.sleep(0.02)
-        ports = json.loads(port_file.read_text())
-        self.port, self.control_port = ports["port"], ports["control_port"]
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(10)
-
-    async def ctl(self, cmd: str, **fields: Any) -> dict[str, Any]:
-        answer: dict[str, Any] = await control(
-            "127.0.0.1", self.control_port, {"cmd": cmd, **fields}, wait=30
-        )
-        assert answer.get("ok"), answer
-        return answer
+    def options(self) -> list[str]:
+        return ["--speed", str(self.speed), "--username", USER, "--secret", SECRET]
 
     async def calls(self) -> dict[str, int]:
         """Originates per number (E.164 without '+')."""
@@ -214,19 +182,6 @@ class AsteriskProcess:
     async def record(self) -> list[dict[str, Any]]:
         entries: list[dict[str, Any]] = (await self.ctl("record"))["record"]
         return entries
-
-    async def wait(
-        self, predicate: Callable[[dict[str, Any]], object], timeout: float = 60
-    ) -> dict[str, Any]:
-        """Poll the simulator's stats until `predicate(stats)` holds."""
-        deadline = time.monotonic() + timeout
-        while True:
-            stats = await self.ctl("stats")
-            if predicate(stats):
-                return stats
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"AMI simulator never reached the condition: {stats}")
-            await asyncio.sleep(0.05)
 
     def config(self, sounds_dir: Path, retry: str = "", **extra: Any) -> str:
         """The gateway's `[voice]` TOML for this simulator, with test-sized timers."""

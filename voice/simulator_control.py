@@ -4,14 +4,16 @@ One JSON object per line in, one per line out, e.g. `{"cmd": "stats"}`, `{"cmd":
 (one entry per Originate: number, action_id, start, end, outcome), `{"cmd": "live"}`,
 `{"cmd": "astdb"}` (the `plp` family of the simulated AstDB: what the dialplan recorded),
 `{"cmd": "fault", "fail_originates": 1}`, `{"cmd": "drop"}`, `{"cmd": "restart"}`,
-`{"cmd": "reset"}`. The client side is `sms.simulator_control.control` (same protocol).
+`{"cmd": "reset"}`. The protocol and its client side are in `gateway.control_port`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
+import functools
 from typing import TYPE_CHECKING, Any
+
+from gateway.control_port import serve
 
 if TYPE_CHECKING:
     from .simulator import AsteriskSimulator
@@ -56,22 +58,5 @@ async def execute(sim: AsteriskSimulator, request: dict[str, Any]) -> dict[str, 
     return {"ok": False, "error": f"unknown cmd {cmd!r}"}
 
 
-async def _serve(
-    sim: AsteriskSimulator, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-) -> None:
-    try:
-        while line := await reader.readline():
-            try:
-                answer = await execute(sim, json.loads(line))
-            except (ValueError, KeyError, TypeError) as exc:
-                answer = {"ok": False, "error": str(exc)}
-            writer.write(json.dumps(answer).encode() + b"\n")
-            await writer.drain()
-    except ConnectionError:
-        pass
-    finally:
-        writer.close()
-
-
 async def start_control(sim: AsteriskSimulator, host: str, port: int) -> asyncio.Server:
-    return await asyncio.start_server(lambda r, w: _serve(sim, r, w), host, port)
+    return await serve(functools.partial(execute, sim), host, port)
