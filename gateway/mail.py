@@ -75,25 +75,55 @@ class EmailChannel:
 
     def __init__(self, cfg: EmailConfig) -> None:
         self._cfg = cfg
+        # Idle connections. Every client exists once: idle here or held by a send, which gives
+        # it back (or a fresh one) however the send ends, so the pool never runs dry.
         self._pool: asyncio.Queue[aiosmtplib.SMTP] = asyncio.Queue()
+        self._clients = 0  # idle + held
+        self._stale: set[int] = set()  # held clients made with settings since replaced
+        self._in_use: dict[int, aiosmtplib.SMTP] = {}
         self._state = "unknown"
         self._last_error: str | None = None
         self._sent = 0
         self._since: float | None = None
 
     def reconfigure(self, cfg: EmailConfig) -> None:
-        """New settings apply to new connections; pooled ones are dropped."""
+        """New settings (server, credentials, concurrency...) apply at once: idle connections
+        are replaced now, the ones in use when their send ends."""
         self._cfg = cfg
-        while not self._pool.empty():
-            self._pool.get_nowait().close()
+        idle = [self._pool.get_nowait() for _ in range(self._pool.qsize())]
+        for client in idle:
+            client.close()
+        self._clients -= len(idle)
+        self._stale = {id(c) for c in self._held()}
+        self._grow()
+
+    def _held(self) -> list[aiosmtplib.SMTP]:
+        return list(self._in_use.values())
+
+    def _grow(self) -> None:
+        while self._clients < self._cfg.concurrency:
+            self._pool.put_nowait(self._new_client())
+            self._clients += 1
+
+    def _give_back(self, client: aiosmtplib.SMTP, broken: bool) -> None:
+        self._in_use.pop(id(client), None)
+        stale = id(client) in self._stale
+        self._stale.discard(id(client))
+        if self._clients > self._cfg.concurrency:  # the limit was lowered
+            self._clients -= 1
+            client.close()
+        elif broken or stale:
+            client.close()
+            self._pool.put_nowait(self._new_client())
+        else:
+            self._pool.put_nowait(client)
 
     @property
     def domain(self) -> str:
         return self._cfg.message_id_domain or self._cfg.sender.rpartition("@")[2] or "localhost"
 
     async def start(self) -> None:
-        for _ in range(self._cfg.concurrency):
-            self._pool.put_nowait(self._new_client())
+        self._grow()
 
     async def stop(self) -> None:
         while not self._pool.empty():
@@ -123,18 +153,17 @@ class EmailChannel:
     async def send(self, attempt: Attempt) -> Outcome:
         msg = build_message(attempt, self._cfg.sender, self.domain)
         client = await self._pool.get()
+        self._in_use[id(client)] = client
         try:
             if not client.is_connected:
                 await client.connect()
             await client.send_message(msg)
         except asyncio.CancelledError:
-            client.close()
-            self._pool.put_nowait(self._new_client())
+            self._give_back(client, broken=True)
             raise
         except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
             err = _classify(exc)
-            client.close()
-            self._pool.put_nowait(self._new_client())
+            self._give_back(client, broken=True)
             if isinstance(err, LinkDown):
                 self._set_state("down", err.reason)
             log.info(
@@ -144,7 +173,10 @@ class EmailChannel:
                 err,
             )
             raise err from None
-        self._pool.put_nowait(client)
+        except BaseException:
+            self._give_back(client, broken=True)
+            raise
+        self._give_back(client, broken=False)
         self._set_state("up", None)
         self._sent += 1
         return Outcome(
