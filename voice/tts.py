@@ -190,8 +190,12 @@ class GttsEngine(TtsEngine):
             tts.write_to_fp(buf)
         except gTTSError as exc:
             status = getattr(getattr(exc, "rsp", None), "status_code", None)
-            if status is None:
-                reason = "failed"  # no answer: connection refused, DNS, read timeout
+            if _timed_out(exc):
+                # The requests timeout equals the overall one: whichever fires first, it is
+                # the same "timeout".
+                reason = "timeout"
+            elif status is None:
+                reason = "failed"  # no answer: connection refused, DNS
             else:
                 reason = "http_error" if status >= 400 else "bad_response"
             raise EngineError(self.name, reason, str(exc)[:200]) from None
@@ -201,6 +205,18 @@ class GttsEngine(TtsEngine):
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+def _timed_out(exc: BaseException) -> bool:
+    """Whether a gTTS error was caused by a requests timeout (anywhere in its chain)."""
+    import requests
+
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, requests.exceptions.Timeout):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 def build_engines(config: TtsConfig) -> dict[str, TtsEngine]:
