@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from . import __version__
+from .async_store import AsyncStore
 from .channel import Channel, Reports, settle
 from .config import Config, load_config
 from .errors import ConfigError
@@ -25,7 +26,7 @@ from .scheduler import Scheduler
 from .sdnotify import Notifier, Watchdog
 from .signing import Verifier
 from .status import StatusPublisher, Topics
-from .store import AsyncStore, Store
+from .store import Store
 
 log = logging.getLogger("gateway.daemon")
 

@@ -15,15 +15,16 @@ from typing import Protocol
 
 import aiomqtt
 
+from .async_store import AsyncStore
 from .config import JobsConfig
 from .domain import JobState
 from .errors import StoreError
 from .jobs import JobErrorItem, JobRejected, content_hash, parse_job
 from .privacy import scrub
+from .rows import AddResult
 from .scheduler import Scheduler
 from .signing import SignatureError
 from .status import StatusPublisher, Topics
-from .store import AddResult, AsyncStore
 
 INLINE_PARSE_BYTES = 8 * 1024  # ~50 recipients: about 1 ms of validation on the loop
 

@@ -12,6 +12,7 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+from .async_store import AsyncStore, Batched
 from .channel import Attempt, Channel, Outcome, Receipt, Reply, Report
 from .domain import (
     DeliveryState,
@@ -25,8 +26,8 @@ from .domain import (
 from .errors import PermanentError, TemporaryError
 from .privacy import mask_phone, scrub
 from .queues import ChannelQueue, Slots, make_limiter
+from .rows import Change, DeliveryRow
 from .status import StatusPublisher, iso
-from .store import AsyncStore, Batched, Change, DeliveryRow
 
 log = logging.getLogger("gateway.scheduler")
 

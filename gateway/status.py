@@ -16,8 +16,9 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from . import __version__
+from .async_store import AsyncStore
 from .privacy import address_hash
-from .store import AsyncStore, Change
+from .rows import Change
 
 log = logging.getLogger("gateway.status")
 

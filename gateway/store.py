@@ -1,25 +1,20 @@
 """Durable state in SQLite (WAL): jobs, deliveries, provider ids, receipts.
 
 Everything needed to resume after a crash is here. Methods are synchronous and must be
-called from one thread (`AsyncStore` runs them on a dedicated worker thread). A job is
+called from one thread (`gateway.async_store.AsyncStore` runs them on a dedicated worker
+thread); the records they return are in `gateway.rows`. A job is
 committed with `synchronous=FULL` (it survives power loss before the broker gets its ack);
 delivery transitions use `NORMAL`, which survives a killed process.
 """
 
 from __future__ import annotations
 
-import asyncio
-import dataclasses
 import json
 import sqlite3
 import time
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from datetime import UTC, datetime
-from enum import Enum
 from pathlib import Path
-from typing import Any, Generic, ParamSpec, TypeVar
+from typing import Any, TypeVar
 
 from .domain import (
     FINAL_DELIVERY_STATES,
@@ -32,9 +27,22 @@ from .domain import (
 )
 from .errors import StoreError
 from .privacy import mask_address
+from .rows import (
+    AddResult,
+    Change,
+    DeliveryRow,
+    JobRow,
+    address_for,
+    job_from_row,
+    job_to_body,
+    row_to_delivery,
+    row_to_job,
+    updated_row,
+)
 
-P = ParamSpec("P")
 T = TypeVar("T")
+
+__all__ = ["AddResult", "Change", "DeliveryRow", "JobRow", "Store"]
 
 SCHEMA_VERSION = 1
 _SCHEMA = """
@@ -97,156 +105,6 @@ CREATE TABLE IF NOT EXISTS orphan_receipts (
 
 _PENDING = ("queued", "sending", "retrying")
 _OPEN = ("queued", "sending", "retrying", "sent")
-
-
-class AddResult(Enum):
-    NEW = "new"
-    DUPLICATE = "duplicate"  # same id, same content: dispatch re-sent it
-    CONFLICT = "conflict"  # same id, other content: rejected, the first stands
-
-
-@dataclass(frozen=True)
-class DeliveryRow:
-    id: int
-    job_id: str
-    rindex: int
-    ref: str
-    channel: str
-    address: str | None
-    masked: str
-    lang: str
-    state: DeliveryState
-    attempts: int
-    next_attempt_at: float | None
-    last_error: str | None
-    detail: str | None
-    provider_ids: tuple[str, ...]
-    possibly_sent: bool
-    updated_at: float
-
-
-@dataclass(frozen=True)
-class JobRow:
-    id: str
-    priority: Priority
-    state: JobState
-    created_at: float
-    updated_at: float
-    expires_at: float
-    finished_at: float | None
-    reason: str | None
-
-
-@dataclass(frozen=True)
-class Change:
-    """A delivery that changed state, and whether its job finished with it."""
-
-    delivery: DeliveryRow
-    old_state: DeliveryState
-    job_finished: JobState | None = None
-
-
-def _row_to_delivery(r: sqlite3.Row) -> DeliveryRow:
-    return DeliveryRow(
-        id=r["id"],
-        job_id=r["job_id"],
-        rindex=r["rindex"],
-        ref=r["ref"],
-        channel=r["channel"],
-        address=r["address"],
-        masked=r["masked"],
-        lang=r["lang"],
-        state=DeliveryState(r["state"]),
-        attempts=r["attempts"],
-        next_attempt_at=r["next_attempt_at"],
-        last_error=r["last_error"],
-        detail=r["detail"],
-        provider_ids=tuple(json.loads(r["provider_ids"])),
-        possibly_sent=bool(r["possibly_sent"]),
-        updated_at=r["updated_at"],
-    )
-
-
-_PLAIN_FIELDS = frozenset({"attempts", "next_attempt_at", "last_error", "detail"})
-
-
-def _updated(
-    d: DeliveryRow, state: DeliveryState, now: float, fields: dict[str, Any]
-) -> DeliveryRow | None:
-    """The row as `UPDATE ... SET state, updated_at, **fields` left it, without reading it
-    (None for a field it does not know: the caller reads the row then)."""
-    changes: dict[str, Any] = {"state": state, "updated_at": now}
-    for key, value in fields.items():
-        if key in _PLAIN_FIELDS:
-            changes[key] = value
-        elif key == "provider_ids":
-            changes[key] = tuple(json.loads(value))
-        elif key == "possibly_sent":
-            changes[key] = bool(value)
-        else:
-            return None
-    return dataclasses.replace(d, **changes)
-
-
-def _row_to_job(r: sqlite3.Row) -> JobRow:
-    return JobRow(
-        id=r["id"],
-        priority=Priority(r["priority"]),
-        state=JobState(r["state"]),
-        created_at=r["created_at"],
-        updated_at=r["updated_at"],
-        expires_at=r["expires_at"],
-        finished_at=r["finished_at"],
-        reason=r["reason"],
-    )
-
-
-def job_to_body(job: Job) -> str:
-    return json.dumps(
-        {
-            "message": job.message,
-            "subject": job.subject,
-            "channels": list(job.channels),
-            "options": job.options,
-            "fallback": job.fallback,
-            "recipients": [
-                [r.ref, r.lang, list(r.channels), r.phone, r.email, r.phone_error, r.email_error]
-                for r in job.recipients
-            ],
-        },
-        ensure_ascii=False,
-        separators=(",", ":"),
-    )
-
-
-def job_from_row(r: sqlite3.Row) -> Job:
-    body = json.loads(r["body"])
-    return Job(
-        id=r["id"],
-        priority=Priority(r["priority"]),
-        test=bool(r["test"]),
-        message=body["message"],
-        subject=body["subject"],
-        channels=tuple(body["channels"]),
-        recipients=tuple(
-            Recipient(i, ref, lang, tuple(chs), phone, email, pe, ee)
-            for i, (ref, lang, chs, phone, email, pe, ee) in enumerate(body["recipients"])
-        ),
-        expires_at=datetime.fromtimestamp(r["expires_at"], UTC),
-        options=body["options"],
-        fallback=body["fallback"],
-    )
-
-
-def address_for(recipient: Recipient, channel: str) -> tuple[str | None, str | None]:
-    """(address, reason it cannot be used) of a recipient on a channel."""
-    if channel == "email":
-        if recipient.email is None:
-            return None, recipient.email_error or "missing_email"
-        return recipient.email, None
-    if recipient.phone is None:
-        return None, recipient.phone_error or "missing_phone"
-    return recipient.phone, None
 
 
 class Store:
@@ -397,7 +255,7 @@ class Store:
             ),
         )
         row = self._db.execute("SELECT * FROM deliveries WHERE id = ?", (cur.lastrowid,)).fetchone()
-        return _row_to_delivery(row)
+        return row_to_delivery(row)
 
     def add_fallback(
         self, delivery_id: int, channel: str, enabled: frozenset[str]
@@ -437,13 +295,13 @@ class Store:
 
     def job_row(self, job_id: str) -> JobRow | None:
         r = self._db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
-        return _row_to_job(r) if r is not None else None
+        return row_to_job(r) if r is not None else None
 
     def active_jobs(self) -> list[JobRow]:
         rows = self._db.execute(
             "SELECT * FROM jobs WHERE state IN ('accepted', 'running') ORDER BY created_at"
         ).fetchall()
-        return [_row_to_job(r) for r in rows]
+        return [row_to_job(r) for r in rows]
 
     def set_job_state(self, job_id: str, state: JobState, reason: str | None = None) -> bool:
         now = time.time()
@@ -469,7 +327,7 @@ class Store:
         rows = self._db.execute(
             "SELECT * FROM deliveries WHERE job_id=? ORDER BY rindex, channel", (job_id,)
         ).fetchall()
-        return [_row_to_delivery(r) for r in rows]
+        return [row_to_delivery(r) for r in rows]
 
     def pending_deliveries(self) -> list[tuple[DeliveryRow, Priority]]:
         """Every delivery still owed an attempt, for the scheduler after a (re)start."""
@@ -478,14 +336,14 @@ class Store:
             " WHERE d.state IN ('queued','sending','retrying')"
             " AND j.state IN ('accepted','running') ORDER BY d.id"
         ).fetchall()
-        return [(_row_to_delivery(r), Priority(r["jprio"])) for r in rows]
+        return [(row_to_delivery(r), Priority(r["jprio"])) for r in rows]
 
     # -- delivery transitions ---------------------------------------------------------
     def _delivery(self, delivery_id: int) -> DeliveryRow:
         r = self._db.execute("SELECT * FROM deliveries WHERE id=?", (delivery_id,)).fetchone()
         if r is None:
             raise StoreError(f"no delivery {delivery_id}")
-        return _row_to_delivery(r)
+        return row_to_delivery(r)
 
     def delivery(self, delivery_id: int) -> DeliveryRow:
         return self._delivery(delivery_id)
@@ -501,7 +359,7 @@ class Store:
         # Only a final state can be the job's last open delivery; the others just mark the
         # job running (cheap) without looking for open deliveries.
         finished = self._maybe_finish_job(d.job_id, now, check=new in FINAL_DELIVERY_STATES)
-        row = _updated(d, new, now, fields) or self._delivery(d.id)
+        row = updated_row(d, new, now, fields) or self._delivery(d.id)
         return Change(row, d.state, finished)
 
     def _maybe_finish_job(self, job_id: str, now: float, check: bool = True) -> JobState | None:
@@ -566,7 +424,7 @@ class Store:
                 "UPDATE deliveries SET state='retrying', possibly_sent=1,"
                 " last_error='interrupted', next_attempt_at=NULL WHERE state='sending'"
             )
-            return [_row_to_delivery(r) for r in rows]
+            return [row_to_delivery(r) for r in rows]
 
         result: list[DeliveryRow] = self._tx(work)
         return result
@@ -584,7 +442,7 @@ class Store:
             ).fetchall()
             changes = []
             for r in rows:
-                d = _row_to_delivery(r)
+                d = row_to_delivery(r)
                 self._db.execute(
                     "UPDATE deliveries SET state=?, updated_at=?, last_error=? WHERE id=?",
                     (delivery_state.value, now, reason, d.id),
@@ -608,7 +466,7 @@ class Store:
             ).fetchall()
             out = []
             for r in rows:
-                d = _row_to_delivery(r)
+                d = row_to_delivery(r)
                 out.append(self._update(d, DeliveryState.CANCELLED, now, last_error="acknowledged"))
             return out
 
@@ -738,7 +596,7 @@ class Store:
             " AND updated_at >= ? ORDER BY updated_at DESC",
             (phone, since),
         ).fetchall()
-        return [_row_to_delivery(r) for r in rows]
+        return [row_to_delivery(r) for r in rows]
 
     # -- retention ----------------------------------------------------------------------
     def purge(self, finished_before: float) -> int:
@@ -762,63 +620,3 @@ class Store:
 
     def is_final(self, state: str) -> bool:
         return DeliveryState(state) in FINAL_DELIVERY_STATES
-
-
-class Batched(Generic[T]):
-    """An async front to one store method that coalesces concurrent calls.
-
-    Calls made while a batch is being written wait for the next one, so under load a
-    thousand attempts cost a few transactions, and an idle gateway adds no delay.
-    """
-
-    def __init__(self, store: AsyncStore, fn: Callable[..., T], max_batch: int = 512) -> None:
-        self._store = store
-        self._fn = fn
-        self._max = max_batch
-        self._pending: list[tuple[tuple[tuple[Any, ...], dict[str, Any]], asyncio.Future[T]]] = []
-        self._running = False
-        self._task: asyncio.Task[None] | None = None
-
-    async def __call__(self, *args: Any, **kwargs: Any) -> T:
-        fut: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        self._pending.append(((args, kwargs), fut))
-        if not self._running:
-            self._running = True
-            self._task = asyncio.get_running_loop().create_task(self._drain())
-        return await fut
-
-    async def _drain(self) -> None:
-        try:
-            while self._pending:
-                batch, self._pending = self._pending[: self._max], self._pending[self._max :]
-                try:
-                    results = await self._store.run(
-                        self._store.store.many, self._fn, [call for call, _ in batch]
-                    )
-                except Exception as exc:
-                    results = [exc] * len(batch)
-                for (_, fut), result in zip(batch, results, strict=True):
-                    if fut.done():
-                        continue
-                    if isinstance(result, Exception):
-                        fut.set_exception(result)
-                    else:
-                        fut.set_result(result)
-        finally:
-            self._running = False
-
-
-class AsyncStore:
-    """Runs every store call on one dedicated thread so the event loop never waits on disk."""
-
-    def __init__(self, store: Store) -> None:
-        self.store = store
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store")
-
-    async def run(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, lambda: fn(*args, **kwargs))
-
-    def close(self) -> None:
-        self._executor.shutdown(wait=True)
-        self.store.close()

@@ -1,0 +1,167 @@
+"""The store's records: what a row of `jobs` / `deliveries` is in Python, and back.
+
+`DeliveryRow` and `JobRow` are read-only snapshots handed to the scheduler and the status
+publisher; `Change` is one delivery's transition as the store committed it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sqlite3
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from enum import Enum
+from typing import Any
+
+from .domain import DeliveryState, Job, JobState, Priority, Recipient
+
+
+class AddResult(Enum):
+    NEW = "new"
+    DUPLICATE = "duplicate"  # same id, same content: dispatch re-sent it
+    CONFLICT = "conflict"  # same id, other content: rejected, the first stands
+
+
+@dataclass(frozen=True)
+class DeliveryRow:
+    id: int
+    job_id: str
+    rindex: int
+    ref: str
+    channel: str
+    address: str | None
+    masked: str
+    lang: str
+    state: DeliveryState
+    attempts: int
+    next_attempt_at: float | None
+    last_error: str | None
+    detail: str | None
+    provider_ids: tuple[str, ...]
+    possibly_sent: bool
+    updated_at: float
+
+
+@dataclass(frozen=True)
+class JobRow:
+    id: str
+    priority: Priority
+    state: JobState
+    created_at: float
+    updated_at: float
+    expires_at: float
+    finished_at: float | None
+    reason: str | None
+
+
+@dataclass(frozen=True)
+class Change:
+    """A delivery that changed state, and whether its job finished with it."""
+
+    delivery: DeliveryRow
+    old_state: DeliveryState
+    job_finished: JobState | None = None
+
+
+def row_to_delivery(r: sqlite3.Row) -> DeliveryRow:
+    return DeliveryRow(
+        id=r["id"],
+        job_id=r["job_id"],
+        rindex=r["rindex"],
+        ref=r["ref"],
+        channel=r["channel"],
+        address=r["address"],
+        masked=r["masked"],
+        lang=r["lang"],
+        state=DeliveryState(r["state"]),
+        attempts=r["attempts"],
+        next_attempt_at=r["next_attempt_at"],
+        last_error=r["last_error"],
+        detail=r["detail"],
+        provider_ids=tuple(json.loads(r["provider_ids"])),
+        possibly_sent=bool(r["possibly_sent"]),
+        updated_at=r["updated_at"],
+    )
+
+
+_PLAIN_FIELDS = frozenset({"attempts", "next_attempt_at", "last_error", "detail"})
+
+
+def updated_row(
+    d: DeliveryRow, state: DeliveryState, now: float, fields: dict[str, Any]
+) -> DeliveryRow | None:
+    """The row as `UPDATE ... SET state, updated_at, **fields` left it, without reading it
+    (None for a field it does not know: the caller reads the row then)."""
+    changes: dict[str, Any] = {"state": state, "updated_at": now}
+    for key, value in fields.items():
+        if key in _PLAIN_FIELDS:
+            changes[key] = value
+        elif key == "provider_ids":
+            changes[key] = tuple(json.loads(value))
+        elif key == "possibly_sent":
+            changes[key] = bool(value)
+        else:
+            return None
+    return dataclasses.replace(d, **changes)
+
+
+def row_to_job(r: sqlite3.Row) -> JobRow:
+    return JobRow(
+        id=r["id"],
+        priority=Priority(r["priority"]),
+        state=JobState(r["state"]),
+        created_at=r["created_at"],
+        updated_at=r["updated_at"],
+        expires_at=r["expires_at"],
+        finished_at=r["finished_at"],
+        reason=r["reason"],
+    )
+
+
+def job_to_body(job: Job) -> str:
+    return json.dumps(
+        {
+            "message": job.message,
+            "subject": job.subject,
+            "channels": list(job.channels),
+            "options": job.options,
+            "fallback": job.fallback,
+            "recipients": [
+                [r.ref, r.lang, list(r.channels), r.phone, r.email, r.phone_error, r.email_error]
+                for r in job.recipients
+            ],
+        },
+        ensure_ascii=False,
+        separators=(",", ":"),
+    )
+
+
+def job_from_row(r: sqlite3.Row) -> Job:
+    body = json.loads(r["body"])
+    return Job(
+        id=r["id"],
+        priority=Priority(r["priority"]),
+        test=bool(r["test"]),
+        message=body["message"],
+        subject=body["subject"],
+        channels=tuple(body["channels"]),
+        recipients=tuple(
+            Recipient(i, ref, lang, tuple(chs), phone, email, pe, ee)
+            for i, (ref, lang, chs, phone, email, pe, ee) in enumerate(body["recipients"])
+        ),
+        expires_at=datetime.fromtimestamp(r["expires_at"], UTC),
+        options=body["options"],
+        fallback=body["fallback"],
+    )
+
+
+def address_for(recipient: Recipient, channel: str) -> tuple[str | None, str | None]:
+    """(address, reason it cannot be used) of a recipient on a channel."""
+    if channel == "email":
+        if recipient.email is None:
+            return None, recipient.email_error or "missing_email"
+        return recipient.email, None
+    if recipient.phone is None:
+        return None, recipient.phone_error or "missing_phone"
+    return recipient.phone, None
