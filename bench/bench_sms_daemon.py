@@ -144,6 +144,12 @@ async def throttled(seconds: float) -> None:
 
 
 async def main_async(args: argparse.Namespace) -> None:
+    from bench.bench_sms import raw_ceiling, simulator
+
+    async with simulator() as raw:  # first: the simulator is not what is measured
+        ceiling = await raw_ceiling(raw, 3 * args.recipients)
+    print(f"# simulator ceiling, pipelined raw client (1,000 outstanding), receipts on: "
+          f"{ceiling:,.0f} submit_sm/s")  # fmt: skip
     if args.throttle_seconds > 0:
         await throttled(args.throttle_seconds)
     ours: dict[str, float] = {}
