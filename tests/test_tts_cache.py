@@ -6,7 +6,7 @@ import asyncio
 from pathlib import Path
 
 from gateway.domain import compose_text
-from voice.config import VoiceConfig
+from voice.config import TemplateConfig, TtsConfig, VoiceConfig
 from voice.synthesis import Synthesizer
 
 from .tts_fixtures import voice_job, with_loop_lag
@@ -103,3 +103,25 @@ async def test_long_synthesis_does_not_block_the_loop(tmp_path: Path) -> None:
     assert got.duration_s > 120  # several minutes of speech: real work was done
     # Were the work on the loop, one tick would wait for most of it (`took`).
     assert lag < min(0.2, took / 2), (lag, took)
+
+
+async def test_a_reload_with_new_templates_makes_new_audio_for_the_next_jobs(
+    tmp_path: Path,
+) -> None:
+    synth = Synthesizer(VoiceConfig(sounds_dir=tmp_path))
+    try:
+        assert await synth.prepare(voice_job("before", {"nl": 3})) == {}
+        assert synth.stats()["syntheses"] == 1
+        new = TtsConfig(
+            templates={"nl": TemplateConfig(intro="Hier is de politie van {plp_name}.")}
+        )
+        synth.reconfigure(new)
+        assert await synth.prepare(voice_job("after", {"nl": 3})) == {}
+        assert synth.stats()["syntheses"] == 2, "the new introduction is new audio"
+        assert await synth.prepare(voice_job("french", {"fr": 1})) == {}
+        assert synth.stats()["syntheses"] == 3
+        synth.reconfigure(new)  # unchanged again: cached audio is found again
+        assert await synth.prepare(voice_job("again", {"nl": 1})) == {}
+        assert synth.stats()["syntheses"] == 3
+    finally:
+        await synth.stop()

@@ -124,8 +124,9 @@ class VoiceChannel:
     def reconfigure(self, config: VoiceConfig) -> None:
         """A configuration reload: limits, retry rules and call keys apply to the next calls;
         changed `[voice.ami]` settings reconnect the session (calls in progress are
-        reconciled after the reconnect, like after a dropped link). `sounds_dir` and
-        `[voice.tts]` need a restart."""
+        reconciled after the reconnect, like after a dropped link); `[voice.tts]` (templates,
+        engine order, loudness) goes to the synthesizer for the next syntheses. `sounds_dir`
+        needs a restart."""
         old, self._cfg = self._cfg, config
         if config.max_channels != old.max_channels:
             # Calls holding a slot of the old semaphore release it there; the scheduler's
@@ -133,8 +134,12 @@ class VoiceChannel:
             self._slots = asyncio.Semaphore(config.max_channels)
         if config.ami != old.ami:
             self._spawn(self._ami.reconfigure(config.ami), "ami-reconfigure")
-        if (config.sounds_dir, config.tts) != (old.sounds_dir, old.tts):
-            log.warning("reload: [voice] sounds_dir and [voice.tts] need a restart; ignored")
+        if config.tts != old.tts:
+            reconfigure = getattr(self._audio, "reconfigure", None)
+            if reconfigure is not None:
+                reconfigure(config.tts)
+        if config.sounds_dir != old.sounds_dir:
+            log.warning("reload: [voice] sounds_dir needs a restart; ignored")
 
     def limits(self) -> Limits:
         retry = self._cfg.retry

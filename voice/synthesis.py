@@ -21,7 +21,7 @@ from gateway.domain import Job, compose_text
 
 from . import audio
 from .compose import compose, spoken_options, templates_for
-from .config import VoiceConfig
+from .config import TtsConfig, VoiceConfig
 from .tts import EngineError, TtsEngine, TtsFailed, build_engines
 
 log = logging.getLogger(__name__)
@@ -77,10 +77,18 @@ class Synthesizer:
             self._counts[f"{name}_failures"] = 0
         self._last_fallback = ""
         self._last_error = ""
-        self._profile = (
-            f"{self._tts.leading_silence_ms}:{self._tts.trailing_silence_ms}:"
-            f"{self._tts.target_dbfs:g}:{self._tts.peak_dbfs:g}"
-        )
+        self._profile = _profile(self._tts)
+
+    def reconfigure(self, tts: TtsConfig) -> None:
+        """A configuration reload: templates, the engines' order, loudness and silences,
+        cool-down and retention apply to the next syntheses (the composed text or the audio
+        profile changes the cache key, so nothing stale is played). The engines' own settings
+        (`[voice.tts.espeak]`, `[voice.tts.gtts]`) and `workers` need a restart."""
+        old, self._tts = self._tts, tts
+        if (old.espeak, old.gtts, old.workers) != (tts.espeak, tts.gtts, tts.workers):
+            log.warning("reload: [voice.tts] engine settings and workers need a restart")
+        self._profile = _profile(tts)
+        self._memo.clear()  # its keys do not hold the profile; the files on disk (named by it) stay
 
     # --- lifecycle -----------------------------------------------------------------------
 
@@ -330,3 +338,10 @@ def _size(path: Path) -> int | None:
         return path.stat().st_size
     except FileNotFoundError:
         return None
+
+
+def _profile(tts: TtsConfig) -> str:
+    """The audio processing settings, part of every audio file's key."""
+    return (
+        f"{tts.leading_silence_ms}:{tts.trailing_silence_ms}:{tts.target_dbfs:g}:{tts.peak_dbfs:g}"
+    )
