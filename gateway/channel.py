@@ -16,7 +16,7 @@ import random
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from .domain import DeliveryState, Job, Priority
 
@@ -134,6 +134,13 @@ class Channel(Protocol):
     def limits(self) -> Limits:
         """Current limits; read again after a configuration reload."""
         ...
+
+    def reconfigure(self, section: Any, /) -> None:
+        """Apply the channel's reloaded configuration section (`[email]`, `[sms]`...).
+
+        Called from the reload (a signal handler): anything slow, such as binding or logging
+        in again, runs in the channel's own background task.
+        """
 
     async def prepare(self, job: Job) -> Mapping[str, str]:
         """Called once when a job is accepted, before its attempts on this channel.

@@ -58,7 +58,6 @@ class Gateway:
         self.config_path = config_path
         self.topics = Topics(config.mqtt.topic_prefix, config.node)
         self._stop = asyncio.Event()
-        self._reconfiguring: set[asyncio.Task[None]] = set()
         self._stopping = False
         self._reload_requested = asyncio.Event()
         self._health_changed = asyncio.Event()
@@ -262,19 +261,14 @@ class Gateway:
             log.warning("reload: [metrics] changes need a restart; ignored")
         self.intake.limits = new.jobs
         self.verifier.reconfigure(new.security)
-        email = self.channels.get("email")
-        if isinstance(email, EmailChannel):
-            email.reconfigure(new.email)
         for name in ("email", "sms", "voice"):
-            if getattr(new, name).enabled != getattr(self.config, name).enabled:
+            old_section, new_section = getattr(self.config, name), getattr(new, name)
+            if new_section.enabled != old_section.enabled:
                 log.warning("reload: enabling or disabling [%s] needs a restart; ignored", name)
-        self._reconfigure_sms(new)
-        if "voice" in self.channels and new.voice.enabled:
-            from voice.call_channel import VoiceChannel
-
-            voice = self.channels["voice"]
-            if isinstance(voice, VoiceChannel):
-                voice.reconfigure(new.voice)
+            elif name in self.channels and new_section != old_section:
+                # Each channel applies its own section; slow work (rebinding a link, logging
+                # in again) runs in the channel's background, not in the signal handler.
+                self.channels[name].reconfigure(new_section)
         self.config = new.model_copy(
             update={
                 "mqtt": self.config.mqtt,
@@ -287,17 +281,6 @@ class Gateway:
         log.info("configuration reloaded from %s", self.config_path)
         self._reloaded(True)
         return True
-
-    def _reconfigure_sms(self, new: Config) -> None:
-        sms = self.channels.get("sms")
-        if sms is None or new.sms == self.config.sms or not new.sms.enabled:
-            return
-        from sms.channel import SmsChannel
-
-        if isinstance(sms, SmsChannel):
-            task = asyncio.get_running_loop().create_task(sms.reconfigure(new.sms))
-            self._reconfiguring.add(task)
-            task.add_done_callback(self._reconfiguring.discard)
 
     # -- lifecycle -------------------------------------------------------------------------
     def request_stop(self) -> None:

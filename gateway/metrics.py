@@ -12,6 +12,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Mapping
+from typing import Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -307,6 +308,9 @@ class MeteredChannel:
 
     def limits(self) -> Limits:
         return self.inner.limits()
+
+    def reconfigure(self, section: Any, /) -> None:
+        self.inner.reconfigure(section)
 
     async def prepare(self, job: Job) -> Mapping[str, str]:
         return await self.inner.prepare(job)

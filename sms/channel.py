@@ -105,23 +105,35 @@ class SmsChannel:
         ]
         self._rr = itertools.count()
         self._encoded: dict[str, Encoded] = {}
+        self._rebinding: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         for s in self.sessions:
             await s.start()
 
     async def stop(self) -> None:
+        if self._rebinding is not None:
+            await self._rebinding
         await asyncio.gather(*(s.stop() for s in self.sessions))
 
-    async def reconfigure(self, config: SmsConfig) -> None:
+    def reconfigure(self, config: SmsConfig) -> None:
         """Apply a reloaded `[sms]`: channel settings at once; a link whose settings changed
         (credentials, address, window, rate...) drains its window, unbinds and binds again
-        with the new ones while the other links carry the traffic. Unchanged links stay up."""
-        old = {s.name: s for s in self.sessions}
+        with the new ones (in the background) while the other links carry the traffic.
+        Unchanged links stay up."""
+        previous = self._rebinding
         self.config = config
         self._keywords = KeywordMatcher(config.reply_keywords)
         self._sender = sender_address(config.sender)
         self._encoded.clear()
+        self._rebinding = asyncio.get_running_loop().create_task(
+            self._rebind(config, previous), name="sms-rebind"
+        )
+
+    async def _rebind(self, config: SmsConfig, previous: asyncio.Task[None] | None) -> None:
+        if previous is not None:
+            await previous  # one reload after the other
+        old = {s.name: s for s in self.sessions}
         sessions: list[Session] = []
         for smsc in config.smsc:
             current = old.pop(smsc.name, None)
