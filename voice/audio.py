@@ -6,7 +6,6 @@ adds the silences; files are named by a content hash and removed by `cleanup` af
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import hashlib
 import io
@@ -19,6 +18,8 @@ from collections.abc import Collection
 from pathlib import Path
 
 from pydub import AudioSegment
+
+from .pipe import run_piped
 
 with warnings.catch_warnings():
     # Deprecated in 3.11, gone in 3.13 (then: the audioop-lts package); pydub needs it too.
@@ -51,26 +52,13 @@ async def decode(data: bytes, *, limit_s: float, ffmpeg: str | None = None) -> b
     argv = [binary, "-hide_banner", "-loglevel", "error", "-i", "pipe:0", "-vn"]
     argv += ["-ac", "1", "-ar", str(RATE), "-acodec", "pcm_s16le", "-f", "s16le", "pipe:1"]
     try:
-        proc = await asyncio.create_subprocess_exec(
-            *argv,
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-        )
+        status, out, err = await run_piped(argv, data, limit_s)
+    except TimeoutError:
+        raise AudioError(f"ffmpeg took longer than {limit_s:g} s") from None
     except OSError as exc:
         raise AudioError(f"cannot run {binary}: {exc.strerror or exc}") from exc
-    try:
-        out, err = await asyncio.wait_for(proc.communicate(data), limit_s)
-    except TimeoutError:
-        proc.kill()
-        await proc.wait()
-        raise AudioError(f"ffmpeg took longer than {limit_s:g} s") from None
-    except asyncio.CancelledError:
-        proc.kill()
-        await proc.wait()
-        raise
-    if proc.returncode != 0:
-        raise AudioError(f"ffmpeg exit {proc.returncode}: {err.decode(errors='replace')[:200]}")
+    if status != 0:
+        raise AudioError(f"ffmpeg exit {status}: {err.decode(errors='replace')[:200]}")
     return out
 
 

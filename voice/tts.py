@@ -20,6 +20,7 @@ from gtts import gTTS, gTTSError
 from gateway.errors import PermanentError
 
 from .config import EspeakConfig, GttsConfig, TtsConfig
+from .pipe import run_piped
 
 log = logging.getLogger(__name__)
 
@@ -101,27 +102,14 @@ class EspeakEngine(TtsEngine):
 
     async def _run(self, argv: list[str], stdin: bytes) -> bytes:
         try:
-            proc = await asyncio.create_subprocess_exec(
-                *argv,
-                stdin=asyncio.subprocess.PIPE,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE,
-            )
+            status, out, err = await run_piped(argv, stdin, self._config.timeout)
+        except TimeoutError:
+            raise EngineError(self.name, "timeout", f"{self._config.timeout:g} s") from None
         except OSError as exc:
             raise EngineError(self.name, "unavailable", exc.strerror or str(exc)) from exc
-        try:
-            out, err = await asyncio.wait_for(proc.communicate(stdin), self._config.timeout)
-        except TimeoutError:
-            proc.kill()
-            await proc.wait()
-            raise EngineError(self.name, "timeout", f"{self._config.timeout:g} s") from None
-        except asyncio.CancelledError:
-            proc.kill()
-            await proc.wait()
-            raise
-        if proc.returncode != 0:
+        if status != 0:
             detail = err.decode(errors="replace").strip()[:200]
-            raise EngineError(self.name, "failed", f"exit {proc.returncode}: {detail}")
+            raise EngineError(self.name, "failed", f"exit {status}: {detail}")
         return out
 
     def voice(self, lang: str) -> str | None:
