@@ -10,22 +10,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import shutil
-import socket
 import tempfile
 import urllib.parse
 from pathlib import Path
 from typing import Any
 
 from gateway.control_port import control
+from gateway.simulator_process import free_port
 
 TEXT = "Alerte PLP: cambriolage signale rue Haute, restez vigilants."
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def _config(smsc_port: int, window: int, ports: dict[str, int], workdir: Path) -> str:
@@ -121,7 +114,7 @@ async def run_kannel(
     if shutil.which("bearerbox") is None:
         raise RuntimeError("Kannel is not installed (apt-get install kannel)")
     workdir = Path(tempfile.mkdtemp(prefix="kannel-bench-"))
-    ports = {name: _free_port() for name in ("admin", "smsbox", "sendsms")}
+    ports = {name: free_port() for name in ("admin", "smsbox", "sendsms")}
     conf = workdir / "kannel.conf"
     conf.write_text(_config(smsc_port, window, ports, workdir))
     sink = await asyncio.start_server(_sink, "127.0.0.1", 0)

@@ -11,10 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -26,6 +24,7 @@ from aiosmtpd.controller import Controller
 from .config import load_config
 from .follow import follow_job
 from .report import print_report
+from .simulator_process import SimulatorProcess, free_port, wait_port
 
 LANGS = ("fr", "nl", "de", "en")
 NAMES = [
@@ -52,21 +51,6 @@ NAMES = [
 ]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _wait_port(port: int, timeout: float = 10) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
-            return
-        time.sleep(0.05)
-    raise TimeoutError(f"port {port} did not open")
-
-
 class _MailSink:
     def __init__(self, folder: Path) -> None:
         self.folder = folder
@@ -78,21 +62,25 @@ class _MailSink:
         return "250 OK queued"
 
 
-def start_voice(workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
+class _Asterisk(SimulatorProcess):
+    """The AMI simulator at 4x speed, standing in for Asterisk."""
+
+    kind = "asterisk"
+    title = "AMI simulator"
+
+    def options(self) -> list[str]:
+        return ["--speed", "4", "--username", "demo", "--secret", "demo-secret"]
+
+
+def start_voice(workdir: Path) -> tuple[SimulatorProcess, str]:
     """Start the AMI simulator (4x speed) and return it with the gateway's `[voice]` TOML.
 
     The demo members' numbers end in every digit, so the simulated phones answer and press
     1, are busy, do not answer, hang up early... (docs/voice-calls.md); short retries keep
     the demo under a minute.
     """
-    port = _free_port()
-    sim = subprocess.Popen(
-        [sys.executable, "-m", "voice.simulator", "--port", str(port), "--speed", "4",
-         "--username", "demo", "--secret", "demo-secret", "--log-level", "WARNING"],
-        stdout=subprocess.DEVNULL,
-        stderr=open(workdir / "asterisk-sim.log", "wb"),  # noqa: SIM115
-    )  # fmt: skip
-    _wait_port(port)
+    sim = _Asterisk(workdir)
+    sim.start()
     rules = ("busy", "no_answer", "congestion", "unreachable", "hung_up_early",
              "not_acknowledged", "failed")  # fmt: skip
     retry = "".join(f"{rule} = {{ delay = 2, max_attempts = 2 }}\n" for rule in rules)
@@ -100,11 +88,11 @@ def start_voice(workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
         f'[voice]\nenabled = true\nsounds_dir = "{workdir / "sounds"}"\n'
         'channel = "Local/{number}@plp-phones"\nmax_channels = 10\ncalls_per_second = 0\n'
         "ring_timeout = 12\n"
-        f'[voice.ami]\nhost = "127.0.0.1"\nport = {port}\nusername = "demo"\n'
+        f'[voice.ami]\nhost = "127.0.0.1"\nport = {sim.port}\nusername = "demo"\n'
         'secret = "demo-secret"\n'
         "[voice.retry]\n" + retry
     )
-    print(f"demo: AMI simulator (stands in for Asterisk) on 127.0.0.1:{port}")
+    print(f"demo: AMI simulator (stands in for Asterisk) on 127.0.0.1:{sim.port}")
     return sim, toml
 
 
@@ -176,25 +164,14 @@ async def _wait_online(config_path: Path, timeout: float = 20) -> None:
                     return
 
 
-class _Smsc:
-    """`plp-gateway simulate smsc` as a process; its control port injects a member's reply."""
+class _Smsc(SimulatorProcess):
+    """The SMSC simulator, receipts after 2 s; its control port injects a member's reply."""
 
-    def __init__(self, workdir: Path) -> None:
-        self.ports_file = workdir / "smsc-ports.json"
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "gateway", "simulate", "smsc", "--port", "0",
-             "--control-port", "0", "--port-file", str(self.ports_file),
-             "--receipt-delay", "2", "--log-level", "WARNING"],
-            stdout=subprocess.DEVNULL,
-            stderr=open(workdir / "smsc.log", "wb"),  # noqa: SIM115
-        )  # fmt: skip
-        deadline = time.monotonic() + 20
-        while not self.ports_file.exists() or not self.ports_file.read_text():
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("the SMSC simulator did not start; see smsc.log")
-            time.sleep(0.05)
-        ports = json.loads(self.ports_file.read_text())
-        self.port, self.control_port = int(ports["port"]), int(ports["control_port"])
+    kind = "smsc"
+    title = "SMSC simulator"
+
+    def options(self) -> list[str]:
+        return ["--receipt-delay", "2"]
 
     def config(self) -> str:
         return (
@@ -205,18 +182,10 @@ class _Smsc:
 
     async def reply_when_sent(self, phone: str, text: str, within: float = 60) -> None:
         """Once `phone` got its SMS, answer as the member would (before the receipt)."""
-        from gateway.control_port import control
-
         async with asyncio.timeout(within):
-            while True:
-                answer = await control(
-                    "127.0.0.1", self.control_port, {"cmd": "count", "number": phone}
-                )
-                if answer.get("submits"):
-                    break
+            while not (await self.ctl("count", number=phone))["submits"]:  # noqa: ASYNC110
                 await asyncio.sleep(0.1)
-            await control("127.0.0.1", self.control_port,
-                          {"cmd": "mo", "source": phone, "text": text})  # fmt: skip
+        await self.ctl("mo", source=phone, text=text)
 
 
 async def _drill(config: Any, job: dict[str, Any], smsc: _Smsc) -> int:
@@ -236,7 +205,7 @@ def run_demo(workdir: Path) -> int:
         shutil.rmtree(workdir)
     (workdir / "mail").mkdir(parents=True)
     procs: list[subprocess.Popen[bytes]] = []
-    mqtt_port, smtp_port = _free_port(), _free_port()
+    mqtt_port, smtp_port = free_port(), free_port()
     (workdir / "mosquitto.conf").write_text(
         f"listener {mqtt_port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
         "set_tcp_nodelay true\n"
@@ -254,7 +223,8 @@ def run_demo(workdir: Path) -> int:
     )
     (workdir / "sounds").mkdir()
     voice_sim, voice_toml = start_voice(workdir)
-    procs.append(voice_sim)
+    assert voice_sim.proc is not None
+    procs.append(voice_sim.proc)
     with config_path.open("a") as fh:
         fh.write(voice_toml)
     try:
@@ -266,9 +236,11 @@ def run_demo(workdir: Path) -> int:
                 stderr=subprocess.DEVNULL,
             )
         )
-        _wait_port(mqtt_port)
+        wait_port(mqtt_port)
         smtp.start()
         smsc = _Smsc(workdir)
+        smsc.start()
+        assert smsc.proc is not None
         procs.append(smsc.proc)
         print(f"demo: SMSC simulator (SMPP) on 127.0.0.1:{smsc.port}")
         with config_path.open("a") as fh:
@@ -290,9 +262,7 @@ def run_demo(workdir: Path) -> int:
         print_report(config, job["id"])
         voice_summary(config_path, job["id"])
         print(f"\ndemo: {sink.count} e-mails in {workdir / 'mail'}")
-        from gateway.control_port import control
-
-        stats = asyncio.run(control("127.0.0.1", smsc.control_port, {"cmd": "stats"}))
+        stats = asyncio.run(smsc.ctl("stats"))
         counters = stats.get("counters", {})
         print(f"demo: the SMSC simulator accepted {counters.get('accepted', 0)} submit_sm, "
               f"sent {counters.get('receipts_delivrd', 0)} delivery receipts and "

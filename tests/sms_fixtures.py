@@ -13,10 +13,10 @@ from typing import Any
 
 from gateway.channel import Attempt, Report, Reports, settle
 from gateway.domain import Priority
+from gateway.simulator_process import SimulatorProcess
 from sms.channel import SmsChannel
 from sms.config import SmscConfig, SmsConfig
 from sms.simulator import SimulatorConfig, SmscSimulator
-from tests.simulator_process import SimulatorProcess
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import signal
 
+from gateway.simulator_process import free_port
 from tests.conftest import GatewayFactory
-from tests.fixtures import Observer, SmtpServer, email_job, free_port, members
+from tests.fixtures import Observer, SmtpServer, email_job, members
 from tests.test_metrics import http_get, samples
 
 P = "plp_gateway_"

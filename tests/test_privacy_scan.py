@@ -14,9 +14,10 @@ import aiomqtt
 from gateway.config import JobsConfig
 from gateway.domain import DeliveryState, JobState
 from gateway.jobs import content_hash, parse_job
+from gateway.simulator_process import free_port
 from gateway.store import Store
 from tests.conftest import GatewayFactory
-from tests.fixtures import Mosquitto, Observer, Seen, SmtpServer, email_job, free_port, members
+from tests.fixtures import Mosquitto, Observer, Seen, SmtpServer, email_job, members
 from tests.sms_fixtures import SmscProcess, sms_job
 from tests.test_metrics import http_get
 

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from gateway.errors import TemporaryError
-from tests.fixtures import ROOT, free_port, wait_port
+from gateway.simulator_process import free_port, wait_port
+from tests.fixtures import ROOT
 from tests.voice_fixtures import (
     SECRET,
     USER,

@@ -14,7 +14,7 @@ from typing import Any
 
 from gateway.channel import Attempt, Report
 from gateway.domain import Job, Priority
-from tests.simulator_process import SimulatorProcess
+from gateway.simulator_process import SimulatorProcess
 from voice.call_channel import VoiceChannel
 from voice.config import AmiConfig, CallRetry, RetryRule, VoiceConfig
 from voice.simulator import AsteriskSimulator, SimConfig

@@ -1,14 +1,17 @@
-"""A protocol simulator (`plp-gateway simulate smsc|asterisk`) as its own process.
+"""A protocol simulator (`plp-gateway simulate smsc|asterisk`) as a child process, and the
+local ports it and the other test services use.
 
-A separate process keeps the simulator independent of the test's event loop (the gateway
-fixtures wait synchronously) and is how operators run it. Tests steer and read it through
-its JSON control port (`gateway.control_port`).
+The demo, the tests and the benchmarks run the simulators this way, as operators do; a
+separate process also keeps a simulator independent of the caller's event loop. They are
+steered and read through the JSON control port (`gateway.control_port`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import socket
 import subprocess
 import sys
 import time
@@ -16,9 +19,26 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from gateway.control_port import control
+from .control_port import control
 
-ROOT = Path(__file__).resolve().parent.parent
+_SOURCE_ROOT = Path(__file__).resolve().parent.parent  # `-m gateway` runs this very code
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 nobody listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_port(port: int, timeout: float = 10.0) -> None:
+    """Block until something listens on 127.0.0.1:`port`; TimeoutError otherwise."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+            return
+        time.sleep(0.02)
+    raise TimeoutError(f"nothing listens on port {port}")
 
 
 class SimulatorProcess:
@@ -43,7 +63,7 @@ class SimulatorProcess:
             [sys.executable, "-m", "gateway", "simulate", self.kind, "--port", "0",
              "--control-port", "0", "--port-file", str(port_file), "--log-level", "WARNING",
              *self.options(), *self.args],
-            cwd=ROOT, stdout=subprocess.DEVNULL,
+            cwd=_SOURCE_ROOT, stdout=subprocess.DEVNULL,
             stderr=open(self.workdir / f"{self.kind}-sim.log", "ab"),  # noqa: SIM115
         )  # fmt: skip
         deadline = time.monotonic() + 20
@@ -63,7 +83,8 @@ class SimulatorProcess:
         answer: dict[str, Any] = await control(
             "127.0.0.1", self.control_port, {"cmd": cmd, **fields}, wait=30
         )
-        assert answer.get("ok"), answer
+        if not answer.get("ok"):
+            raise RuntimeError(f"{self.title}: {cmd} refused: {answer}")
         return answer
 
     async def wait(
