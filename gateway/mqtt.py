@@ -227,8 +227,7 @@ class MqttLink:
         for i, m in enumerate(batch):
             info = client._client.publish(m.topic, m.payload, m.qos, m.retain)
             if info.rc != paho.MQTT_ERR_SUCCESS:
-                unsent = [o for o, inf in sent if not inf.is_published()] + batch[i:]
-                self._out.extendleft(reversed(unsent))
+                self._requeue([o for o, inf in sent if not inf.is_published()] + batch[i:])
                 raise aiomqtt.MqttError(f"publish failed: {paho.error_string(info.rc)}")
             sent.append((m, info))
         return sent
@@ -236,45 +235,50 @@ class MqttLink:
     async def _confirmed(
         self, sent: list[tuple[Outgoing, paho.MQTTMessageInfo]], acked: asyncio.Event
     ) -> None:
+        waiting = sent
         try:
             async with asyncio.timeout(PUBLISH_TIMEOUT):
                 while True:
                     acked.clear()
-                    if all(info.is_published() for _, info in sent):
+                    waiting = [(m, info) for m, info in waiting if not info.is_published()]
+                    if not waiting:
                         return
                     await acked.wait()
-        except TimeoutError:
-            unconfirmed = [m for m, info in sent if not info.is_published()]
-            self._out.extendleft(reversed(unconfirmed))
-            raise aiomqtt.MqttError(
-                f"{len(unconfirmed)} publications not confirmed in {PUBLISH_TIMEOUT:.0f} s"
-            ) from None
-        except BaseException:
-            # Cancelled (the connection ended): keep what the broker has not confirmed.
-            unconfirmed = [m for m, info in sent if not info.is_published()]
-            self._out.extendleft(reversed(unconfirmed))
+        except BaseException as exc:
+            # Timed out, or cancelled because the connection ended: keep for the next
+            # connection what the broker has not confirmed.
+            unconfirmed = [m for m, info in waiting if not info.is_published()]
+            self._requeue(unconfirmed)
+            if isinstance(exc, TimeoutError):
+                raise aiomqtt.MqttError(
+                    f"{len(unconfirmed)} publications not confirmed in {PUBLISH_TIMEOUT:.0f} s"
+                ) from None
             raise
+
+    def _requeue(self, messages: list[Outgoing]) -> None:
+        """Put messages back at the head of the outgoing queue, in their order."""
+        self._out.extendleft(reversed(messages))
 
 
 def _notify_acks(client: aiomqtt.Client, notify: Callable[[], None]) -> None:
     """Call `notify` after aiomqtt's own handling of every PUBACK (and QoS 0 write)."""
-    paho = client._client
-    inner = paho.on_publish
+    inner_client = client._client
+    inner = inner_client.on_publish
 
     def on_publish(*args: Any) -> None:
         if inner is not None:
             inner(*args)
         notify()
 
-    paho.on_publish = on_publish
+    inner_client.on_publish = on_publish
 
 
 def _no_delay(client: aiomqtt.Client) -> None:
     """Turn Nagle's algorithm off on the broker connection, as asyncio does for its own TCP
     transports: small MQTT packets (PUBACKs, events) otherwise wait for the peer's delayed
     ACK, up to 40 ms on Linux, on the path of every alert."""
-    paho = client._client
-    opened = paho.on_socket_open
+    inner_client = client._client
+    opened = inner_client.on_socket_open
 
     def on_socket_open(c: Any, userdata: Any, sock: Any) -> None:
         with contextlib.suppress(OSError, AttributeError):
@@ -282,4 +286,4 @@ def _no_delay(client: aiomqtt.Client) -> None:
         if opened is not None:
             opened(c, userdata, sock)
 
-    paho.on_socket_open = on_socket_open
+    inner_client.on_socket_open = on_socket_open
