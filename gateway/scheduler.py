@@ -387,9 +387,6 @@ class Scheduler:
             self._spawn(self._prepare_and_push(job, target, [row]))
 
     # -- late news from channels ------------------------------------------------------
-    async def report(self, report: Report) -> None:
-        await self.reports([report])
-
     async def reports(self, reports: Sequence[Report]) -> None:
         """Apply late news; receipts in one store transaction (an SMSC sends thousands/s)."""
         receipts = [r for r in reports if isinstance(r, Receipt)]

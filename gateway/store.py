@@ -522,12 +522,6 @@ class Store:
         result: list[Change] = self._tx(work)
         return result
 
-    def apply_receipt(
-        self, channel: str, provider_id: str, state: DeliveryState, reason: str | None
-    ) -> tuple[bool, Change | None]:
-        """(known, change). Unknown ids are kept a while: the submit may not be recorded yet."""
-        return self.apply_receipts([(channel, provider_id, state, reason)])[0]
-
     def apply_receipts(
         self, receipts: list[tuple[str, str, DeliveryState, str | None]]
     ) -> list[tuple[bool, Change | None]]:
@@ -617,6 +611,3 @@ class Store:
             # still hold the deleted rows.
             self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         return result
-
-    def is_final(self, state: str) -> bool:
-        return DeliveryState(state) in FINAL_DELIVERY_STATES
