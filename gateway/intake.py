@@ -11,7 +11,7 @@ import json
 import logging
 import time
 from collections.abc import Callable
-from typing import Protocol
+from typing import ParamSpec, Protocol, TypeVar
 
 import aiomqtt
 
@@ -25,6 +25,9 @@ from .rows import AddResult
 from .scheduler import Scheduler
 from .signing import SignatureError
 from .status import StatusPublisher, Topics
+
+P = ParamSpec("P")
+T = TypeVar("T")
 
 INLINE_PARSE_BYTES = 8 * 1024  # ~50 recipients: about 1 ms of validation on the loop
 
@@ -103,22 +106,11 @@ class Intake:
         log.debug("job payload received (%d bytes)", len(payload))
         received = payload
         try:
-            # A large job takes a while to verify and validate (seconds for 100,000
-            # recipients): off the loop. A small one (the urgent single alert) is done here,
-            # faster than a hop to a thread and back.
-            inline = len(payload) <= INLINE_PARSE_BYTES
-            if self.check is not None and len(payload) <= self.limits.max_payload_bytes:
+            size = len(payload)
+            if self.check is not None and size <= self.limits.max_payload_bytes:
                 # (An oversize payload is left to the parser's size check, unread.)
-                if inline:
-                    payload = self.check.check(payload)
-                else:
-                    payload = await asyncio.to_thread(self.check.check, payload)
-            if inline:
-                job, _ = parse_job(payload, self.limits, self._scheduler.enabled)
-            else:
-                job, _ = await asyncio.to_thread(
-                    parse_job, payload, self.limits, self._scheduler.enabled
-                )
+                payload = await _sized(size, self.check.check, payload)
+            job, _ = await _sized(size, parse_job, payload, self.limits, self._scheduler.enabled)
         except SignatureError as exc:
             # Unauthenticated: nothing is written under the job's own topics (a forger must not
             # be able to set the status of a job id), only the rejection.
@@ -191,3 +183,15 @@ class Intake:
             return
         log.info("job %s cancelled", job_id)
         await self._scheduler.close_job(job_id, JobState.CANCELLED, reason)
+
+
+async def _sized(size: int, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+    """Verify or validate a payload of `size` bytes with `fn`.
+
+    A large job takes a while (seconds for 100,000 recipients): off the loop, in a thread.
+    A small one (the urgent single alert) is done on the loop, faster than a hop to a thread
+    and back.
+    """
+    if size <= INLINE_PARSE_BYTES:
+        return fn(*args, **kwargs)
+    return await asyncio.to_thread(fn, *args, **kwargs)
