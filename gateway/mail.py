@@ -80,7 +80,7 @@ class EmailChannel:
         self._pool: asyncio.Queue[aiosmtplib.SMTP] = asyncio.Queue()
         self._clients = 0  # idle + held
         self._stale: set[int] = set()  # held clients made with settings since replaced
-        self._in_use: dict[int, aiosmtplib.SMTP] = {}
+        self._in_use: set[int] = set()  # ids of the clients sends hold
         self._state = "unknown"
         self._last_error: str | None = None
         self._sent = 0
@@ -94,11 +94,8 @@ class EmailChannel:
         for client in idle:
             client.close()
         self._clients -= len(idle)
-        self._stale = {id(c) for c in self._held()}
+        self._stale = set(self._in_use)
         self._grow()
-
-    def _held(self) -> list[aiosmtplib.SMTP]:
-        return list(self._in_use.values())
 
     def _grow(self) -> None:
         while self._clients < self._cfg.concurrency:
@@ -106,7 +103,7 @@ class EmailChannel:
             self._clients += 1
 
     def _give_back(self, client: aiosmtplib.SMTP, broken: bool) -> None:
-        self._in_use.pop(id(client), None)
+        self._in_use.discard(id(client))
         stale = id(client) in self._stale
         self._stale.discard(id(client))
         if self._clients > self._cfg.concurrency:  # the limit was lowered
@@ -153,7 +150,7 @@ class EmailChannel:
     async def send(self, attempt: Attempt) -> Outcome:
         msg = build_message(attempt, self._cfg.sender, self.domain)
         client = await self._pool.get()
-        self._in_use[id(client)] = client
+        self._in_use.add(id(client))
         try:
             if not client.is_connected:
                 await client.connect()
