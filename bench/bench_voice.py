@@ -17,61 +17,22 @@ import json
 import sys
 import tempfile
 import time
-import wave
 from collections import Counter
-from collections.abc import Mapping
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from gateway.channel import Attempt, Report
-from gateway.domain import Job, Priority
+from gateway.domain import Priority
 from gateway.errors import ChannelError
+from tests.voice_fixtures import FakeAudio
 from voice.call_channel import VoiceChannel
 from voice.config import AmiConfig, VoiceConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 USER, SECRET = "bench", "bench-secret"
 RING_S, SETTLE_S = 1.0, 0.5  # the simulated member answers after 1 s; dialplan waits 0.5 s
-
-
-@dataclass(frozen=True)
-class Audio:
-    path: Path
-    asterisk_name: str
-    duration_s: float
-
-
-class WavSource:
-    """One WAV of the wanted length, as the synthesizer would render it once per language."""
-
-    def __init__(self, directory: Path, seconds: float) -> None:
-        base = directory / "alert-fr"
-        with wave.open(str(base.with_suffix(".wav")), "wb") as w:
-            w.setnchannels(1)
-            w.setsampwidth(2)
-            w.setframerate(8000)
-            w.writeframes(b"\x00\x10" * int(8000 * seconds))
-        self.audio = Audio(base.with_suffix(".wav"), str(base), seconds)
-
-    async def start(self) -> None:
-        pass
-
-    async def stop(self) -> None:
-        pass
-
-    def stats(self) -> Mapping[str, object]:
-        return {}
-
-    async def prepare(self, job: Job) -> Mapping[str, str]:
-        return {}
-
-    async def render(
-        self, *, text: str, lang: str, options: Mapping[str, object], test: bool
-    ) -> Audio:
-        return self.audio
 
 
 def make_attempt(i: int) -> Attempt:
@@ -96,7 +57,7 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
     work = Path(tempfile.mkdtemp(prefix="bench-voice-"))
     stats_file = work / "sim.json"
     playback = args.call_seconds - RING_S - SETTLE_S
-    audio = WavSource(work, playback)
+    audio = FakeAudio(work, playback)  # one real 8 kHz WAV per language, as synthesized once
     port = args.port
     sim = await asyncio.create_subprocess_exec(
         sys.executable,
