@@ -21,7 +21,12 @@ from gateway.simulator_process import free_port
 TEXT = "Alerte PLP: cambriolage signale rue Haute, restez vigilants."
 
 
-def _config(smsc_port: int, window: int, ports: dict[str, int], workdir: Path) -> str:
+def _config(
+    smsc_port: int, window: int, ports: dict[str, int], workdir: Path, store: str | None
+) -> str:
+    # `store`: bearerbox's message store ("spool": one file per queued message, "file": one
+    # journal), which keeps queued messages across a restart as our store does; None: none.
+    stored = f'store-type = {store}\nstore-location = "{workdir}/store"\n' if store else ""
     return f"""
 group = core
 admin-port = {ports["admin"]}
@@ -31,7 +36,7 @@ log-level = 4
 log-file = "{workdir}/bearerbox.log"
 box-allow-ip = 127.0.0.1
 dlr-storage = internal
-
+{stored}
 group = smsc
 smsc = smpp
 smsc-id = sim
@@ -102,6 +107,7 @@ async def run_kannel(
     *,
     dlr: bool = True,
     prequeue: bool = True,
+    store: str | None = None,
     keep: bool = False,
 ) -> float:
     """Submits per second Kannel sustains, seen by the simulator (first to last accepted).
@@ -116,7 +122,7 @@ async def run_kannel(
     workdir = Path(tempfile.mkdtemp(prefix="kannel-bench-"))
     ports = {name: free_port() for name in ("admin", "smsbox", "sendsms")}
     conf = workdir / "kannel.conf"
-    conf.write_text(_config(smsc_port, window, ports, workdir))
+    conf.write_text(_config(smsc_port, window, ports, workdir, store))
     sink = await asyncio.start_server(_sink, "127.0.0.1", 0)
     sink_port = sink.sockets[0].getsockname()[1]
 

@@ -7,11 +7,11 @@ concurrent calls of one method into one transaction.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Generic, ParamSpec, TypeVar
 
-from .store import Store
+from .store import Call, Store
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -24,9 +24,17 @@ class Batched(Generic[T]):
     thousand attempts cost a few transactions, and an idle gateway adds no delay.
     """
 
-    def __init__(self, store: AsyncStore, fn: Callable[..., T], max_batch: int = 512) -> None:
+    def __init__(
+        self,
+        store: AsyncStore,
+        batch: Callable[[list[Call]], Sequence[T | Exception]],
+        max_batch: int = 512,
+    ) -> None:
+        """`batch(calls)` runs on the store's thread with the calls (args, kwargs) gathered
+        and returns one result (or exception) per call, in order: a set-based store method
+        (`Store.claim_batch`) or `functools.partial(Store.many, method)`."""
         self._store = store
-        self._fn = fn
+        self._batch = batch
         self._max = max_batch
         self._pending: list[tuple[tuple[tuple[Any, ...], dict[str, Any]], asyncio.Future[T]]] = []
         self._running = False
@@ -45,9 +53,7 @@ class Batched(Generic[T]):
             while self._pending:
                 batch, self._pending = self._pending[: self._max], self._pending[self._max :]
                 try:
-                    results = await self._store.run(
-                        self._store.store.many, self._fn, [call for call, _ in batch]
-                    )
+                    results = await self._store.run(self._batch, [call for call, _ in batch])
                 except Exception as exc:
                     results = [exc] * len(batch)
                 for (_, fut), result in zip(batch, results, strict=True):

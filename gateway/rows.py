@@ -64,25 +64,33 @@ class Change:
     job_finished: JobState | None = None
 
 
-def row_to_delivery(r: sqlite3.Row) -> DeliveryRow:
-    return DeliveryRow(
-        id=r["id"],
-        job_id=r["job_id"],
-        rindex=r["rindex"],
-        ref=r["ref"],
-        channel=r["channel"],
-        address=r["address"],
-        masked=r["masked"],
-        lang=r["lang"],
-        state=DeliveryState(r["state"]),
-        attempts=r["attempts"],
-        next_attempt_at=r["next_attempt_at"],
-        last_error=r["last_error"],
-        detail=r["detail"],
-        provider_ids=tuple(json.loads(r["provider_ids"])),
-        possibly_sent=bool(r["possibly_sent"]),
-        updated_at=r["updated_at"],
-    )
+def row_to_delivery(r: sqlite3.Row, **changes: Any) -> DeliveryRow:
+    """The row as a record; `changes` (field -> value) replace what the row says, for a row
+    read just before an UPDATE that set them."""
+    fields: dict[str, Any] = {
+        "id": r["id"],
+        "job_id": r["job_id"],
+        "rindex": r["rindex"],
+        "ref": r["ref"],
+        "channel": r["channel"],
+        "address": r["address"],
+        "masked": r["masked"],
+        "lang": r["lang"],
+        "state": None,
+        "attempts": r["attempts"],
+        "next_attempt_at": r["next_attempt_at"],
+        "last_error": r["last_error"],
+        "detail": r["detail"],
+        "provider_ids": None,
+        "possibly_sent": bool(r["possibly_sent"]),
+        "updated_at": r["updated_at"],
+    }
+    fields.update(changes)
+    if fields["state"] is None:
+        fields["state"] = DeliveryState(r["state"])
+    if fields["provider_ids"] is None:
+        fields["provider_ids"] = tuple(json.loads(r["provider_ids"]))
+    return DeliveryRow(**fields)
 
 
 _PLAIN_FIELDS = frozenset({"attempts", "next_attempt_at", "last_error", "detail"})

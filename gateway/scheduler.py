@@ -7,6 +7,7 @@ Data flows one way: store -> queue -> channel -> outcome -> store -> status.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -64,9 +65,11 @@ class Scheduler:
         self._reply_window = reply_window
         self.counters: dict[str, int] = {"attempts": 0, "retries": 0, "receipts_unknown": 0}
         # The hot path's writes, coalesced: one transaction per batch of attempts.
-        self._claim = Batched(store, store.store.claim)
-        self._record_sent = Batched(store, store.store.record_sent)
-        self._transition = Batched(store, store.store.transition)
+        self._claim = Batched(store, store.store.claim_batch)
+        self._record_sent = Batched(store, store.store.record_sent_batch)
+        self._transition = Batched(
+            store, functools.partial(store.store.many, store.store.transition)
+        )
         for lane in self._lanes.values():
             self._apply_limits(lane)
 

@@ -12,10 +12,11 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
+from . import store_batches
 from .domain import (
     FINAL_DELIVERY_STATES,
     DeliveryState,
@@ -41,6 +42,8 @@ from .rows import (
 )
 
 T = TypeVar("T")
+#: One call of a store method: (positional arguments, keyword arguments).
+Call = tuple[tuple[Any, ...], dict[str, Any]]
 
 __all__ = ["AddResult", "Change", "DeliveryRow", "JobRow", "Store"]
 
@@ -156,9 +159,7 @@ class Store:
             if durable:
                 self._db.execute("PRAGMA synchronous=NORMAL")
 
-    def many(
-        self, fn: Callable[..., T], calls: list[tuple[tuple[Any, ...], dict[str, Any]]]
-    ) -> list[T | Exception]:
+    def many(self, fn: Callable[..., T], calls: Sequence[Call]) -> list[T | Exception]:
         """`fn(*args, **kwargs)` for each call, in one transaction (one commit for all).
 
         Each call runs in its own savepoint: one that raises is undone alone and its
@@ -415,6 +416,33 @@ class Store:
         result: Change | None = self._tx(work)
         return result
 
+    # -- the hot path, in batches (gateway.async_store.Batched) ---------------------------
+    def claim_batch(self, calls: Sequence[Call]) -> list[Change | Exception | None]:
+        """`claim(delivery_id)` for each call, in one transaction."""
+        now = time.time()
+        ids = [args[0] for args, _ in calls]
+        result: list[Change | Exception | None] = self._tx(
+            lambda: store_batches.claim(self._db, ids, now)
+        )
+        return result
+
+    def record_sent_batch(self, calls: Sequence[Call]) -> list[list[Change] | Exception]:
+        """`record_sent(delivery_id, new, channel, provider_ids, detail)` for each call, in
+        one transaction."""
+        now = time.time()
+        items: list[store_batches.Sent] = [
+            (did, new, channel, list(pids), detail)
+            for (did, new, channel, pids, detail), _ in calls
+        ]
+
+        def work() -> list[list[Change] | Exception]:
+            return store_batches.record_sent(
+                self._db, items, now, self._maybe_finish_job, self._apply_receipt
+            )
+
+        result: list[list[Change] | Exception] = self._tx(work)
+        return result
+
     def recover_interrupted(self) -> list[DeliveryRow]:
         """After a crash: attempts left in `sending` were in flight; mark them for retry."""
 
@@ -525,27 +553,14 @@ class Store:
     def apply_receipts(
         self, receipts: list[tuple[str, str, DeliveryState, str | None]]
     ) -> list[tuple[bool, Change | None]]:
-        """`apply_receipt` for many (channel, provider_id, state, reason) in one transaction."""
+        """Apply (channel, provider_id, state, reason) receipts in one transaction: per receipt
+        whether its provider id is known, and the delivery's change if it made one."""
         now = time.time()
 
         def work() -> list[tuple[bool, Change | None]]:
-            out: list[tuple[bool, Change | None]] = []
-            for channel, provider_id, state, reason in receipts:
-                known = self._db.execute(
-                    "SELECT 1 FROM provider_ids WHERE channel=? AND provider_id=?",
-                    (channel, provider_id),
-                ).fetchone()
-                if known is None:
-                    self._db.execute(
-                        "INSERT OR REPLACE INTO orphan_receipts VALUES (?,?,?,?,?)",
-                        (channel, provider_id, state.value, reason, now),
-                    )
-                    out.append((False, None))
-                else:
-                    out.append(
-                        (True, self._apply_receipt(channel, provider_id, state, reason, now))
-                    )
-            return out
+            return store_batches.apply_receipts(
+                self._db, receipts, now, self._maybe_finish_job, self._apply_receipt
+            )
 
         result: list[tuple[bool, Change | None]] = self._tx(work)
         return result
@@ -565,18 +580,9 @@ class Store:
         parts = self._db.execute(
             "SELECT state, reason FROM provider_ids WHERE delivery_id=?", (d.id,)
         ).fetchall()
-        states = [p["state"] for p in parts]
-        if "failed" in states:
-            new = DeliveryState.FAILED
-            reason = next(p["reason"] for p in parts if p["state"] == "failed")
-        elif "acknowledged" in states:
-            new = DeliveryState.ACKNOWLEDGED
-        elif all(s == "delivered" for s in states):
-            new = DeliveryState.DELIVERED
-        else:
-            return None  # other parts still owe their receipt
-        if not can_transition(d.state, new):
-            return None
+        new, reason = store_batches.settled_state([(p["state"], p["reason"]) for p in parts])
+        if new is None or not can_transition(d.state, new):
+            return None  # other parts still owe their receipt, or it is settled already
         return self._update(d, new, now, last_error=reason if new is DeliveryState.FAILED else None)
 
     def purge_orphan_receipts(self, older_than: float) -> int:

@@ -244,11 +244,15 @@ class Seen:
 
 
 class Observer:
-    """Subscribes to plp/# and records everything; `wait()` polls the record for a condition."""
+    """Subscribes to `<prefix>/#` (or only to `topics`, filters under the prefix) and records
+    what arrives; `wait()` polls the record for a condition."""
 
-    def __init__(self, broker: Mosquitto, prefix: str = "plp") -> None:
+    def __init__(
+        self, broker: Mosquitto, prefix: str = "plp", topics: tuple[str, ...] = ("#",)
+    ) -> None:
         self.broker = broker
         self.prefix = prefix
+        self.topics = topics
         self.seen: list[Seen] = []
         self.by_topic: dict[str, list[Seen]] = {}
         self._client: aiomqtt.Client | None = None
@@ -270,7 +274,8 @@ class Observer:
         while True:
             try:
                 async with aiomqtt.Client(self.broker.host, self.broker.port) as client:
-                    await client.subscribe(f"{self.prefix}/#", qos=1)
+                    for topic in self.topics:
+                        await client.subscribe(f"{self.prefix}/{topic}", qos=1)
                     self._client = client
                     self._changed.set()
                     async for m in client.messages:

@@ -1,0 +1,310 @@
+"""The hot path's writes, set-based: a batch of claims, sends or receipts in a few statements.
+
+`Store.claim`, `Store.record_sent` and `Store.apply_receipt`'s logic applied to one delivery
+costs a dozen SQL statements and two row objects. Under load the scheduler hands the store
+hundreds at once (`gateway.async_store.Batched`); these functions do the same work with one
+read of the rows, one `executemany` per table and one end-of-job check per job, inside the
+caller's transaction. Results are in the callers' order and are what the one-at-a-time
+methods would have returned.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, TypeVar
+
+from .domain import FINAL_DELIVERY_STATES, DeliveryState, JobState, can_transition
+from .errors import StoreError
+from .rows import Change, row_to_delivery
+
+_CHUNK = 500  # bound variables per IN (...) list, far under SQLite's limit
+_CLAIMABLE = ("queued", "retrying")
+
+K = TypeVar("K")
+
+#: One delivery's attempt handed over: (delivery id, new state, channel, provider ids, detail).
+Sent = tuple[int, DeliveryState, str, Sequence[str], str | None]
+#: One receipt: (channel, provider id, state, reason).
+ReceiptIn = tuple[str, str, DeliveryState, str | None]
+#: Finishes a job whose last open delivery just closed: (job id, now) -> its new state.
+FinishJob = Callable[[str, float], JobState | None]
+#: The one-at-a-time receipt logic, for the rare receipts a batch cannot merge.
+ApplyOne = Callable[[str, str, DeliveryState, str | None, float], Change | None]
+
+
+def _chunks(items: Sequence[K]) -> Iterable[Sequence[K]]:
+    for i in range(0, len(items), _CHUNK):
+        yield items[i : i + _CHUNK]
+
+
+def _marks(n: int) -> str:
+    return ",".join("?" * n)
+
+
+def rows_by_id(db: sqlite3.Connection, ids: Iterable[int]) -> dict[int, sqlite3.Row]:
+    unique = list(dict.fromkeys(ids))
+    out: dict[int, sqlite3.Row] = {}
+    for chunk in _chunks(unique):
+        for r in db.execute(
+            f"SELECT * FROM deliveries WHERE id IN ({_marks(len(chunk))})",  # noqa: S608
+            tuple(chunk),
+        ):
+            out[r["id"]] = r
+    return out
+
+
+def _mark_running(db: sqlite3.Connection, job_ids: set[str], now: float) -> None:
+    for job_id in job_ids:
+        db.execute(
+            "UPDATE jobs SET state='running', updated_at=? WHERE id=? AND state='accepted'",
+            (now, job_id),
+        )
+
+
+def _finish_jobs(
+    out: list[Any], last: dict[str, tuple[int, int]], finish: FinishJob, now: float
+) -> None:
+    """Run the end-of-job check once per job that had a delivery reach a final state, and
+    put the result on that job's last change of the batch (`last`: job -> (item, change))."""
+    for job_id, (i, j) in last.items():
+        finished = finish(job_id, now)
+        if finished is not None:
+            holder = out[i]
+            if isinstance(holder, list):
+                holder[j] = Change(holder[j].delivery, holder[j].old_state, finished)
+            else:
+                ok, change = holder
+                out[i] = (ok, Change(change.delivery, change.old_state, finished))
+
+
+def claim(
+    db: sqlite3.Connection, ids: Sequence[int], now: float
+) -> list[Change | Exception | None]:
+    """queued/retrying -> sending for each id, counting the attempt; None when it is no
+    longer pending (claimed already, cancelled...)."""
+    rows = rows_by_id(db, ids)
+    out: list[Change | Exception | None] = []
+    taken: dict[int, None] = {}  # claimed in this batch, in order
+    jobs: set[str] = set()
+    for did in ids:
+        r = rows.get(did)
+        if r is None:
+            out.append(StoreError(f"no delivery {did}"))
+            continue
+        if r["state"] not in _CLAIMABLE or did in taken:
+            out.append(None)
+            continue
+        taken[did] = None
+        jobs.add(r["job_id"])
+        row = row_to_delivery(
+            r, state=DeliveryState.SENDING, attempts=r["attempts"] + 1, updated_at=now
+        )
+        out.append(Change(row, DeliveryState(r["state"])))
+    for chunk in _chunks(list(taken)):
+        db.execute(
+            "UPDATE deliveries SET state='sending', attempts=attempts+1, updated_at=?"  # noqa: S608
+            f" WHERE id IN ({_marks(len(chunk))})",
+            (now, *chunk),
+        )
+    _mark_running(db, jobs, now)
+    return out
+
+
+def record_sent(
+    db: sqlite3.Connection,
+    items: Sequence[Sent],
+    now: float,
+    finish: FinishJob,
+    apply_one: ApplyOne,
+) -> list[list[Change] | Exception]:
+    """Record successful attempts and their provider ids; apply receipts that came early."""
+    rows = rows_by_id(db, (item[0] for item in items))
+    state = {did: DeliveryState(r["state"]) for did, r in rows.items()}
+    out: list[list[Change] | Exception] = []
+    updates: list[tuple[Any, ...]] = []
+    pids: list[tuple[str, str, int]] = []
+    jobs: set[str] = set()
+    last: dict[str, tuple[int, int]] = {}
+    for i, (did, new, channel, provider_ids, detail) in enumerate(items):
+        r = rows.get(did)
+        if r is None:
+            out.append(StoreError(f"no delivery {did}"))
+            continue
+        if not can_transition(state[did], new):
+            out.append([])
+            continue
+        ids = tuple(provider_ids)
+        encoded = json.dumps(list(ids))
+        updates.append((new.value, now, encoded, detail, did))
+        pids.extend((channel, pid, did) for pid in ids)
+        row = row_to_delivery(
+            r, state=new, updated_at=now, provider_ids=ids, detail=detail, last_error=None
+        )
+        out.append([Change(row, state[did])])
+        state[did] = new
+        jobs.add(r["job_id"])
+        if new in FINAL_DELIVERY_STATES:
+            last[r["job_id"]] = (i, 0)
+    db.executemany(
+        "UPDATE deliveries SET state=?, updated_at=?, provider_ids=?, detail=?,"
+        " last_error=NULL WHERE id=?",
+        updates,
+    )
+    db.executemany(
+        "INSERT OR REPLACE INTO provider_ids(channel, provider_id, delivery_id) VALUES (?,?,?)",
+        pids,
+    )
+    _mark_running(db, jobs, now)
+    _finish_jobs(out, last, finish, now)
+    if db.execute("SELECT 1 FROM orphan_receipts LIMIT 1").fetchone() is not None:
+        _apply_early_receipts(db, items, out, now, finish, apply_one)
+    return out
+
+
+def _apply_early_receipts(
+    db: sqlite3.Connection,
+    items: Sequence[Sent],
+    out: list[list[Change] | Exception],
+    now: float,
+    finish: FinishJob,
+    apply_one: ApplyOne,
+) -> None:
+    """Receipts that arrived before their submit's response (kept as orphans) now apply;
+    their changes follow the `sent` change of their delivery."""
+    by_channel: dict[str, list[str]] = {}
+    item_of: dict[int, int] = {}
+    for i, ((did, new, channel, provider_ids, _), result) in enumerate(
+        zip(items, out, strict=True)
+    ):
+        if new is DeliveryState.SENT and isinstance(result, list) and result:
+            by_channel.setdefault(channel, []).extend(provider_ids)
+            item_of[did] = i
+    early: list[ReceiptIn] = []
+    for channel, pids in by_channel.items():
+        for chunk in _chunks(pids):
+            early.extend(
+                (channel, o["provider_id"], DeliveryState(o["state"]), o["reason"])
+                for o in db.execute(
+                    "SELECT provider_id, state, reason FROM orphan_receipts"  # noqa: S608
+                    f" WHERE channel=? AND provider_id IN ({_marks(len(chunk))})",
+                    (channel, *chunk),
+                )
+            )
+    if not early:
+        return
+    db.executemany(
+        "DELETE FROM orphan_receipts WHERE channel=? AND provider_id=?",
+        [(channel, pid) for channel, pid, _, _ in early],
+    )
+    for _, change in apply_receipts(db, early, now, finish, apply_one):
+        if change is not None:
+            result = out[item_of[change.delivery.id]]
+            assert isinstance(result, list)
+            result.append(change)
+
+
+def apply_receipts(
+    db: sqlite3.Connection,
+    receipts: Sequence[ReceiptIn],
+    now: float,
+    finish: FinishJob,
+    apply_one: ApplyOne,
+) -> list[tuple[bool, Change | None]]:
+    """(known, change) per receipt. An unknown provider id is kept as an orphan receipt
+    (its submit's response may still be on its way). A delivery whose receipts all arrive in
+    this batch, one each, is settled here in bulk; one with several receipts in the batch
+    (parts of a long SMS, a repeated receipt) takes them one at a time, in order."""
+    owner: dict[tuple[str, str], int] = {}
+    by_channel: dict[str, list[str]] = {}
+    for channel, pid, _, _ in receipts:
+        by_channel.setdefault(channel, []).append(pid)
+    for channel, pids in by_channel.items():
+        for chunk in _chunks(list(dict.fromkeys(pids))):
+            for r in db.execute(
+                "SELECT provider_id, delivery_id FROM provider_ids"  # noqa: S608
+                f" WHERE channel=? AND provider_id IN ({_marks(len(chunk))})",
+                (channel, *chunk),
+            ):
+                owner[(channel, r["provider_id"])] = r["delivery_id"]
+    seen: dict[int, int] = {}
+    for channel, pid, _, _ in receipts:
+        did = owner.get((channel, pid))
+        if did is not None:
+            seen[did] = seen.get(did, 0) + 1
+    out: list[tuple[bool, Change | None]] = [(False, None)] * len(receipts)
+    orphans: list[tuple[Any, ...]] = []
+    bulk: list[tuple[int, ReceiptIn]] = []
+    single: list[tuple[int, ReceiptIn]] = []
+    for i, receipt in enumerate(receipts):
+        channel, pid, state, reason = receipt
+        did = owner.get((channel, pid))
+        if did is None:
+            orphans.append((channel, pid, state.value, reason, now))
+        elif seen[did] == 1:
+            bulk.append((i, receipt))
+        else:
+            single.append((i, receipt))
+    db.executemany("INSERT OR REPLACE INTO orphan_receipts VALUES (?,?,?,?,?)", orphans)
+    last = _settle(db, bulk, owner, out, now)
+    for i, (channel, pid, state, reason) in single:
+        out[i] = (True, apply_one(channel, pid, state, reason, now))
+    _finish_jobs(out, last, finish, now)
+    return out
+
+
+def _settle(
+    db: sqlite3.Connection,
+    bulk: Sequence[tuple[int, ReceiptIn]],
+    owner: dict[tuple[str, str], int],
+    out: list[tuple[bool, Change | None]],
+    now: float,
+) -> dict[str, tuple[int, int]]:
+    """Apply receipts of distinct deliveries; returns, per job with a delivery now final,
+    the index of its last change (for the end-of-job check)."""
+    db.executemany(
+        "UPDATE provider_ids SET state=?, reason=? WHERE channel=? AND provider_id=?",
+        [(state.value, reason, channel, pid) for _, (channel, pid, state, reason) in bulk],
+    )
+    dids = [owner[(channel, pid)] for _, (channel, pid, _, _) in bulk]
+    parts: dict[int, list[tuple[str | None, str | None]]] = {}
+    for chunk in _chunks(dids):
+        for p in db.execute(
+            "SELECT delivery_id, state, reason FROM provider_ids"  # noqa: S608
+            f" WHERE delivery_id IN ({_marks(len(chunk))})",
+            tuple(chunk),
+        ):
+            parts.setdefault(p["delivery_id"], []).append((p["state"], p["reason"]))
+    rows = rows_by_id(db, dids)
+    updates: list[tuple[Any, ...]] = []
+    last: dict[str, tuple[int, int]] = {}
+    for (i, _), did in zip(bulk, dids, strict=True):
+        r = rows[did]
+        new, reason = settled_state(parts.get(did, []))
+        old = DeliveryState(r["state"])
+        if new is None or not can_transition(old, new):
+            out[i] = (True, None)
+            continue
+        error = reason if new is DeliveryState.FAILED else None
+        updates.append((new.value, now, error, did))
+        row = row_to_delivery(r, state=new, updated_at=now, last_error=error)
+        out[i] = (True, Change(row, old))
+        last[r["job_id"]] = (i, 0)
+    db.executemany("UPDATE deliveries SET state=?, updated_at=?, last_error=? WHERE id=?", updates)
+    return last
+
+
+def settled_state(
+    parts: Sequence[tuple[str | None, str | None]],
+) -> tuple[DeliveryState | None, str | None]:
+    """A delivery's state from its parts' receipts (state, reason): failed if one failed,
+    acknowledged if one was, delivered once all are; None while a part owes its receipt."""
+    states = [state for state, _ in parts]
+    if "failed" in states:
+        return DeliveryState.FAILED, next(reason for state, reason in parts if state == "failed")
+    if "acknowledged" in states:
+        return DeliveryState.ACKNOWLEDGED, None
+    if parts and all(state == "delivered" for state in states):
+        return DeliveryState.DELIVERED, None
+    return None, None
