@@ -1,7 +1,9 @@
 """The store from the event loop: every call on one dedicated thread, hot-path writes batched.
 
-`AsyncStore.run(fn, ...)` runs a `Store` method on the store's thread; `Batched` coalesces the
-concurrent calls of one method into one transaction.
+`AsyncStore.run(fn, ...)` runs a `Store` method on the store's thread. `Batched` is an async
+front to one set-based store method; every `Batched` of one `WriteBatch` shares its
+transactions: the claims, sends, receipts and retries that arrive while one transaction is
+being written all go into the next one.
 """
 
 from __future__ import annotations
@@ -16,33 +18,27 @@ from .store import Call, Store
 P = ParamSpec("P")
 T = TypeVar("T")
 
+#: A set-based store method: one result (or exception) per call, in order.
+BatchFn = Callable[[list[Call]], Sequence[Any]]
 
-class Batched(Generic[T]):
-    """An async front to one store method that coalesces concurrent calls.
 
-    Calls made while a batch is being written wait for the next one, so under load a
-    thousand attempts cost a few transactions, and an idle gateway adds no delay.
+class WriteBatch:
+    """Coalesces concurrent hot-path writes, of every kind, into one transaction.
+
+    Under load a thousand attempts cost a few transactions (a commit costs as much as a
+    hundred row updates); an idle gateway adds no delay: a lone call is written at once.
     """
 
-    def __init__(
-        self,
-        store: AsyncStore,
-        batch: Callable[[list[Call]], Sequence[T | Exception]],
-        max_batch: int = 512,
-    ) -> None:
-        """`batch(calls)` runs on the store's thread with the calls (args, kwargs) gathered
-        and returns one result (or exception) per call, in order: a set-based store method
-        (`Store.claim_batch`) or `functools.partial(Store.many, method)`."""
+    def __init__(self, store: AsyncStore, max_batch: int = 1024) -> None:
         self._store = store
-        self._batch = batch
         self._max = max_batch
-        self._pending: list[tuple[tuple[tuple[Any, ...], dict[str, Any]], asyncio.Future[T]]] = []
+        self._pending: list[tuple[BatchFn, Call, asyncio.Future[Any]]] = []
         self._running = False
         self._task: asyncio.Task[None] | None = None
 
-    async def __call__(self, *args: Any, **kwargs: Any) -> T:
-        fut: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        self._pending.append(((args, kwargs), fut))
+    async def call(self, fn: BatchFn, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._pending.append((fn, (args, kwargs), fut))
         if not self._running:
             self._running = True
             self._task = asyncio.get_running_loop().create_task(self._drain())
@@ -52,11 +48,19 @@ class Batched(Generic[T]):
         try:
             while self._pending:
                 batch, self._pending = self._pending[: self._max], self._pending[self._max :]
+                groups: dict[BatchFn, list[int]] = {}  # method -> its calls, first-come order
+                for i, (fn, _, _) in enumerate(batch):
+                    groups.setdefault(fn, []).append(i)
+                plan = [(fn, [batch[i][1] for i in idx]) for fn, idx in groups.items()]
+                results: list[Any] = [None] * len(batch)
                 try:
-                    results = await self._store.run(self._batch, [call for call, _ in batch])
+                    done = await self._store.run(self._store.store.atomically, _runner(plan))
+                    for (_, idx), out in zip(groups.items(), done, strict=True):
+                        for i, result in zip(idx, out, strict=True):
+                            results[i] = result
                 except Exception as exc:
                     results = [exc] * len(batch)
-                for (_, fut), result in zip(batch, results, strict=True):
+                for (_, _, fut), result in zip(batch, results, strict=True):
                     if fut.done():
                         continue
                     if isinstance(result, Exception):
@@ -65,6 +69,29 @@ class Batched(Generic[T]):
                         fut.set_result(result)
         finally:
             self._running = False
+
+
+def _runner(plan: list[tuple[BatchFn, list[Call]]]) -> Callable[[], list[Sequence[Any]]]:
+    return lambda: [fn(calls) for fn, calls in plan]
+
+
+class Batched(Generic[T]):
+    """An async front to one set-based store method, writing through a `WriteBatch`.
+
+    `batch(calls)` runs on the store's thread with the calls (args, kwargs) gathered and
+    returns one result (or exception) per call, in order: a set-based store method
+    (`Store.claim_batch`) or `functools.partial(Store.many, method)`.
+    """
+
+    def __init__(
+        self, writes: WriteBatch, batch: Callable[[list[Call]], Sequence[T | Exception]]
+    ) -> None:
+        self._writes = writes
+        self._batch = batch
+
+    async def __call__(self, *args: Any, **kwargs: Any) -> T:
+        result: T = await self._writes.call(self._batch, args, kwargs)
+        return result
 
 
 class AsyncStore:

@@ -143,7 +143,9 @@ class MqttLink:
             tls_params=tls_params,
             tls_insecure=cfg.tls.insecure if cfg.tls is not None else None,
             timeout=10,
-            max_inflight_messages=100,
+            # Unlimited in paho: _pump_out bounds what is in flight (PUBLISH_BATCH), and a
+            # limit makes paho scan every unconfirmed message at each PUBACK.
+            max_inflight_messages=0,
         )
         # Must happen before connecting: see the module docstring.
         client._client.manual_ack_set(True)
@@ -235,19 +237,20 @@ class MqttLink:
     async def _confirmed(
         self, sent: list[tuple[Outgoing, paho.MQTTMessageInfo]], acked: asyncio.Event
     ) -> None:
-        waiting = sent
+        first = 0  # sent[:first] are confirmed; PUBACKs come (almost always) in order
         try:
             async with asyncio.timeout(PUBLISH_TIMEOUT):
                 while True:
                     acked.clear()
-                    waiting = [(m, info) for m, info in waiting if not info.is_published()]
-                    if not waiting:
+                    while first < len(sent) and sent[first][1].is_published():
+                        first += 1
+                    if first == len(sent):
                         return
                     await acked.wait()
         except BaseException as exc:
             # Timed out, or cancelled because the connection ended: keep for the next
             # connection what the broker has not confirmed.
-            unconfirmed = [m for m, info in waiting if not info.is_published()]
+            unconfirmed = [m for m, info in sent[first:] if not info.is_published()]
             self._requeue(unconfirmed)
             if isinstance(exc, TimeoutError):
                 raise aiomqtt.MqttError(

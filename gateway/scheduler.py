@@ -13,7 +13,7 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from .async_store import AsyncStore, Batched
+from .async_store import AsyncStore, Batched, WriteBatch
 from .channel import Attempt, Channel, Outcome, Receipt, Reply, Report
 from .domain import (
     DeliveryState,
@@ -65,11 +65,13 @@ class Scheduler:
         self._reply_window = reply_window
         self.counters: dict[str, int] = {"attempts": 0, "retries": 0, "receipts_unknown": 0}
         # The hot path's writes, coalesced: one transaction per batch of attempts.
-        self._claim = Batched(store, store.store.claim_batch)
-        self._record_sent = Batched(store, store.store.record_sent_batch)
+        writes = WriteBatch(store)
+        self._claim = Batched(writes, store.store.claim_batch)
+        self._record_sent = Batched(writes, store.store.record_sent_batch)
         self._transition = Batched(
-            store, functools.partial(store.store.many, store.store.transition)
+            writes, functools.partial(store.store.many, store.store.transition)
         )
+        self._receipts = Batched(writes, store.store.apply_receipts_batch)
         for lane in self._lanes.values():
             self._apply_limits(lane)
 
@@ -394,9 +396,8 @@ class Scheduler:
         """Apply late news; receipts in one store transaction (an SMSC sends thousands/s)."""
         receipts = [r for r in reports if isinstance(r, Receipt)]
         if receipts:
-            results = await self._store.run(
-                self._store.store.apply_receipts,
-                [(r.channel, r.provider_id, r.state, r.reason) for r in receipts],
+            results = await self._receipts(
+                [(r.channel, r.provider_id, r.state, r.reason) for r in receipts]
             )
             for receipt, (known, change) in zip(receipts, results, strict=True):
                 if not known:

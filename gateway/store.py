@@ -159,6 +159,11 @@ class Store:
             if durable:
                 self._db.execute("PRAGMA synchronous=NORMAL")
 
+    def atomically(self, fn: Callable[[], T]) -> T:
+        """`fn()` in one transaction: the store methods it calls commit together."""
+        result: T = self._tx(fn)
+        return result
+
     def many(self, fn: Callable[..., T], calls: Sequence[Call]) -> list[T | Exception]:
         """`fn(*args, **kwargs)` for each call, in one transaction (one commit for all).
 
@@ -564,6 +569,22 @@ class Store:
 
         result: list[tuple[bool, Change | None]] = self._tx(work)
         return result
+
+    def apply_receipts_batch(
+        self, calls: Sequence[Call]
+    ) -> list[list[tuple[bool, Change | None]] | Exception]:
+        """`apply_receipts(receipts)` for each call, as one batch in one transaction."""
+        lists: list[list[tuple[str, str, DeliveryState, str | None]]] = [
+            args[0] for args, _ in calls
+        ]
+        flat = [receipt for receipts in lists for receipt in receipts]
+        results = self.apply_receipts(flat)
+        out: list[list[tuple[bool, Change | None]] | Exception] = []
+        start = 0
+        for receipts in lists:
+            out.append(results[start : start + len(receipts)])
+            start += len(receipts)
+        return out
 
     def _apply_receipt(
         self, channel: str, provider_id: str, state: DeliveryState, reason: str | None, now: float
