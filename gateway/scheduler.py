@@ -58,7 +58,7 @@ class Scheduler:
         self._lanes = {name: _Lane(ch) for name, ch in channels.items()}
         self._jobs: dict[str, Job] = {}
         self._closed: set[str] = set()
-        self._prepared: dict[tuple[str, str], asyncio.Task[Mapping[str, str]]] = {}
+        self._prepared: dict[tuple[str, str], asyncio.Future[Mapping[str, str]]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._dispatchers: list[asyncio.Task[None]] = []
         self._stopping = False
@@ -152,13 +152,17 @@ class Scheduler:
     async def job_accepted(self, job: Job, rows: list[DeliveryRow]) -> None:
         """A new job is in the store: announce its deliveries and queue them."""
         self._jobs[job.id] = job
+        queued = [r for r in rows if r.state is DeliveryState.QUEUED]
+        # The attempts are queued first (an alert's first SMS should not wait behind the
+        # publication of its announcements); they cannot get ahead of the `queued` events,
+        # which are all published before this coroutine next awaits.
+        self._spawn(self._enqueue_prepared(job, queued))
         self._status.job_dirty(job.id, immediate=True)
         for row in rows:
             self._status.delivery(Change(row, DeliveryState.QUEUED))
+        for row in rows:
             if row.state is DeliveryState.FAILED:
                 await self._after_final(row, job)
-        queued = [r for r in rows if r.state is DeliveryState.QUEUED]
-        self._spawn(self._enqueue_prepared(job, queued))
         if not queued:
             finished = await self._store.run(self._store.store.transition_job_if_done, job.id)
             if finished:
@@ -168,6 +172,10 @@ class Scheduler:
         by_channel: dict[str, list[DeliveryRow]] = {}
         for row in rows:
             by_channel.setdefault(row.channel, []).append(row)
+        if len(by_channel) == 1:  # the usual case, without gather's extra task
+            ((channel, channel_rows),) = by_channel.items()
+            await self._prepare_and_push(job, channel, channel_rows)
+            return
         await asyncio.gather(
             *(self._prepare_and_push(job, ch, rs) for ch, rs in by_channel.items())
         )
@@ -191,16 +199,28 @@ class Scheduler:
             lane.queue.push(job.priority, row.id, job.id, row.next_attempt_at)
 
     async def _prepare(self, job: Job, channel: str) -> Mapping[str, str]:
+        """Prepare once per job and channel; later callers share the first one's result.
+
+        The first caller runs the preparation itself rather than in a task of its own: for
+        most channels it returns at once, and a task would cost the alert a turn of the
+        event loop (behind whatever else is ready) before its first attempt."""
         key = (job.id, channel)
-        task = self._prepared.get(key)
-        if task is None:
-            task = asyncio.create_task(self._lanes[channel].channel.prepare(job))
-            self._prepared[key] = task
+        shared = self._prepared.get(key)
+        if shared is not None:
+            return await asyncio.shield(shared)
+        shared = asyncio.get_running_loop().create_future()
+        self._prepared[key] = shared
         try:
-            return await asyncio.shield(task)
+            result = await self._lanes[channel].channel.prepare(job)
+        except asyncio.CancelledError:
+            self._prepared.pop(key, None)
+            shared.cancel()
+            raise
         except Exception as exc:
             log.exception("preparing job %s for %s failed", job.id, channel)
-            return dict.fromkeys(job.languages, f"prepare_failed: {type(exc).__name__}")
+            result = dict.fromkeys(job.languages, f"prepare_failed: {type(exc).__name__}")
+        shared.set_result(result)
+        return result
 
     async def close_job(self, job_id: str, state: JobState, reason: str) -> bool:
         """Cancel or expire: stop everything of the job that has not happened yet."""

@@ -161,10 +161,10 @@ class StatusPublisher:
             self._wake.set()
 
     async def publish_job(self, job_id: str) -> None:
-        row = await self._store.run(self._store.store.job_row, job_id)
-        if row is None:
+        found = await self._store.run(self._store.store.job_with_counts, job_id)
+        if found is None:
             return
-        counts = await self._store.run(self._store.store.counts, job_id)
+        row, counts = found
         totals: dict[str, int] = {}
         for per_state in counts.values():
             for state, n in per_state.items():

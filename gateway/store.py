@@ -329,6 +329,11 @@ class Store:
             out.setdefault(r["channel"], {})[r["state"]] = r["n"]
         return out
 
+    def job_with_counts(self, job_id: str) -> tuple[JobRow, dict[str, dict[str, int]]] | None:
+        """The job and its delivery counts per channel and state (one trip for a status)."""
+        row = self.job_row(job_id)
+        return None if row is None else (row, self.counts(job_id))
+
     def deliveries(self, job_id: str) -> list[DeliveryRow]:
         rows = self._db.execute(
             "SELECT * FROM deliveries WHERE job_id=? ORDER BY rindex, channel", (job_id,)
