@@ -89,9 +89,32 @@ async def stack(
             broker.stop()
 
 
+def cpu_times() -> list[int]:
+    """The machine's CPU time counters (user, nice, system, idle, iowait, irq, softirq,
+    steal), from /proc/stat; empty where there is none."""
+    try:
+        with open("/proc/stat") as f:
+            return [int(x) for x in f.readline().split()[1:9]]
+    except (OSError, ValueError):
+        return []
+
+
+def cpu_report(before: list[int], after: list[int]) -> str:
+    """Share of CPU time the hypervisor took (steal) and the machine was busy, between two
+    `cpu_times()`: a VM's neighbours move these figures by tens of percent."""
+    if len(before) < 8 or len(after) < 8:
+        return "n/a"
+    delta = [b - a for a, b in zip(before, after, strict=True)]
+    total = sum(delta) or 1
+    idle = delta[3] + delta[4]
+    return f"busy {(total - idle - delta[7]) / total:.0%}, steal {delta[7] / total:.0%}"
+
+
 async def run(n: int, window: int, singles: int, events: str) -> float:
     async with stack((), {"window": window}, events) as (broker, sim, obs):
+        cpu0 = cpu_times()
         lat = await single_latencies(broker, sim, singles)
+        cpu1 = cpu_times()
         await sim.ctl("reset")
         job = sms_job("bench-sms", members(n))
         payload = json.dumps(job)
@@ -101,6 +124,7 @@ async def run(n: int, window: int, singles: int, events: str) -> float:
         t_all = time.monotonic()
         await obs.wait_job("bench-sms", "done", timeout=600)
         t_done = time.monotonic()
+        cpu2 = cpu_times()
     first, last = stats["first_accepted_at"], stats["last_accepted_at"]
     lat_ms = sorted(x * 1000 for x in lat)
     p99 = lat_ms[min(len(lat_ms) - 1, int(len(lat_ms) * 0.99))]
@@ -108,6 +132,7 @@ async def run(n: int, window: int, singles: int, events: str) -> float:
     print(f"single jobs                 {len(lat_ms)}")
     print(f"publish -> 1st submit_sm    p50 {statistics.median(lat_ms):.1f} ms, "
           f"p99 {p99:.1f} ms, max {lat_ms[-1]:.1f} ms")  # fmt: skip
+    print(f"CPU during the single jobs  {cpu_report(cpu0, cpu1)}")
     print(f"recipients                  {n}")
     print(f"payload                     {len(payload) / 1e6:.2f} MB")
     print(f"publish -> 1st submit (job) {(first - t0) * 1000:.0f} ms")
@@ -115,6 +140,7 @@ async def run(n: int, window: int, singles: int, events: str) -> float:
     print(f"sustained (seen by SMSC)    {(n - 1) / (last - first):.0f} submit_sm/s")
     print(f"job 'done' (all receipts)   {t_done - t0:.2f} s after publish")
     print(f"duplicates at the SMSC      {stats['duplicates']}")
+    print(f"CPU during the job          {cpu_report(cpu1, cpu2)}")
     return float((n - 1) / (last - first))
 
 
@@ -167,10 +193,15 @@ async def main_async(args: argparse.Namespace) -> None:
         sim.start()
         try:
             print(f"# Kannel 1.4.5 against the same simulator, max-pending-submits {args.window}")
-            for dlr, label in ((True, "receipts (dlr-mask 3)"), (False, "no receipts")):
+            setups: list[tuple[bool, str | None, str]] = [
+                (True, None, "receipts (dlr-mask 3)"),
+                (False, None, "no receipts"),
+                (False, "file", "no receipts, message store (store-type file)"),
+            ]
+            for dlr, store, label in setups:
                 k = await run_kannel(
                     sim.port, sim.control_port, args.recipients, args.window, dlr=dlr,
-                    prequeue=False,
+                    prequeue=False, store=store,
                 )  # fmt: skip
                 ratios = ", ".join(f"{e}: {v / k:.2f}" for e, v in ours.items())
                 print(f"Kannel sendsms, {label}: {k:,.0f} submit_sm/s; gateway / Kannel = {ratios}")

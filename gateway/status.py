@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import time
@@ -26,9 +27,18 @@ EVENT_BATCH = 1000  # delivery events per batch message at most
 
 
 def iso(ts: float | None) -> str | None:
+    """RFC 3339 UTC with milliseconds, e.g. `2026-11-23T14:00:00.123Z`."""
     if ts is None:
         return None
-    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    ms = int(ts * 1000)
+    second, millis = divmod(ms, 1000)
+    return f"{_iso_second(second)}.{millis:03d}Z"
+
+
+@functools.lru_cache(maxsize=4)
+def _iso_second(second: int) -> str:
+    # Events come by thousands per second: the date part is formatted once per second.
+    return datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")
 
 
 def dumps(obj: Any) -> bytes:
