@@ -63,20 +63,20 @@ def _mark_running(db: sqlite3.Connection, job_ids: set[str], now: float) -> None
         )
 
 
-def _finish_jobs(
-    out: list[Any], last: dict[str, tuple[int, int]], finish: FinishJob, now: float
-) -> None:
+def _finish_jobs(out: list[Any], last: dict[str, int], finish: FinishJob, now: float) -> None:
     """Run the end-of-job check once per job that had a delivery reach a final state, and
-    put the result on that job's last change of the batch (`last`: job -> (item, change))."""
-    for job_id, (i, j) in last.items():
+    put the result on that job's last change of the batch (`last`: job -> index in `out`,
+    whose entry is a list starting with that change, or a (known, change) pair)."""
+    for job_id, i in last.items():
         finished = finish(job_id, now)
-        if finished is not None:
-            holder = out[i]
-            if isinstance(holder, list):
-                holder[j] = Change(holder[j].delivery, holder[j].old_state, finished)
-            else:
-                ok, change = holder
-                out[i] = (ok, Change(change.delivery, change.old_state, finished))
+        if finished is None:
+            continue
+        holder = out[i]
+        if isinstance(holder, list):
+            holder[0] = Change(holder[0].delivery, holder[0].old_state, finished)
+        else:
+            known, change = holder
+            out[i] = (known, Change(change.delivery, change.old_state, finished))
 
 
 def claim(
@@ -126,7 +126,7 @@ def record_sent(
     updates: list[tuple[Any, ...]] = []
     pids: list[tuple[str, str, int]] = []
     jobs: set[str] = set()
-    last: dict[str, tuple[int, int]] = {}
+    last: dict[str, int] = {}
     for i, (did, new, channel, provider_ids, detail) in enumerate(items):
         r = rows.get(did)
         if r is None:
@@ -146,7 +146,7 @@ def record_sent(
         state[did] = new
         jobs.add(r["job_id"])
         if new in FINAL_DELIVERY_STATES:
-            last[r["job_id"]] = (i, 0)
+            last[r["job_id"]] = i
     db.executemany(
         "UPDATE deliveries SET state=?, updated_at=?, provider_ids=?, detail=?,"
         " last_error=NULL WHERE id=?",
@@ -247,9 +247,13 @@ def apply_receipts(
         else:
             single.append((i, receipt))
     db.executemany("INSERT OR REPLACE INTO orphan_receipts VALUES (?,?,?,?,?)", orphans)
-    last = _settle(db, bulk, owner, out, now)
+    _settle(db, bulk, owner, out, now)
     for i, (channel, pid, state, reason) in single:
         out[i] = (True, apply_one(channel, pid, state, reason, now))
+    last: dict[str, int] = {}  # job -> its last change to a final state, in receipt order
+    for i, (_, change) in enumerate(out):
+        if change is not None and change.delivery.state in FINAL_DELIVERY_STATES:
+            last[change.delivery.job_id] = i
     _finish_jobs(out, last, finish, now)
     return out
 
@@ -260,9 +264,8 @@ def _settle(
     owner: dict[tuple[str, str], int],
     out: list[tuple[bool, Change | None]],
     now: float,
-) -> dict[str, tuple[int, int]]:
-    """Apply receipts of distinct deliveries; returns, per job with a delivery now final,
-    the index of its last change (for the end-of-job check)."""
+) -> None:
+    """Apply receipts of distinct deliveries (one receipt each in this batch)."""
     db.executemany(
         "UPDATE provider_ids SET state=?, reason=? WHERE channel=? AND provider_id=?",
         [(state.value, reason, channel, pid) for _, (channel, pid, state, reason) in bulk],
@@ -278,7 +281,6 @@ def _settle(
             parts.setdefault(p["delivery_id"], []).append((p["state"], p["reason"]))
     rows = rows_by_id(db, dids)
     updates: list[tuple[Any, ...]] = []
-    last: dict[str, tuple[int, int]] = {}
     for (i, _), did in zip(bulk, dids, strict=True):
         r = rows[did]
         new, reason = settled_state(parts.get(did, []))
@@ -290,9 +292,7 @@ def _settle(
         updates.append((new.value, now, error, did))
         row = row_to_delivery(r, state=new, updated_at=now, last_error=error)
         out[i] = (True, Change(row, old))
-        last[r["job_id"]] = (i, 0)
     db.executemany("UPDATE deliveries SET state=?, updated_at=?, last_error=? WHERE id=?", updates)
-    return last
 
 
 def settled_state(

@@ -125,5 +125,7 @@ def test_one_failed_part_fails_the_message_in_the_same_batch(store: Store) -> No
     )
     states = [c.delivery.state if c else None for _, c in results]
     assert states == [None, DELIVERED, FAILED, None]
+    finished = [c.job_finished if c else None for _, c in results]
+    assert finished == [None, None, JobState.DONE, None]  # once, on the job's last change
     assert store.delivery(ids[0]).last_error == "REJECTD"
     assert job_state(store, "j") is JobState.DONE
