@@ -9,10 +9,9 @@ delivery transitions use `NORMAL`, which survives a killed process.
 
 from __future__ import annotations
 
-import json
 import sqlite3
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -413,22 +412,10 @@ class Store:
         result: Change | None = self._tx(work)
         return result
 
-    def claim(self, delivery_id: int, now: float | None = None) -> Change | None:
-        """queued/retrying -> sending, counting the attempt. None if no longer pending."""
-        now = now or time.time()
-
-        def work() -> Change | None:
-            d = self._delivery(delivery_id)
-            if d.state not in (DeliveryState.QUEUED, DeliveryState.RETRYING):
-                return None
-            return self._update(d, DeliveryState.SENDING, now, attempts=d.attempts + 1)
-
-        result: Change | None = self._tx(work)
-        return result
-
     # -- the hot path, in batches (gateway.async_store.Batched) ---------------------------
     def claim_batch(self, calls: Sequence[Call]) -> list[Change | Exception | None]:
-        """`claim(delivery_id)` for each call, in one transaction."""
+        """Claim each call's `(delivery_id,)`, in one transaction: queued/retrying ->
+        sending, counting the attempt; None for a delivery no longer pending."""
         now = time.time()
         ids = [args[0] for args, _ in calls]
         result: list[Change | Exception | None] = self._tx(
@@ -437,13 +424,11 @@ class Store:
         return result
 
     def record_sent_batch(self, calls: Sequence[Call]) -> list[list[Change] | Exception]:
-        """`record_sent(delivery_id, new, channel, provider_ids, detail)` for each call, in
-        one transaction."""
+        """Record each call's successful attempt `(delivery_id, new, channel, provider_ids,
+        detail)` and its provider ids, in one transaction; receipts that came before it
+        apply then. Per call, the changes made."""
         now = time.time()
-        items: list[store_batches.Sent] = [
-            (did, new, channel, list(pids), detail)
-            for (did, new, channel, pids, detail), _ in calls
-        ]
+        items: list[store_batches.Sent] = [args for args, _ in calls]
 
         def work() -> list[list[Change] | Exception]:
             return store_batches.record_sent(
@@ -512,54 +497,6 @@ class Store:
         return result
 
     # -- provider ids and receipts --------------------------------------------------
-    def record_sent(
-        self,
-        delivery_id: int,
-        new: DeliveryState,
-        channel: str,
-        provider_ids: Iterable[str],
-        detail: str | None,
-    ) -> list[Change]:
-        """Record a successful attempt and its provider ids; apply receipts that came early."""
-        ids = list(provider_ids)
-        now = time.time()
-
-        def work() -> list[Change]:
-            d = self._delivery(delivery_id)
-            if not can_transition(d.state, new):
-                return []
-            changes = [
-                self._update(
-                    d, new, now, provider_ids=json.dumps(ids), detail=detail, last_error=None
-                )
-            ]
-            for pid in ids:
-                self._db.execute(
-                    "INSERT OR REPLACE INTO provider_ids(channel, provider_id, delivery_id)"
-                    " VALUES (?,?,?)",
-                    (channel, pid, delivery_id),
-                )
-            if new is DeliveryState.SENT:
-                early = self._db.execute(
-                    f"SELECT * FROM orphan_receipts WHERE channel=? AND provider_id IN"  # noqa: S608
-                    f" ({','.join('?' * len(ids))})",
-                    (channel, *ids),
-                ).fetchall()
-                for o in early:
-                    self._db.execute(
-                        "DELETE FROM orphan_receipts WHERE channel=? AND provider_id=?",
-                        (channel, o["provider_id"]),
-                    )
-                    c = self._apply_receipt(
-                        channel, o["provider_id"], DeliveryState(o["state"]), o["reason"], now
-                    )
-                    if c is not None:
-                        changes.append(c)
-            return changes
-
-        result: list[Change] = self._tx(work)
-        return result
-
     def apply_receipts(
         self, receipts: list[tuple[str, str, DeliveryState, str | None]]
     ) -> list[tuple[bool, Change | None]]:

@@ -1,11 +1,12 @@
 """The hot path's writes, set-based: a batch of claims, sends or receipts in a few statements.
 
-`Store.claim`, `Store.record_sent` and `Store.apply_receipt`'s logic applied to one delivery
-costs a dozen SQL statements and two row objects. Under load the scheduler hands the store
-hundreds at once (`gateway.async_store.Batched`); these functions do the same work with one
-read of the rows, one `executemany` per table and one end-of-job check per job, inside the
-caller's transaction. Results are in the callers' order and are what the one-at-a-time
-methods would have returned.
+Done one delivery at a time, claiming, recording a send and applying a receipt cost a dozen
+SQL statements and two row objects each. Under load the scheduler hands the store hundreds
+at once (`gateway.async_store.Batched`); these functions do that work with one read of the
+rows, one `executemany` per table and one end-of-job check per job, inside the caller's
+transaction. Results are in the callers' order and are what one call at a time would give
+(`Store._apply_receipt`, the one-at-a-time receipt, still serves the rare receipts a batch
+cannot merge).
 """
 
 from __future__ import annotations
@@ -136,8 +137,7 @@ def record_sent(
             out.append([])
             continue
         ids = tuple(provider_ids)
-        encoded = json.dumps(list(ids))
-        updates.append((new.value, now, encoded, detail, did))
+        updates.append((new.value, now, json.dumps(ids), detail, did))
         pids.extend((channel, pid, did) for pid in ids)
         row = row_to_delivery(
             r, state=new, updated_at=now, provider_ids=ids, detail=detail, last_error=None
