@@ -83,7 +83,8 @@ async def test_slow_gtts_falls_back_to_espeak_within_the_timeout(
         await synth.stop()
     assert (got.engine, got.fallback_used) == ("espeak", True)
     assert GTTS_TIMEOUT * 0.9 <= elapsed < GTTS_TIMEOUT + 5.0, elapsed
-    assert lag < 0.2, "waiting for the online engine must not hold the loop"
+    # Held, one tick would wait the whole timeout; a busy machine delays a tick far less.
+    assert lag < GTTS_TIMEOUT / 2, "waiting for the online engine must not hold the loop"
     stats = synth.stats()
     assert (stats["fallbacks"], stats["gtts_failures"], stats["espeak_syntheses"]) == (1, 1, 1)
     assert "gtts -> espeak" in str(stats["last_fallback"])

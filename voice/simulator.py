@@ -41,6 +41,9 @@ class SimConfig:
     check_files: bool = True  # Playback of a missing ALERT_FILE fails (PlaybackStatus FAILED)
     playback_s: float | None = None  # force every message to last this long (call time)
     stats_file: Path | None = None  # JSON counters for another process (tests, bench)
+    # manager.conf `timestampevents`: a Timestamp header on every event. A call's events
+    # carry its own clock (SimCall.clock): real-speed time even at speed > 1.
+    timestamp_events: bool = False
 
 
 @dataclass
@@ -157,8 +160,11 @@ class AsteriskSimulator:
     async def _sleep(self, seconds: float) -> None:
         await asyncio.sleep(max(0.0, seconds) / self.config.speed)
 
-    def _broadcast(self, name: str, fields: list[tuple[str, str]]) -> None:
+    def _broadcast(self, name: str, fields: list[tuple[str, str]], at: float | None = None) -> None:
         lines = [("Event", name), *fields]
+        if self.config.timestamp_events:
+            stamp = ("Timestamp", f"{time.time() if at is None else at:.6f}")
+            lines.insert(2 if fields and fields[0][0] == "Privilege" else 1, stamp)
         for s in list(self._sessions):
             if s.authenticated and s.events:
                 s.send(lines)
@@ -333,6 +339,7 @@ class AsteriskSimulator:
             timeout_s=timeout_s,
             emit=self._broadcast,
             sleep=self._sleep,
+            speed=self.config.speed,
             astdb=self.astdb,
         )
         alert = dict(variables).get("ALERT_FILE", "")
@@ -458,6 +465,11 @@ def main(argv: list[str] | None = None) -> int:
         "--control-port", type=int, default=None, help="JSON control port (0 = any)"
     )
     parser.add_argument("--port-file", type=Path, help="write {port, control_port} as JSON here")
+    parser.add_argument(
+        "--timestamp-events",
+        action="store_true",
+        help="a Timestamp header on every event (manager.conf timestampevents)",
+    )
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(name)s %(message)s")
@@ -469,6 +481,7 @@ def main(argv: list[str] | None = None) -> int:
         check_files=not args.no_file_check,
         playback_s=args.playback,
         stats_file=args.stats_file,
+        timestamp_events=args.timestamp_events,
     )
 
     async def run() -> None:

@@ -9,6 +9,7 @@ result it records in AstDB (`plp/${PLP_CALL}`) and its `h` extension.
 from __future__ import annotations
 
 import asyncio
+import time
 import wave
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -16,7 +17,9 @@ from pathlib import Path
 
 from .simulator_astdb import AstDB
 
-Emit = Callable[[str, list[tuple[str, str]]], None]
+# emit(event name, fields, call clock): the clock is the event's time as the real call would
+# have it (see SimCall.clock), for the Timestamp header of `timestampevents`.
+Emit = Callable[[str, list[tuple[str, str]], float], None]
 
 STATE_DESC = {0: "Down", 4: "Ring", 5: "Ringing", 6: "Up", 7: "Busy"}
 CAUSE_TXT = {
@@ -121,13 +124,23 @@ class SimCall:
     hangup_cause: str | None = None  # set by the AMI Hangup action
     hangup_event: asyncio.Event = field(default_factory=asyncio.Event)
     astdb: AstDB | None = None  # where the dialplan's Set(DB(plp/...)) writes
+    speed: float = 1.0  # the simulator's time scale (call seconds per wall second)
+    # The call's own clock: its wall start plus the call seconds its script has played.
+    # At speed 1 it is the wall clock; at speed 25 it reads as if the call had run at real
+    # speed, and a stalled event loop does not bend it (scripted waits count as scripted).
+    started_at: float = field(default_factory=time.time)
+    call_s: float = 0.0
+
+    @property
+    def clock(self) -> float:
+        return self.started_at + self.call_s
 
     # -- event helpers -------------------------------------------------------------------
     def _ev(self, name: str, h: Half | None, extra: list[tuple[str, str]] | None = None) -> None:
         fields = [("Privilege", "dialplan,all" if name in ("Newexten", "VarSet") else "call,all")]
         if h is not None:
             fields += h.fields()
-        self.emit(name, fields + (extra or []))
+        self.emit(name, fields + (extra or []), self.clock)
 
     def _exten(self, h: Half, prio: int, app: str, data: str | None = None) -> None:
         h.priority = prio
@@ -148,13 +161,14 @@ class SimCall:
         self.emit(
             "DeviceStateChange",
             [("Privilege", "call,all"), ("Device", self.dial), ("State", state)],
+            self.clock,
         )
 
     def _dial(self, name: str, status: str | None = None, string: str | None = None) -> None:
         extra = [("DialString", string)] if string else []
         if status:
             extra = [("DialStatus", status)]
-        self.emit(name, [("Privilege", "call,all"), *self.one.fields("Dest"), *extra])
+        self.emit(name, [("Privilege", "call,all"), *self.one.fields("Dest"), *extra], self.clock)
 
     def _originate_response(self, ok: bool, reason: str) -> None:
         self.emit(
@@ -171,6 +185,7 @@ class SimCall:
                 ("CallerIDNum", self.caller_id[0]),
                 ("CallerIDName", self.caller_id[1]),
             ],
+            self.clock,
         )
 
     def _record(self, prio: int, result: str) -> None:
@@ -226,6 +241,7 @@ class SimCall:
         """Sleep in call time; True when an AMI Hangup ended the call meanwhile."""
         if self.hangup_event.is_set():
             return True
+        began = time.monotonic()
         sleeper = asyncio.ensure_future(self.sleep(seconds))
         waiter = asyncio.ensure_future(self.hangup_event.wait())
         try:
@@ -233,6 +249,10 @@ class SimCall:
         finally:
             sleeper.cancel()
             waiter.cancel()
+        if sleeper.done() and not sleeper.cancelled():
+            self.call_s += max(0.0, seconds)  # the script's time, however late the loop woke
+        else:  # cut short by an AMI Hangup: as much call time as really went by
+            self.call_s += min(max(0.0, seconds), (time.monotonic() - began) * self.speed)
         return self.hangup_event.is_set()
 
     async def _run(self, playback_s: float | None, behaviour: str) -> None:
@@ -257,7 +277,7 @@ class SimCall:
         self._ev("NewConnectedLine", two)
         bridge = one.fields("LocalOne") + two.fields("LocalTwo")
         bridge += [("Context", two.context), ("Exten", two.exten), ("LocalOptimization", "Yes")]
-        self.emit("LocalBridge", [("Privilege", "call,all"), *bridge])
+        self.emit("LocalBridge", [("Privilege", "call,all"), *bridge], self.clock)
         self._dial("DialBegin", string=self.dial.partition("/")[2])
         self._exten(two, 1, "NoOp", f"phone {self.number}")
         for prio, label in enumerate(_GOTO_ORDER, start=2):
