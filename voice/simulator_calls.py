@@ -136,11 +136,15 @@ class SimCall:
         return self.started_at + self.call_s
 
     # -- event helpers -------------------------------------------------------------------
+    def _emit(self, name: str, fields: list[tuple[str, str]]) -> None:
+        """Every event of the call goes out here, stamped with the call's clock."""
+        self.emit(name, fields, self.clock)
+
     def _ev(self, name: str, h: Half | None, extra: list[tuple[str, str]] | None = None) -> None:
         fields = [("Privilege", "dialplan,all" if name in ("Newexten", "VarSet") else "call,all")]
         if h is not None:
             fields += h.fields()
-        self.emit(name, fields + (extra or []), self.clock)
+        self._emit(name, fields + (extra or []))
 
     def _exten(self, h: Half, prio: int, app: str, data: str | None = None) -> None:
         h.priority = prio
@@ -158,20 +162,19 @@ class SimCall:
         self._ev("Newstate", h)
 
     def _device(self, state: str) -> None:
-        self.emit(
+        self._emit(
             "DeviceStateChange",
             [("Privilege", "call,all"), ("Device", self.dial), ("State", state)],
-            self.clock,
         )
 
     def _dial(self, name: str, status: str | None = None, string: str | None = None) -> None:
         extra = [("DialString", string)] if string else []
         if status:
             extra = [("DialStatus", status)]
-        self.emit(name, [("Privilege", "call,all"), *self.one.fields("Dest"), *extra], self.clock)
+        self._emit(name, [("Privilege", "call,all"), *self.one.fields("Dest"), *extra])
 
     def _originate_response(self, ok: bool, reason: str) -> None:
-        self.emit(
+        self._emit(
             "OriginateResponse",
             [
                 ("Privilege", "call,all"),
@@ -185,7 +188,6 @@ class SimCall:
                 ("CallerIDNum", self.caller_id[0]),
                 ("CallerIDName", self.caller_id[1]),
             ],
-            self.clock,
         )
 
     def _record(self, prio: int, result: str) -> None:
@@ -241,6 +243,7 @@ class SimCall:
         """Sleep in call time; True when an AMI Hangup ended the call meanwhile."""
         if self.hangup_event.is_set():
             return True
+        seconds = max(0.0, seconds)
         began = time.monotonic()
         sleeper = asyncio.ensure_future(self.sleep(seconds))
         waiter = asyncio.ensure_future(self.hangup_event.wait())
@@ -250,9 +253,9 @@ class SimCall:
             sleeper.cancel()
             waiter.cancel()
         if sleeper.done() and not sleeper.cancelled():
-            self.call_s += max(0.0, seconds)  # the script's time, however late the loop woke
+            self.call_s += seconds  # the script's time, however late the loop woke
         else:  # cut short by an AMI Hangup: as much call time as really went by
-            self.call_s += min(max(0.0, seconds), (time.monotonic() - began) * self.speed)
+            self.call_s += min(seconds, (time.monotonic() - began) * self.speed)
         return self.hangup_event.is_set()
 
     async def _run(self, playback_s: float | None, behaviour: str) -> None:
@@ -277,7 +280,7 @@ class SimCall:
         self._ev("NewConnectedLine", two)
         bridge = one.fields("LocalOne") + two.fields("LocalTwo")
         bridge += [("Context", two.context), ("Exten", two.exten), ("LocalOptimization", "Yes")]
-        self.emit("LocalBridge", [("Privilege", "call,all"), *bridge], self.clock)
+        self._emit("LocalBridge", [("Privilege", "call,all"), *bridge])
         self._dial("DialBegin", string=self.dial.partition("/")[2])
         self._exten(two, 1, "NoOp", f"phone {self.number}")
         for prio, label in enumerate(_GOTO_ORDER, start=2):
