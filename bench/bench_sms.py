@@ -1,7 +1,7 @@
 """SMS benchmark: the SMSC simulator's ceiling, SmsChannel throughput and latency, throttling,
 smpplib's blocking client, and (with --kannel) Kannel against the same simulator.
 
-    /work/venv/bin/python bench/bench_sms.py [--messages 10000] [--window 50] [--kannel]
+    .venv/bin/python bench/bench_sms.py [--messages 10000] [--window 50] [--kannel]
 
 The simulator runs as its own process (`python -m sms.simulator`), as an operator would run it.
 """

@@ -4,7 +4,7 @@ language, cold (synthesis + conversion + write) and cached (in memory; on disk a
 gTTS runs against a local HTTP stand-in for its service (serving espeak-made MP3), so its
 figures are the gateway's own overhead (threads, HTTP, MP3 decode), not Google's latency.
 
-    /work/venv/bin/python bench/bench_tts.py [--rounds 5]
+    .venv/bin/python bench/bench_tts.py [--rounds 5]
 """
 
 from __future__ import annotations
