@@ -1,6 +1,7 @@
 """The broker link: one persistent-session aiomqtt client with manual acknowledgement.
 
-aiomqtt has no public manual-ack API, so we switch it on in the paho client aiomqtt wraps,
+aiomqtt has no public manual-ack API, so we switch it on in the paho client aiomqtt wraps
+(through gateway/mqtt_adapter.py, the one module that reaches inside aiomqtt),
 *before* connecting (after CONNACK the broker replays queued jobs at once and paho would
 acknowledge them itself). Outgoing messages go through a bounded queue that survives
 broker outages; incoming messages are handed to one handler, in order.
@@ -11,16 +12,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import socket
 import ssl
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
 
 import aiomqtt
 import paho.mqtt.client as paho
 
+from . import mqtt_adapter
 from .config import MqttConfig
 
 PUBLISH_BATCH = 64  # status messages published concurrently
@@ -120,7 +120,7 @@ class MqttLink:
         """Acknowledge a QoS>0 message: call only once it is safely stored."""
         if self._client is None or message.qos == 0:
             return
-        rc = self._client._client.ack(message.mid, message.qos)
+        rc = mqtt_adapter.ack(self._client, message.mid, message.qos)
         if rc != paho.MQTT_ERR_SUCCESS:
             # The connection dropped: the broker will redeliver the message, the store
             # recognises its id, nothing is lost or doubled.
@@ -148,11 +148,11 @@ class MqttLink:
             max_inflight_messages=0,
         )
         # Must happen before connecting: see the module docstring.
-        client._client.manual_ack_set(True)
+        mqtt_adapter.enable_manual_ack(client)
         # _pump_out publishes in batches of PUBLISH_BATCH: that many pending calls is normal
         # and must not log a warning each time.
-        client.pending_calls_threshold = 4 * PUBLISH_BATCH
-        _no_delay(client)
+        mqtt_adapter.set_pending_calls_threshold(client, 4 * PUBLISH_BATCH)
+        mqtt_adapter.no_delay(client)
         return client
 
     async def run(self) -> None:
@@ -208,7 +208,7 @@ class MqttLink:
         Unconfirmed messages go back to the head of the queue for the next connection.
         """
         acked = asyncio.Event()
-        _notify_acks(client, acked.set)
+        mqtt_adapter.chain_on_publish(client, acked.set)
         while True:
             if not self._out:
                 self._out_ready.clear()
@@ -227,7 +227,7 @@ class MqttLink:
     ) -> list[tuple[Outgoing, paho.MQTTMessageInfo]]:
         sent: list[tuple[Outgoing, paho.MQTTMessageInfo]] = []
         for i, m in enumerate(batch):
-            info = client._client.publish(m.topic, m.payload, m.qos, m.retain)
+            info = mqtt_adapter.publish(client, m.topic, m.payload, m.qos, m.retain)
             if info.rc != paho.MQTT_ERR_SUCCESS:
                 self._requeue([o for o, inf in sent if not inf.is_published()] + batch[i:])
                 raise aiomqtt.MqttError(f"publish failed: {paho.error_string(info.rc)}")
@@ -261,32 +261,3 @@ class MqttLink:
     def _requeue(self, messages: list[Outgoing]) -> None:
         """Put messages back at the head of the outgoing queue, in their order."""
         self._out.extendleft(reversed(messages))
-
-
-def _notify_acks(client: aiomqtt.Client, notify: Callable[[], None]) -> None:
-    """Call `notify` after aiomqtt's own handling of every PUBACK (and QoS 0 write)."""
-    inner_client = client._client
-    inner = inner_client.on_publish
-
-    def on_publish(*args: Any) -> None:
-        if inner is not None:
-            inner(*args)
-        notify()
-
-    inner_client.on_publish = on_publish
-
-
-def _no_delay(client: aiomqtt.Client) -> None:
-    """Turn Nagle's algorithm off on the broker connection, as asyncio does for its own TCP
-    transports: small MQTT packets (PUBACKs, events) otherwise wait for the peer's delayed
-    ACK, up to 40 ms on Linux, on the path of every alert."""
-    inner_client = client._client
-    opened = inner_client.on_socket_open
-
-    def on_socket_open(c: Any, userdata: Any, sock: Any) -> None:
-        with contextlib.suppress(OSError, AttributeError):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        if opened is not None:
-            opened(c, userdata, sock)
-
-    inner_client.on_socket_open = on_socket_open

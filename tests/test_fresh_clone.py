@@ -18,9 +18,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # Where build machines keep checkouts and virtualenvs. Spelled in pieces so that this file
 # does not name them itself.
 _MACHINE_DIRS = ("home", "root", "work", "Users")
-_MACHINE_PATH = re.compile(
-    r"(?<![\w.~-])/(?:" + "|".join(_MACHINE_DIRS) + r")/[\w.-]+", re.ASCII
-)
+_MACHINE_PATH = re.compile(r"(?<![\w.~-])/(?:" + "|".join(_MACHINE_DIRS) + r")/[\w.-]+", re.ASCII)
 _TEXT_SUFFIXES = {
     "",
     ".py",

@@ -1,8 +1,9 @@
-"""Asterisk Manager Interface session on panoramisk 1.4: login, keep-alive, reconnect, events.
+"""Asterisk Manager Interface session: login, keep-alive, reconnect, events.
 
-panoramisk gives the wire protocol and event dispatch; this module owns the session: it
-never lets panoramisk replay an action after a reconnect (an Originate sent twice is a
-member called twice), fails pending actions when the link drops, and backs off on errors.
+panoramisk (behind voice/ami_adapter.py) gives the wire protocol and event dispatch; this
+module owns the session: it never lets panoramisk replay an action after a reconnect (an
+Originate sent twice is a member called twice), fails pending actions when the link drops,
+and backs off on errors.
 """
 
 from __future__ import annotations
@@ -14,11 +15,9 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
-import panoramisk
-from panoramisk.ami_protocol import AMIProtocol
-
 from gateway.errors import GatewayError, LinkDown
 
+from .ami_adapter import AMIProtocol, Manager, fail_awaiting_actions
 from .config import AmiConfig
 
 log = logging.getLogger("voice.ami")
@@ -70,23 +69,6 @@ def db_get_value(reply: Any) -> str | None:
     return None
 
 
-class _Manager(panoramisk.Manager):  # type: ignore[misc]
-    """panoramisk's Manager, but the session (not panoramisk) decides about reconnecting."""
-
-    pinger: Any
-
-    def __init__(self, on_lost: Callable[[object], None], **config: Any) -> None:
-        super().__init__(**config)
-        self._on_lost = on_lost
-
-    def connection_lost(self, exc: object) -> None:
-        self._connected = False
-        if self.pinger:
-            self.pinger.cancel()
-            self.pinger = None
-        self._on_lost(exc)
-
-
 class AmiClient:
     """One AMI session kept alive in the background: `start()`, `action()`, `stop()`."""
 
@@ -99,7 +81,7 @@ class AmiClient:
         self._cfg = config
         self._on_event = on_event
         self._on_connected = on_connected
-        self._manager: _Manager | None = None
+        self._manager: Manager | None = None
         self._task: asyncio.Task[None] | None = None
         self._up = asyncio.Event()
         self._lost: asyncio.Event = asyncio.Event()
@@ -252,7 +234,7 @@ class AmiClient:
         loop = asyncio.get_running_loop()
         cfg = self._cfg
         self._lost = asyncio.Event()
-        manager = _Manager(
+        manager = Manager(
             self._connection_lost,
             host=cfg.host,
             port=cfg.port,
@@ -266,12 +248,9 @@ class AmiClient:
         transport, protocol = await asyncio.wait_for(
             loop.create_connection(AMIProtocol, cfg.host, cfg.port), cfg.connect_timeout
         )
-        opened: asyncio.Future[tuple[Any, Any]] = loop.create_future()
-        opened.set_result((transport, protocol))
         self._manager = manager
         self.state = "logging_in"
-        manager.connection_made(opened)  # sends Login
-        login: asyncio.Future[Any] = manager.authenticated_future
+        login = manager.open(transport, protocol)  # sends Login
         lost = asyncio.ensure_future(self._lost.wait())
         try:
             await asyncio.wait(
@@ -320,10 +299,7 @@ class AmiClient:
         manager = self._manager
         if manager is not None:
             # panoramisk queues unanswered actions to replay them after a reconnect: never.
-            for queued in list(manager.awaiting_actions):
-                if not queued.future.done():
-                    queued.future.set_exception(AmiNotConnected("connection lost"))
-            manager.awaiting_actions.clear()
+            fail_awaiting_actions(manager, AmiNotConnected("connection lost"))
         for future in list(self._pending):
             if not future.done():
                 future.set_exception(AmiNotConnected("connection lost"))

@@ -1,0 +1,113 @@
+"""The one place that reaches inside aiomqtt (bounded in pyproject.toml: >=2.3,<2.6).
+
+aiomqtt has no public manual-acknowledgement API and costs a future and a timeout task per
+`publish()`; the gateway needs both (acknowledge a job only once stored; thousands of status
+events per second). So it uses the paho client aiomqtt wraps, `Client._client`, for: manual
+acknowledgement (on before connecting), `ack()`, `publish()`, the `on_publish` and
+`on_socket_open` callbacks, and aiomqtt's `pending_calls_threshold`. `missing_internals()`
+names any of these a new release removed; tests/test_borrowed_internals.py fails with it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+from collections.abc import Callable
+from typing import Any
+
+import aiomqtt
+import paho.mqtt.client as paho
+
+__all__ = [
+    "ack",
+    "chain_on_publish",
+    "enable_manual_ack",
+    "missing_internals",
+    "no_delay",
+    "publish",
+    "set_pending_calls_threshold",
+]
+
+
+def _paho(client: aiomqtt.Client) -> paho.Client:
+    inner: paho.Client = client._client
+    return inner
+
+
+def enable_manual_ack(client: aiomqtt.Client) -> None:
+    """Must happen before connecting: with a session present the broker replays queued jobs
+    right after CONNACK, and paho would acknowledge them itself."""
+    _paho(client).manual_ack_set(True)
+
+
+def set_pending_calls_threshold(client: aiomqtt.Client, threshold: int) -> None:
+    client.pending_calls_threshold = threshold
+
+
+def ack(client: aiomqtt.Client, mid: int, qos: int) -> int:
+    """Acknowledge an incoming message; paho's result code."""
+    rc: int = _paho(client).ack(mid, qos)
+    return rc
+
+
+def publish(
+    client: aiomqtt.Client, topic: str, payload: bytes, qos: int, retain: bool
+) -> paho.MQTTMessageInfo:
+    """Hand one message to paho without aiomqtt's per-message future."""
+    return _paho(client).publish(topic, payload, qos, retain)
+
+
+def chain_on_publish(client: aiomqtt.Client, notify: Callable[[], None]) -> None:
+    """Call `notify` after aiomqtt's own handling of every PUBACK (and QoS 0 write)."""
+    inner_client = _paho(client)
+    inner = inner_client.on_publish
+
+    def on_publish(*args: Any) -> None:
+        if inner is not None:
+            inner(*args)
+        notify()
+
+    inner_client.on_publish = on_publish
+
+
+def no_delay(client: aiomqtt.Client) -> None:
+    """Turn Nagle's algorithm off on the broker connection, as asyncio does for its own TCP
+    transports: small MQTT packets (PUBACKs, events) otherwise wait for the peer's delayed
+    ACK, up to 40 ms on Linux, on the path of every alert."""
+    inner_client = _paho(client)
+    opened = inner_client.on_socket_open
+
+    def on_socket_open(c: Any, userdata: Any, sock: Any) -> None:
+        with contextlib.suppress(OSError, AttributeError):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if opened is not None:
+            opened(c, userdata, sock)
+
+    inner_client.on_socket_open = on_socket_open
+
+
+def missing_internals() -> list[str]:
+    """The aiomqtt/paho internals this adapter relies on that the installed versions lack."""
+    missing = []
+    loop = asyncio.new_event_loop()
+    try:
+        client = loop.run_until_complete(_a_client())
+    finally:
+        loop.close()
+    inner = getattr(client, "_client", None)
+    if not isinstance(inner, paho.Client):
+        return ["aiomqtt.Client()._client (the wrapped paho.mqtt.client.Client)"]
+    for name in ("manual_ack_set", "ack", "publish"):
+        if not callable(getattr(inner, name, None)):
+            missing.append(f"paho.mqtt.client.Client.{name}()")
+    for name in ("on_publish", "on_socket_open"):
+        if not hasattr(inner, name):
+            missing.append(f"paho.mqtt.client.Client.{name}")
+    if not hasattr(client, "pending_calls_threshold"):
+        missing.append("aiomqtt.Client.pending_calls_threshold")
+    return missing
+
+
+async def _a_client() -> aiomqtt.Client:
+    return aiomqtt.Client("localhost")  # not connected: aiomqtt wants a running loop
