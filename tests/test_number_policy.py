@@ -138,7 +138,7 @@ BOTH = frozenset({"sms", "voice"})
 
 
 def test_intake_refuses_per_channel_and_keeps_emergency_numbers_invalid(tmp_path: Path) -> None:
-    recipients = [
+    recipients: list[dict[str, Any]] = [
         {"ref": "premium", "phone": "0903 12 345"},  # national format, default region BE
         {"ref": "fixed", "phone": "02 555 12 34"},
         {"ref": "mobile", "phone": "0470 12 34 56"},
