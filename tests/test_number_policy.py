@@ -4,6 +4,7 @@ channel, at intake and through the running daemon with the SMSC and Asterisk sim
 from __future__ import annotations
 
 import json
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,7 @@ from gateway.store import Store
 from sms.config import SmsNumberPolicy
 from tests.conftest import GatewayFactory
 from tests.fixtures import Observer
-from tests.sms_fixtures import SmscProcess
+from tests.sms_fixtures import SmscProcess, sms_job
 from tests.voice_fixtures import AsteriskProcess, voice_job
 from voice.config import VoiceNumberPolicy
 
@@ -232,3 +233,25 @@ async def test_daemon_never_texts_or_calls_a_forbidden_number(
     called = set(await asterisk.calls())
     assert texted == {allowed["be-mobile"][1:], allowed["nl-mobile"][1:]}
     assert called == {p[1:] for p in allowed.values()} | {fallback["phone"][1:]}
+
+
+async def test_reloaded_policy_applies_to_the_next_jobs(
+    gateway: GatewayFactory, observer: Observer, smsc: SmscProcess, tmp_path: Path
+) -> None:
+    uk_mobile = "+447400123456"
+    proc = gateway(smsc.config())
+    await observer.publish_job(sms_job("uk-1", [{"ref": "uk", "phone": uk_mobile}]))
+    await observer.wait_job("uk-1", "done")
+    assert observer.events("uk-1")[-1]["reason"] == NUMBER_NOT_ALLOWED
+
+    config = tmp_path / "gateway.toml"
+    config.write_text(
+        config.read_text() + '[sms.number_policy]\nregions = ["BE", "GB"]\ntypes = ["mobile"]\n'
+    )
+    offset = len(proc.log())
+    proc.send_signal(signal.SIGHUP)
+    proc.wait_log("configuration reloaded", after=offset)
+    await observer.publish_job(sms_job("uk-2", [{"ref": "uk", "phone": uk_mobile}]))
+    status = await observer.wait_job("uk-2", "done")
+    assert status["totals"] == {"delivered": 1}
+    assert set(await smsc.counts()) == {uk_mobile[1:]}
