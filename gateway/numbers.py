@@ -25,7 +25,6 @@ NUMBER_TYPES: dict[str, int] = {
     if name.isupper() and name != "UNKNOWN"
 }
 _TYPE_NAMES: dict[int, str] = {value: name for name, value in NUMBER_TYPES.items()}
-NON_GEOGRAPHIC = phonenumbers.REGION_CODE_FOR_NON_GEO_ENTITY  # "001": +800, +881, +882, +979...
 
 
 @dataclass(frozen=True, slots=True)

@@ -45,10 +45,9 @@ NPI_ISDN, NPI_UNKNOWN = 1, 0
 
 @functools.lru_cache(maxsize=100_000)
 def number_problem(e164: str) -> str | None:
-    """None for a number that can take an SMS; else `invalid_number` or `not_mobile`.
-
-    Numbers phonenumbers cannot classify are let through: the SMSC has the last word.
-    """
+    """`reject_non_mobile`: None for a number that can take an SMS; else `invalid_number` or
+    `not_mobile`. It runs after the number policy, which already refuses what phonenumbers
+    cannot classify; it matters only when the policy allows a non-mobile type."""
     number = parse_e164(e164)
     if number is None:
         return "invalid_number"

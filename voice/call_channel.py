@@ -184,7 +184,7 @@ class VoiceChannel:
                 "call to %s for job %s refused: %s (%s)",
                 mask_phone(attempt.address), attempt.job_id, problem, kind,
             )  # fmt: skip
-            raise PermanentError(problem, f"{kind} is outside [voice.number_policy]")
+            raise PermanentError(problem, f"{kind or 'no country code'}: not in the number policy")
         ack = ack_wanted(attempt.options)
         audio = await self._render(attempt)
         if not self._ami.is_up and not await self._ami.wait_up(
