@@ -10,7 +10,7 @@ import contextlib
 import logging
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from . import __version__
@@ -22,6 +22,7 @@ from .intake import Intake
 from .mail import EmailChannel
 from .metrics import MeteredChannel, Metrics, MetricsServer
 from .mqtt import MqttLink, Outgoing
+from .numbers import NumberPolicy
 from .scheduler import Scheduler
 from .sdnotify import Notifier, Watchdog
 from .signing import Verifier
@@ -50,6 +51,12 @@ def build_channels(config: Config, reports: Reports) -> dict[str, Channel]:
         # The channel starts and stops its synthesizer (the audio is made at acceptance).
         channels["voice"] = VoiceChannel(config.voice, reports, Synthesizer(config.voice))
     return channels
+
+
+def number_policies(config: Config, channels: Mapping[str, Channel]) -> dict[str, NumberPolicy]:
+    """The number policy of each running phone channel, as intake applies it."""
+    policies = {"sms": config.sms.number_policy, "voice": config.voice.number_policy}
+    return {name: policy for name, policy in policies.items() if name in channels}
 
 
 class Gateway:
@@ -89,6 +96,7 @@ class Gateway:
             config.jobs,
             self.link.ack,
             check=self.verifier,
+            numbers=number_policies(config, self.channels),
         )
         self.link.set_handlers(self.intake.handle, self._on_connect)
         self.ready_hooks: list[Callable[[], None]] = []
@@ -260,6 +268,7 @@ class Gateway:
         if new.metrics != self.config.metrics:
             log.warning("reload: [metrics] changes need a restart; ignored")
         self.intake.limits = new.jobs
+        self.intake.numbers = number_policies(new, self.channels)
         self.verifier.reconfigure(new.security)
         for name in ("email", "sms", "voice"):
             old_section, new_section = getattr(self.config, name), getattr(new, name)

@@ -123,7 +123,7 @@ def sample_job(job_id: str, channels: list[str]) -> dict[str, Any]:
         }
         members.append(member)
     members[6]["email"] = "hanne-at-example.be"  # shows a clear per-recipient error
-    members[9]["phone"] = "+3225551234"  # a landline: the SMS fails "not_mobile"
+    members[9]["phone"] = "+3225551234"  # a landline: the SMS fails "number_not_allowed"
     return {
         "id": job_id,
         "priority": "hot",

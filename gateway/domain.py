@@ -178,6 +178,9 @@ class Recipient:
     email: str | None
     phone_error: str | None = None
     email_error: str | None = None
+    # Phone channels whose number policy refuses `phone` (`number_not_allowed` there): a fixed
+    # line gets its call and fails SMS. `phone_error` is for a number no channel can use.
+    phone_refused: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import ParamSpec, Protocol, TypeVar
 
 import aiomqtt
@@ -20,6 +20,7 @@ from .config import JobsConfig
 from .domain import JobState
 from .errors import StoreError
 from .jobs import JobErrorItem, JobRejected, content_hash, parse_job
+from .numbers import NumberPolicy
 from .privacy import scrub
 from .rows import AddResult
 from .scheduler import Scheduler
@@ -58,6 +59,7 @@ class Intake:
         limits: JobsConfig,
         ack: Ack,
         check: PayloadCheck | None = None,
+        numbers: Mapping[str, NumberPolicy] | None = None,
     ) -> None:
         self._store = store
         self._scheduler = scheduler
@@ -66,6 +68,7 @@ class Intake:
         self.limits = limits
         self._ack = ack
         self.check = check
+        self.numbers = numbers or {}  # each phone channel's number policy (reloadable)
         self.counters = {"accepted": 0, "duplicates": 0, "rejected": 0, "cancels": 0}
 
     async def handle(self, message: aiomqtt.Message) -> None:
@@ -110,7 +113,14 @@ class Intake:
             if self.check is not None and size <= self.limits.max_payload_bytes:
                 # (An oversize payload is left to the parser's size check, unread.)
                 payload = await _sized(size, self.check.check, payload)
-            job, _ = await _sized(size, parse_job, payload, self.limits, self._scheduler.enabled)
+            job, _ = await _sized(
+                size,
+                parse_job,
+                payload,
+                self.limits,
+                self._scheduler.enabled,
+                numbers=self.numbers,
+            )
         except SignatureError as exc:
             # Unauthenticated: nothing is written under the job's own topics (a forger must not
             # be able to set the status of a job id), only the rejection.

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping, Set
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
@@ -19,6 +20,7 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationErro
 
 from .config import JobsConfig
 from .domain import Job, Priority, Recipient
+from .numbers import NumberPolicy, kind_of
 from .privacy import pseudonymous_ref
 
 Lang = Literal["fr", "nl", "de", "en"]
@@ -155,15 +157,32 @@ def content_hash(payload: bytes) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def normalise_phone(raw: str, region: str = "BE") -> str:
-    """E.164, or raise ValueError("invalid_phone")."""
+def parse_phone(raw: str, region: str = "BE") -> phonenumbers.PhoneNumber:
+    """A valid number (emergency and short numbers are not), or raise
+    ValueError("invalid_phone")."""
     try:
         number = phonenumbers.parse(raw, region)
     except phonenumbers.NumberParseException:
         raise ValueError("invalid_phone") from None
     if not phonenumbers.is_valid_number(number):
         raise ValueError("invalid_phone")
-    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+    return number
+
+
+def normalise_phone(raw: str, region: str = "BE") -> str:
+    """E.164, or raise ValueError("invalid_phone")."""
+    return phonenumbers.format_number(parse_phone(raw, region), phonenumbers.PhoneNumberFormat.E164)
+
+
+def refused_channels(
+    number: phonenumbers.PhoneNumber, channels: Set[str], policies: Mapping[str, NumberPolicy]
+) -> frozenset[str]:
+    """The channels among `channels` whose number policy refuses `number`."""
+    judged = [c for c in channels if c in policies]
+    if not judged:
+        return frozenset()
+    kind = kind_of(number)
+    return frozenset(c for c in judged if not policies[c].allows(kind))
 
 
 def normalise_email(raw: str) -> str:
@@ -179,8 +198,12 @@ def parse_job(
     enabled_channels: frozenset[str],
     now: datetime | None = None,
     phone_region: str = "BE",
+    numbers: Mapping[str, NumberPolicy] | None = None,
 ) -> tuple[Job, JobIn]:
-    """Validate raw bytes into a Job. Raises JobRejected with every problem found."""
+    """Validate raw bytes into a Job. Raises JobRejected with every problem found.
+
+    `numbers` holds each phone channel's number policy: a member's number outside it fails on
+    that channel (`number_not_allowed`), the member's other channels go on."""
     now = now or datetime.now(UTC)
     if len(payload) > limits.max_payload_bytes:
         raise JobRejected(
@@ -201,7 +224,7 @@ def parse_job(
     errors = _semantic_errors(spec, limits, enabled_channels, now)
     if errors:
         raise JobRejected(errors, spec.id)
-    return _to_domain(spec, limits, now, phone_region), spec
+    return _to_domain(spec, limits, now, phone_region, numbers or {}), spec
 
 
 def _semantic_errors(
@@ -283,11 +306,18 @@ def _expiry(spec: JobIn, limits: JobsConfig, now: datetime) -> datetime:
     return now + timedelta(seconds=ttl)
 
 
-def _to_domain(spec: JobIn, limits: JobsConfig, now: datetime, region: str) -> Job:
+def _to_domain(
+    spec: JobIn,
+    limits: JobsConfig,
+    now: datetime,
+    region: str,
+    numbers: Mapping[str, NumberPolicy],
+) -> Job:
     languages = tuple(spec.message)
     recipients = []
     for i, r in enumerate(spec.recipients):
         phone = email = phone_error = email_error = None
+        refused: frozenset[str] = frozenset()
         # Only the addresses this member's channels (and fallbacks) can use are parsed:
         # parsing is the costly part of a 100,000-recipient job.
         channels = tuple(r.channels or spec.channels)
@@ -295,9 +325,12 @@ def _to_domain(spec: JobIn, limits: JobsConfig, now: datetime, region: str) -> J
         wants_phone = bool(needed & {"sms", "voice"})
         if r.phone is not None and wants_phone:
             try:
-                phone = normalise_phone(r.phone, region)
+                number = parse_phone(r.phone, region)
             except ValueError as exc:
                 phone_error = str(exc)
+            else:
+                phone = phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+                refused = refused_channels(number, needed, numbers)
         if r.email is not None and "email" in needed:
             try:
                 email = normalise_email(r.email)
@@ -314,6 +347,7 @@ def _to_domain(spec: JobIn, limits: JobsConfig, now: datetime, region: str) -> J
                 email=email,
                 phone_error=phone_error,
                 email_error=email_error,
+                phone_refused=refused,
             )
         )
     options: dict[str, object] = {}

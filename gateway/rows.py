@@ -15,6 +15,7 @@ from enum import Enum
 from typing import Any
 
 from .domain import DeliveryState, Job, JobState, Priority, Recipient
+from .numbers import NUMBER_NOT_ALLOWED
 
 
 class AddResult(Enum):
@@ -137,6 +138,7 @@ def job_to_body(job: Job) -> str:
             "fallback": job.fallback,
             "recipients": [
                 [r.ref, r.lang, list(r.channels), r.phone, r.email, r.phone_error, r.email_error]
+                + ([sorted(r.phone_refused)] if r.phone_refused else [])
                 for r in job.recipients
             ],
         },
@@ -146,6 +148,7 @@ def job_to_body(job: Job) -> str:
 
 
 def job_from_row(r: sqlite3.Row) -> Job:
+    # A recipient is 7 fields, and an 8th (the refused phone channels) only when there are any.
     body = json.loads(r["body"])
     return Job(
         id=r["id"],
@@ -155,8 +158,8 @@ def job_from_row(r: sqlite3.Row) -> Job:
         subject=body["subject"],
         channels=tuple(body["channels"]),
         recipients=tuple(
-            Recipient(i, ref, lang, tuple(chs), phone, email, pe, ee)
-            for i, (ref, lang, chs, phone, email, pe, ee) in enumerate(body["recipients"])
+            Recipient(i, ref, lang, tuple(chs), phone, email, pe, ee, frozenset(*refused))
+            for i, (ref, lang, chs, phone, email, pe, ee, *refused) in enumerate(body["recipients"])
         ),
         expires_at=datetime.fromtimestamp(r["expires_at"], UTC),
         options=body["options"],
@@ -172,4 +175,6 @@ def address_for(recipient: Recipient, channel: str) -> tuple[str | None, str | N
         return recipient.email, None
     if recipient.phone is None:
         return None, recipient.phone_error or "missing_phone"
+    if channel in recipient.phone_refused:
+        return None, NUMBER_NOT_ALLOWED
     return recipient.phone, None

@@ -10,6 +10,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from gateway.numbers import NumberPolicy
 from gateway.secret import Secret
 
 IdFormat = Literal["text", "dec", "hex"]
@@ -42,6 +43,14 @@ class SmsRetryConfig(_Section):
     max_delay: float = Field(default=300.0, ge=0)
     factor: float = Field(default=2.0, ge=1)
     jitter: float = Field(default=0.2, ge=0, le=1)
+
+
+class SmsNumberPolicy(NumberPolicy):
+    """`[sms.number_policy]`. Mobile only: in the default regions phonenumbers tells mobile
+    from fixed line for every number (it never answers `fixed_line_or_mobile` there); add
+    `fixed_line_or_mobile` only with a region whose plan does not tell them apart (e.g. US)."""
+
+    types: tuple[str, ...] = Field(default=("mobile",), min_length=1)
 
 
 class SmscConfig(_Section):
@@ -95,6 +104,7 @@ class SmsConfig(_Section):
     link_wait: float = Field(default=2.0, ge=0, description="seconds send() waits for a bound link")
     reply_keywords: tuple[str, ...] = DEFAULT_REPLY_KEYWORDS
     retry: SmsRetryConfig = SmsRetryConfig()
+    number_policy: SmsNumberPolicy = SmsNumberPolicy()
 
     @field_validator("sender")
     @classmethod

@@ -10,6 +10,7 @@ from gateway.channel import Channel, Receipt, Reply
 from gateway.domain import DeliveryState
 from gateway.errors import LinkDown, PermanentError
 from sms.channel import SmsChannel
+from sms.config import SmsNumberPolicy
 from sms.encoding import DC_GSM, DC_UCS2, ESM_UDHI
 from sms.session import BindState
 from tests.sms_fixtures import (
@@ -92,8 +93,20 @@ async def test_temporary_submit_error_is_temporary() -> None:
         assert getattr(err.value, "reason", "") == "ESME_RMSGQFUL"
 
 
-async def test_non_mobile_number_is_refused_before_submitting() -> None:
+async def test_number_outside_the_policy_is_refused_before_submitting() -> None:
     async with simulator() as sim, channel(sms_config(smsc(sim))) as ch:
+        # Intake refuses these already; the channel refuses them on any other path too.
+        # (Satellite numbers are mobiles to phonenumbers: only their region gives them away.)
+        for number in ("+3222221111", "+881612345678", "+8823421234", "+3290312345"):
+            with pytest.raises(PermanentError) as err:
+                await ch.send(attempt(number))
+            assert err.value.reason == "number_not_allowed"
+        assert sim.counters["submit_sm"] == 0
+
+
+async def test_non_mobile_number_is_refused_before_submitting() -> None:
+    policy = SmsNumberPolicy(types=("mobile", "fixed_line"))  # reject_non_mobile still holds
+    async with simulator() as sim, channel(sms_config(smsc(sim), number_policy=policy)) as ch:
         with pytest.raises(PermanentError) as err:
             await ch.send(attempt("+3222221111"))  # Brussels fixed line
         assert err.value.reason == "not_mobile"

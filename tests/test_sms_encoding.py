@@ -8,8 +8,9 @@ import phonenumbers
 import pytest
 import smpplib.gsm
 
+from gateway.numbers import parse_e164 as _parse_e164
 from sms import pdu as P
-from sms.channel import _parse_e164, e164
+from sms.channel import e164
 from sms.encoding import (
     DC_GSM,
     DC_UCS2,

@@ -107,6 +107,17 @@ async def test_number_invalid_for_voice_is_not_dialled(
     assert sim.stats.originates == 0
 
 
+async def test_number_outside_the_policy_is_not_dialled(
+    channel: VoiceChannel, sim: AsteriskSimulator
+) -> None:
+    # Intake refuses these already; the channel refuses them on any other path too.
+    for number_ in ("+3290312345", "+449098790000", "+881612345678", "+3278151515"):
+        with pytest.raises(PermanentError) as err:
+            await channel.send(attempt(number_))
+        assert err.value.reason == "number_not_allowed"
+    assert sim.stats.originates == 0
+
+
 async def test_missing_audio_file_is_a_playback_failure(
     channel: VoiceChannel, audio: FakeAudio
 ) -> None:

@@ -18,6 +18,7 @@ from typing import Any, Protocol
 from gateway.channel import Attempt, Limits, Outcome, Reports, RetryPolicy
 from gateway.domain import DeliveryState, Job
 from gateway.errors import ChannelError, LinkDown, PermanentError, TemporaryError
+from gateway.numbers import kind_of_e164, refusal
 from gateway.privacy import mask_phone
 
 from .ami import AmiActionError, AmiClient, AmiNotConnected
@@ -175,6 +176,15 @@ class VoiceChannel:
     async def send(self, attempt: Attempt) -> Outcome:
         if not _E164.match(attempt.address):
             raise PermanentError("invalid_number", "not an E.164 number")
+        # Intake refused numbers outside the policy already; this catches any other path.
+        problem = refusal(attempt.address, self._cfg.number_policy)
+        if problem is not None:
+            kind = kind_of_e164(attempt.address)
+            log.info(
+                "call to %s for job %s refused: %s (%s)",
+                mask_phone(attempt.address), attempt.job_id, problem, kind,
+            )  # fmt: skip
+            raise PermanentError(problem, f"{kind or 'no country code'}: not in the number policy")
         ack = ack_wanted(attempt.options)
         audio = await self._render(attempt)
         if not self._ami.is_up and not await self._ami.wait_up(

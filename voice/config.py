@@ -13,6 +13,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from gateway.numbers import NumberPolicy
 from gateway.secret import Secret
 
 LANGUAGES = ("fr", "nl", "de", "en")
@@ -177,6 +178,14 @@ class CallRetry(_Section):
         return max(r.max_attempts for r in rules)
 
 
+class VoiceNumberPolicy(NumberPolicy):
+    """`[voice.number_policy]`: fixed lines and mobiles of the allowed regions."""
+
+    types: tuple[str, ...] = Field(
+        default=("fixed_line", "mobile", "fixed_line_or_mobile"), min_length=1
+    )
+
+
 class VoiceConfig(_Section):
     """`[voice]`: the voice channel. `sounds_dir` is shared with Asterisk (it reads there)."""
 
@@ -196,6 +205,7 @@ class VoiceConfig(_Section):
     ami: AmiConfig = AmiConfig()
     retry: CallRetry = CallRetry()
     tts: TtsConfig = TtsConfig()
+    number_policy: VoiceNumberPolicy = VoiceNumberPolicy()
 
     @field_validator("channel")
     @classmethod
