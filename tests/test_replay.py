@@ -4,12 +4,21 @@ window: a signed job replayed after `plp-gateway purge` and a restart does not r
 from __future__ import annotations
 
 import asyncio
+import json
 import subprocess
 import sys
-from datetime import UTC, datetime
+import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from gateway.signing import sign
+import pytest
+
+from gateway.config import JobsConfig
+from gateway.domain import DeliveryState, JobState
+from gateway.jobs import content_hash, parse_job
+from gateway.rows import AddResult
+from gateway.signing import SeenNonce, sign
+from gateway.store import TOMBSTONE_SECONDS, Store
 from tests.conftest import GatewayFactory
 from tests.fixtures import ROOT, Observer, SmtpServer, email_job, members
 
@@ -64,3 +73,34 @@ async def test_a_signed_job_replayed_after_purge_and_restart_does_not_run_again(
         "member0@once.example.be",
         "member1@once.example.be",
     ]
+
+
+def test_purge_keeps_unexpired_nonces_and_purged_ids_for_the_window(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    payload = json.dumps(email_job("gone", members(2))).encode()
+    job, _ = parse_job(payload, JobsConfig(), frozenset({"email"}))
+    other = json.dumps(email_job("gone", members(3))).encode()
+    now = datetime.now(UTC)
+    fresh = SeenNonce("dispatch-1", "fresh-nonce-0123456789", now + timedelta(seconds=60))
+    old = SeenNonce("dispatch-1", "old-nonce-000123456789", now - timedelta(seconds=1))
+    store = Store(tmp_path / "gw.sqlite3")
+    try:
+        store.remember_nonces([fresh, old])
+        store.add_job(job, content_hash(payload), frozenset({"email"}))
+        store.close_job("gone", JobState.CANCELLED, DeliveryState.CANCELLED, "drill over")
+        assert store.purge(float("inf")) == 1
+        assert [(n.kid, n.nonce) for n in store.seen_nonces()] == [("dispatch-1", fresh.nonce)]
+        assert store.job_row("gone") is None
+        emails = frozenset({"email"})
+        assert store.add_job(job, content_hash(payload), emails)[0] is AddResult.DUPLICATE
+        assert store.add_job(job, content_hash(other), emails)[0] is AddResult.CONFLICT
+
+        # Past the longest replay window the purged id is forgotten: the id is free again.
+        later = time.time() + TOMBSTONE_SECONDS + 1
+        monkeypatch.setattr("gateway.store.time.time", lambda: later)
+        store.purge(0)
+        assert store.seen_nonces() == []
+        assert store.add_job(job, content_hash(payload), emails)[0] is AddResult.NEW
+    finally:
+        store.close()
