@@ -178,8 +178,10 @@ def parser() -> argparse.ArgumentParser:
     snd.add_argument("--timeout", type=float, default=3600)
     snd.set_defaults(func=cmd_send)
 
-    sig = sub.add_parser("sign", help="sign a job file (for dispatch integrators)")
-    sig.add_argument("rest", nargs=argparse.REMAINDER, help="--kid ID --key-file FILE JOB.json")
+    sig = sub.add_parser("sign", help="sign a job file or a cancel (for dispatch integrators)")
+    sig.add_argument(
+        "rest", nargs=argparse.REMAINDER, help="--kid ID --key-file FILE (JOB.json | --cancel ID)"
+    )
     sig.set_defaults(func=cmd_sign)
 
     st = sub.add_parser("status", help="per-recipient report of a job from the store")

@@ -11,6 +11,7 @@ import logging
 import signal
 import time
 from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
 from pathlib import Path
 
 from . import __version__
@@ -305,6 +306,9 @@ class Gateway:
             for ch in self.channels.values():
                 await ch.start()
             await self.scheduler.start()
+            # Signatures seen before a restart stay refused as replays for their window.
+            nonces = await self.store.run(self.store.store.seen_nonces)
+            self.verifier.restore(nonces, datetime.now(UTC))
             await self._start_metrics()
             background = self._background = [
                 asyncio.create_task(self.link.run(), name="mqtt"),

@@ -7,7 +7,6 @@ Bad input never raises out of here: it becomes a machine-readable error on
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -24,7 +23,7 @@ from .numbers import NumberPolicy
 from .privacy import scrub
 from .rows import AddResult
 from .scheduler import Scheduler
-from .signing import SignatureError
+from .signing import CancelRequest, SeenNonce, SignatureError, parse_cancel
 from .status import StatusPublisher, Topics
 
 P = ParamSpec("P")
@@ -46,6 +45,14 @@ class PayloadCheck(Protocol):
 
     def discard(self, payload: bytes) -> None:
         """A checked payload was not stored (store failure): it will come again."""
+        ...
+
+    def check_cancel(self, payload: bytes, job_id: str) -> CancelRequest:
+        """Return the cancel to apply to `job_id`, or raise SignatureError."""
+        ...
+
+    def take_unsaved(self) -> list[SeenNonce]:
+        """What proves a payload was seen (nonces), not yet in the store."""
         ...
 
 
@@ -82,7 +89,7 @@ class Intake:
             else:
                 job_id = self._topics.cancel_job_id(topic)
                 if job_id is not None:
-                    await self._cancel(job_id, payload, topic)
+                    await self._cancel(job_id, payload, topic, message.retain)
         except StoreError:
             # Not acknowledged: the broker delivers it again on the next session.
             log.exception("store failure while handling a message on %s", topic)
@@ -92,6 +99,12 @@ class Intake:
             self._reject(
                 [JobErrorItem("$", "internal_error", "the gateway failed on it")], None, topic
             )
+        if self.check is not None:
+            # Nonces are stored before the broker's acknowledgement: a replay must be refused
+            # after a restart too (the store keeps them for the replay window).
+            seen = self.check.take_unsaved()
+            if seen:
+                await self._store.run(self._store.store.remember_nonces, seen)
         self._ack(message)
 
     def _reject(self, errors: list[JobErrorItem], job_id: str | None, topic: str) -> None:
@@ -172,18 +185,37 @@ class Intake:
         )
         await self._scheduler.job_accepted(job, rows)
 
-    async def _cancel(self, job_id: str, payload: bytes, topic: str) -> None:
+    async def _cancel(self, job_id: str, payload: bytes, topic: str, retained: bool) -> None:
+        if retained:
+            # The broker replays a retained cancel to every new subscription, long after it
+            # was published: it could cancel a job that did not exist yet. Never applied.
+            self._reject(
+                [JobErrorItem("$", "retained_cancel", "a retained cancel is ignored")],
+                job_id,
+                topic,
+            )
+            return
+        try:
+            request = (
+                parse_cancel(payload)
+                if self.check is None
+                else self.check.check_cancel(payload, job_id)
+            )
+        except SignatureError as exc:
+            self._reject([JobErrorItem(exc.path, exc.reason, exc.detail)], job_id, topic)
+            return
         reason = "cancelled"
-        if payload.strip():
-            try:
-                body = json.loads(payload)
-                if isinstance(body, dict) and isinstance(body.get("reason"), str):
-                    # Free text from dispatch goes to the store and MQTT: no numbers in it.
-                    reason = f"cancelled: {scrub(body['reason'][:200])}"
-            except ValueError:
-                pass
-        row = await self._store.run(self._store.store.job_row, job_id)
+        if request.reason is not None:
+            # Free text from dispatch goes to the store and MQTT: no numbers in it.
+            reason = f"cancelled: {scrub(request.reason[:200])}"
+        try:
+            row = await self._store.run(self._store.store.job_row, job_id)
+        except StoreError:
+            if self.check is not None:
+                self.check.discard(payload)
+            raise
         if row is None:
+            # Only a stored job can be cancelled: a cancel never waits for its job.
             self._reject([JobErrorItem("$", "unknown_job", f"no job {job_id}")], job_id, topic)
             return
         self.counters["cancels"] += 1
@@ -191,7 +223,7 @@ class Intake:
             log.info("cancel for job %s ignored: already %s", job_id, row.state.value)
             self._status.job_dirty(job_id, immediate=True)
             return
-        log.info("job %s cancelled", job_id)
+        log.info("job %s cancelled%s", job_id, " (signed)" if request.signed else "")
         await self._scheduler.close_job(job_id, JobState.CANCELLED, reason)
 
 

@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 KID_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 MIN_KEY_LENGTH = 32
+MAX_REPLAY_WINDOW = 86400.0  # seconds; the store keeps purged job ids this long
 
 
 class SecurityConfig(BaseModel):
@@ -24,7 +25,7 @@ class SecurityConfig(BaseModel):
 
     require_signature: bool = False
     replay_window: float = Field(
-        default=300.0, gt=0, le=86400, description="seconds, both directions"
+        default=300.0, gt=0, le=MAX_REPLAY_WINDOW, description="seconds, both directions"
     )
     keys: dict[str, str] = Field(default_factory=dict, description="key id -> secret")
     sign_with: str | None = Field(default=None, description="key id `plp-gateway send` signs with")

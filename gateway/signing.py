@@ -6,6 +6,11 @@ stays as it is, plus one top-level member
 `mac` = base64(HMAC-SHA256(key, "plp-sig-v1\n" alg "\n" kid "\n" ts "\n" nonce "\n" JCS(job)))
 where JCS is RFC 8785 canonical JSON of the job without `sig`. Only HMAC is offered: the
 `cryptography` package (for Ed25519) is not a dependency of the gateway.
+
+A cancel is signed the same way; its body names the job it cancels,
+`{"cancel": "<job id>", "reason": ...}`, so its signature cannot be moved to another job's
+cancel topic, and (jobs refuse unknown members) a signed cancel is never a valid job, nor a
+signed job a valid cancel.
 """
 
 from __future__ import annotations
@@ -38,15 +43,19 @@ _NONCE_RE = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
 _SIG_FIELDS = {"v", "alg", "kid", "ts", "nonce", "mac"}
 
 REASONS = ("unsigned", "malformed_signature", "unknown_key", "bad_signature", "stale", "replayed")
+WRONG_JOB = "wrong_job"  # a cancel whose `cancel` member is not the job id of its topic
 
 
 class SignatureError(GatewayError, ValueError):
     """A job's signature is missing or not acceptable. `reason` is one of REASONS."""
 
-    def __init__(self, reason: str, detail: str = "", job_id: str | None = None) -> None:
+    def __init__(
+        self, reason: str, detail: str = "", job_id: str | None = None, path: str = "sig"
+    ) -> None:
         self.reason = reason
         self.detail = detail
         self.job_id = job_id  # when the refused payload had a readable id
+        self.path = path  # where in the payload the problem is, for the rejection
         super().__init__(f"{reason}: {detail}" if detail else reason)
 
 
@@ -181,6 +190,21 @@ def sign(
     return {"sig": sig, **body}
 
 
+def sign_cancel(
+    job_id: str,
+    kid: str,
+    key: bytes,
+    now: datetime,
+    reason: str | None = None,
+    nonce: str | None = None,
+) -> dict[str, Any]:
+    """A signed cancel payload for `<prefix>/jobs/<job_id>/cancel`."""
+    body: dict[str, Any] = {"cancel": job_id}
+    if reason is not None:
+        body["reason"] = reason
+    return sign(body, kid, key, now, nonce)
+
+
 # -- verification ---------------------------------------------------------------------------
 
 
@@ -235,6 +259,26 @@ def _parse_sig(sig: object) -> tuple[str, str, str, str, datetime, bytes]:
     return alg, kid, ts, nonce, signed_at, raw_mac
 
 
+@dataclass(frozen=True)
+class CancelRequest:
+    """An accepted cancel: dispatch's free-text reason (None when it gave none)."""
+
+    reason: str | None = None
+    signed: bool = False
+
+
+def parse_cancel(payload: bytes) -> CancelRequest:
+    """An unsigned cancel as accepted when signatures are not required: empty, or any
+    payload; a `reason` string is kept when it is a JSON object with one."""
+    try:
+        body = json.loads(payload) if payload.strip() else None
+    except ValueError:
+        body = None
+    if isinstance(body, dict) and isinstance(body.get("reason"), str):
+        return CancelRequest(body["reason"])
+    return CancelRequest()
+
+
 class Verifier:
     """Checks signatures and refuses replays; remembers nonces for `window_s` seconds.
 
@@ -250,6 +294,7 @@ class Verifier:
         self.require = require
         self._seen: dict[tuple[str, str], datetime] = {}
         self._expiry: list[tuple[datetime, str, str]] = []  # heap, to forget old nonces
+        self._unsaved: list[SeenNonce] = []  # accepted since the last `take_unsaved()`
 
     @classmethod
     def from_config(cls, config: SecurityConfig) -> Verifier:
@@ -285,6 +330,7 @@ class Verifier:
             raise SignatureError("replayed", f"nonce already used by {kid!r}")
         seen = SeenNonce(kid, nonce, signed_at + timedelta(seconds=self.window_s))
         self._remember(seen)
+        self._unsaved.append(seen)
         return VerifiedJob(job, kid, signed_at, seen)
 
     # -- the intake's payload check (gateway.intake.PayloadCheck) ----------------------------
@@ -311,19 +357,54 @@ class Verifier:
             raise
         return canonical_json(verified.job) if verified.signed else payload
 
+    def check_cancel(self, payload: bytes, job_id: str) -> CancelRequest:
+        """Verify a cancel received on `<prefix>/jobs/<job_id>/cancel`, or raise SignatureError.
+
+        Unsigned cancels (empty, or `{"reason": ...}`) pass only when signatures are not
+        required. A signed one must name `job_id` in its `cancel` member: the MAC covers it,
+        so a cancel signed for one job cannot be replayed onto another job's topic.
+        """
+        try:
+            body = json.loads(payload) if payload.strip() else None
+        except ValueError:
+            body = None
+        if not isinstance(body, dict):
+            if self.require:
+                raise SignatureError("unsigned", "this gateway requires signed cancels", job_id)
+            return parse_cancel(payload)
+        try:
+            verified = self.verify(body, datetime.now(UTC))
+        except SignatureError as exc:
+            exc.job_id = job_id
+            raise
+        named = verified.job.get("cancel")
+        if (verified.signed or named is not None) and named != job_id:
+            raise SignatureError(
+                WRONG_JOB, f"the cancel names job {named!r}, not {job_id!r}", job_id, "$.cancel"
+            )
+        reason = verified.job.get("reason")
+        return CancelRequest(reason if isinstance(reason, str) else None, verified.signed)
+
     def discard(self, payload: bytes) -> None:
         """Forget the nonce of a checked payload that was not stored after all (store failure):
         the broker delivers it again, and that copy must not be refused as a replay."""
         try:
             sig = json.loads(payload).get("sig")
-            self._seen.pop((sig["kid"], sig["nonce"]), None)
+            key = (sig["kid"], sig["nonce"])
         except (ValueError, AttributeError, TypeError, KeyError):
-            pass
+            return
+        self._seen.pop(key, None)
+        self._unsaved = [s for s in self._unsaved if (s.kid, s.nonce) != key]
 
-    # -- replay cache (the daemon may persist `seen()` and `restore()` it at start) --------
+    # -- replay cache (the intake persists `take_unsaved()`; the daemon `restore()`s it) ------
 
     def seen(self) -> list[SeenNonce]:
         return [SeenNonce(k, n, exp) for (k, n), exp in self._seen.items()]
+
+    def take_unsaved(self) -> list[SeenNonce]:
+        """Nonces accepted since the last call, for the store (they must outlive a restart)."""
+        out, self._unsaved = self._unsaved, []
+        return out
 
     def restore(self, entries: Iterable[SeenNonce], now: datetime) -> None:
         for entry in entries:
@@ -345,20 +426,29 @@ class Verifier:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Sign a job file and print it: `sign --kid ID --key-file FILE JOB.json` (`-` = stdin)."""
+    """Sign a job file and print it: `sign --kid ID --key-file FILE JOB.json` (`-` = stdin);
+    or print a signed cancel: `sign --kid ID --key-file FILE --cancel JOB_ID [--reason TEXT]`."""
     parser = argparse.ArgumentParser(prog="plp-gateway sign", description=main.__doc__)
-    parser.add_argument("job", help="job JSON file, or - for standard input")
+    parser.add_argument("job", nargs="?", help="job JSON file, or - for standard input")
     parser.add_argument("--kid", required=True, help="key id, as in [security.keys]")
     parser.add_argument("--key-file", required=True, help="file holding the key (one line)")
+    parser.add_argument("--cancel", metavar="JOB_ID", help="sign a cancel of this job instead")
+    parser.add_argument("--reason", help="the cancel's reason (with --cancel)")
     parser.add_argument("--nonce", help="fixed nonce (test vectors only)")
     parser.add_argument("--ts", help="signing time, RFC 3339 (test vectors only)")
     args = parser.parse_args(argv)
+    if (args.job is None) == (args.cancel is None):
+        parser.error("give either a job file or --cancel JOB_ID")
+    key = Path(args.key_file).read_text(encoding="utf-8").strip().encode()
+    now = datetime.fromisoformat(args.ts) if args.ts else datetime.now(UTC)
+    if args.cancel is not None:
+        signed = sign_cancel(args.cancel, args.kid, key, now, args.reason, args.nonce)
+        print(json.dumps(signed, ensure_ascii=False))
+        return 0
     text = sys.stdin.read() if args.job == "-" else Path(args.job).read_text(encoding="utf-8")
     job = json.loads(text)
     if not isinstance(job, dict):
         print("the job must be a JSON object", file=sys.stderr)
         return 2
-    key = Path(args.key_file).read_text(encoding="utf-8").strip().encode()
-    now = datetime.fromisoformat(args.ts) if args.ts else datetime.now(UTC)
     print(json.dumps(sign(job, args.kid, key, now, args.nonce), ensure_ascii=False))
     return 0

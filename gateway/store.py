@@ -12,6 +12,7 @@ from __future__ import annotations
 import sqlite3
 import time
 from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -39,6 +40,8 @@ from .rows import (
     row_to_job,
     updated_row,
 )
+from .security_config import MAX_REPLAY_WINDOW
+from .signing import SeenNonce
 
 T = TypeVar("T")
 #: One call of a store method: (positional arguments, keyword arguments).
@@ -95,6 +98,20 @@ CREATE TABLE IF NOT EXISTS provider_ids (
     PRIMARY KEY (channel, provider_id)
 );
 CREATE INDEX IF NOT EXISTS provider_ids_delivery ON provider_ids(delivery_id);
+-- What proves a job or a signature was seen, kept past purge for the replay window:
+-- a nonce until the end of its window, a purged job's id and content hash (no personal data)
+-- for TOMBSTONE_SECONDS.
+CREATE TABLE IF NOT EXISTS seen_nonces (
+    kid TEXT NOT NULL,
+    nonce TEXT NOT NULL,
+    expires_at REAL NOT NULL,
+    PRIMARY KEY (kid, nonce)
+);
+CREATE TABLE IF NOT EXISTS purged_jobs (
+    id TEXT PRIMARY KEY,
+    content_hash TEXT NOT NULL,
+    purged_at REAL NOT NULL
+);
 CREATE TABLE IF NOT EXISTS orphan_receipts (
     channel TEXT NOT NULL,
     provider_id TEXT NOT NULL,
@@ -104,6 +121,10 @@ CREATE TABLE IF NOT EXISTS orphan_receipts (
     PRIMARY KEY (channel, provider_id)
 );
 """
+
+#: How long a purged job's id is remembered: the longest replay window a config may set, so a
+#: replay of a purged job is a duplicate whatever the window (and across reloads).
+TOMBSTONE_SECONDS = MAX_REPLAY_WINDOW
 
 _PENDING = ("queued", "sending", "retrying")
 _OPEN = ("queued", "sending", "retrying", "sent")
@@ -199,7 +220,7 @@ class Store:
         def work() -> tuple[AddResult, list[DeliveryRow]]:
             existing = self._db.execute(
                 "SELECT content_hash FROM jobs WHERE id = ?", (job.id,)
-            ).fetchone()
+            ).fetchone() or self._tombstone(job.id)
             if existing is not None:
                 same = existing["content_hash"] == content_hash
                 return (AddResult.DUPLICATE if same else AddResult.CONFLICT), []
@@ -566,12 +587,14 @@ class Store:
         """Delete finished jobs (and with them every personal datum) older than the cutoff."""
 
         def work() -> int:
+            self._bury(finished_before)
             cur = self._db.execute(
                 "DELETE FROM jobs WHERE state IN ('done','cancelled','expired','rejected')"
                 " AND finished_at IS NOT NULL AND finished_at < ?",
                 (finished_before,),
             )
             self.purge_orphan_receipts(finished_before)
+            self._forget_expired_proofs()
             return cur.rowcount
 
         result: int = self._tx(work)
@@ -580,3 +603,44 @@ class Store:
             # still hold the deleted rows.
             self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         return result
+
+    # -- proofs of what was seen (replays) -------------------------------------------------
+    def remember_nonces(self, seen: Sequence[SeenNonce]) -> None:
+        """Keep accepted signature nonces until their window ends (they outlive a restart)."""
+        self._tx(
+            lambda: self._db.executemany(
+                "INSERT OR REPLACE INTO seen_nonces(kid, nonce, expires_at) VALUES (?,?,?)",
+                [(s.kid, s.nonce, s.expires_at.timestamp()) for s in seen],
+            )
+        )
+
+    def seen_nonces(self) -> list[SeenNonce]:
+        """The nonces whose window has not ended, for the verifier at start."""
+        rows = self._db.execute(
+            "SELECT kid, nonce, expires_at FROM seen_nonces WHERE expires_at >= ?", (time.time(),)
+        ).fetchall()
+        return [
+            SeenNonce(r["kid"], r["nonce"], datetime.fromtimestamp(r["expires_at"], UTC))
+            for r in rows
+        ]
+
+    def _tombstone(self, job_id: str) -> sqlite3.Row | None:
+        row: sqlite3.Row | None = self._db.execute(
+            "SELECT content_hash FROM purged_jobs WHERE id = ?", (job_id,)
+        ).fetchone()
+        return row
+
+    def _bury(self, finished_before: float) -> None:
+        """Before purging: remember the id and content hash of each job about to go."""
+        self._db.execute(
+            "INSERT OR REPLACE INTO purged_jobs(id, content_hash, purged_at)"
+            " SELECT id, content_hash, ? FROM jobs"
+            " WHERE state IN ('done','cancelled','expired','rejected')"
+            " AND finished_at IS NOT NULL AND finished_at < ?",
+            (time.time(), finished_before),
+        )
+
+    def _forget_expired_proofs(self) -> None:
+        now = time.time()
+        self._db.execute("DELETE FROM seen_nonces WHERE expires_at < ?", (now,))
+        self._db.execute("DELETE FROM purged_jobs WHERE purged_at < ?", (now - TOMBSTONE_SECONDS,))

@@ -107,16 +107,24 @@ async def test_monitoring_reads_status_but_never_a_job(broker: TlsBroker) -> Non
         assert str(msg.topic) == "plp/gateway/gw1/health"
 
 
-async def test_anonymous_is_refused(broker: TlsBroker) -> None:
-    with pytest.raises(aiomqtt.MqttError):
-        async with connect(broker, None, tls=broker.tls_context("dispatch")):
-            pass
-
-
-async def test_wrong_password_is_refused(broker: TlsBroker) -> None:
-    with pytest.raises(aiomqtt.MqttError):
-        async with connect(broker, "dispatch", password="guess"):
-            pass
+async def test_the_certificate_not_the_login_names_the_user(broker: TlsBroker) -> None:
+    """Another user's name and password with one's own certificate give one's own rights:
+    a monitoring certificate with the gateway's login still never reads a job."""
+    gateway = broker.users["gateway"]
+    async with (
+        connect(
+            broker, "gateway", tls=broker.tls_context("monitoring"), password=gateway.password
+        ) as c,
+        connect(broker, "dispatch") as dispatch,
+        connect(broker, "gateway") as gw,
+    ):
+        await c.subscribe("plp/jobs", qos=1)
+        await c.subscribe("plp/gateway/#", qos=1)
+        await dispatch.publish("plp/jobs", b'{"id": "job-3"}', qos=1)
+        await gw.publish("plp/gateway/gw1/health", b'{"state": "ready"}', qos=1)
+        msg = await next_message(c)
+        # The job never came: the broker treats this client as `monitoring`.
+        assert str(msg.topic) == "plp/gateway/gw1/health"
 
 
 def connect_packet(client_id: str, username: str, password: str) -> bytes:
@@ -187,11 +195,10 @@ def test_fixture_hands_out_what_the_end_to_end_test_needs(broker: TlsBroker) -> 
         assert creds.password and Path(creds.cert).is_file() and Path(creds.key).is_file()
 
 
-async def test_gateway_over_tls_runs_only_dispatch_jobs(
-    broker: TlsBroker, smtp: SmtpServer, tmp_path: Path
-) -> None:
-    """The real daemon with the example broker: TLS with a client certificate and a login;
-    jobs published by anyone but dispatch never reach it (no e-mail, no status)."""
+def tls_gateway(
+    broker: TlsBroker, smtp: SmtpServer, tmp_path: Path, extra: str = ""
+) -> GatewayProcess:
+    """The real daemon configured for the example broker (its login is sent, and ignored)."""
     creds = broker.users["gateway"]
     config = tmp_path / "gateway.toml"
     config.write_text(
@@ -201,11 +208,42 @@ async def test_gateway_over_tls_runs_only_dispatch_jobs(
         f'[mqtt.tls]\nca_file = "{broker.ca}"\ncert_file = "{creds.cert}"\n'
         f'key_file = "{creds.key}"\n'
         f'[store]\npath = "{tmp_path}/gateway.sqlite3"\n'
-        f'[email]\nenabled = true\nhost = "127.0.0.1"\nport = {smtp.port}\n'
+        f'[email]\nenabled = true\nhost = "127.0.0.1"\nport = {smtp.port}\n' + extra
     )
     (tmp_path / "mqtt-password").write_text(creds.password + "\n")
     proc = GatewayProcess(config, tmp_path)
     proc.start()
+    return proc
+
+
+async def test_batched_delivery_events_reach_dispatch_and_monitoring(
+    broker: TlsBroker, smtp: SmtpServer, tmp_path: Path
+) -> None:
+    """`[status] delivery_events = "batch"` through the example ACL: dispatch and monitoring
+    get the events on plp/jobs/<id>/deliveries/batch."""
+    proc = tls_gateway(broker, smtp, tmp_path, '[status]\ndelivery_events = "batch"\n')
+    try:
+        proc.wait_log(f"connected to MQTT broker {broker.host}:{broker.port}")
+        async with (
+            connect(broker, "dispatch", identifier="dispatch-batch") as dispatch,
+            connect(broker, "monitoring", identifier="monitoring-batch") as mon,
+        ):
+            for client in (dispatch, mon):
+                await client.subscribe("plp/jobs/+/deliveries/batch", qos=1)
+            await dispatch.publish("plp/jobs", json.dumps(email_job("batched", members(2))))
+            for client in (dispatch, mon):
+                msg = await next_message(client)
+                assert str(msg.topic) == "plp/jobs/batched/deliveries/batch"
+    finally:
+        proc.stop()
+
+
+async def test_gateway_over_tls_runs_only_dispatch_jobs(
+    broker: TlsBroker, smtp: SmtpServer, tmp_path: Path
+) -> None:
+    """The real daemon with the example broker: TLS with a client certificate;
+    jobs published by anyone but dispatch never reach it (no e-mail, no status)."""
+    proc = tls_gateway(broker, smtp, tmp_path)
     try:
         proc.wait_log(f"connected to MQTT broker {broker.host}:{broker.port}")
         async with connect(broker, "dispatch", identifier="dispatch-e2e") as dispatch:

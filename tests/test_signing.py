@@ -14,10 +14,12 @@ from pydantic import ValidationError
 
 from gateway.security_config import SecurityConfig
 from gateway.signing import (
+    CancelRequest,
     SignatureError,
     Verifier,
     canonical_json,
     sign,
+    sign_cancel,
     signing_input,
 )
 from gateway.signing import (
@@ -246,3 +248,83 @@ def test_intake_check_returns_what_to_parse_and_forgets_unstored_nonces() -> Non
     v.discard(signed)  # storing it failed: the broker's redelivery must pass
     assert v.check(signed) == canonical_json(job())
     v.discard(b"[]")  # never raises
+
+
+CANCEL_NONCE = "Zk3pW9sQx1VbR6mT0yLd2A"
+CANCEL_TS = "2026-11-22T19:05:00Z"
+
+
+def test_documented_cancel_test_vector(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    """The signed cancel of docs/operations.md, by the library and by `plp-gateway sign`."""
+    signed = sign_cancel(
+        "zone5344-2026-000123",
+        "dispatch-1",
+        KEY,
+        datetime.fromisoformat(CANCEL_TS),
+        "Exercice terminé",
+        CANCEL_NONCE,
+    )
+    assert (
+        signing_input(signed, "dispatch-1", CANCEL_TS, CANCEL_NONCE)
+        == (
+            "plp-sig-v1\nhmac-sha256\ndispatch-1\n2026-11-22T19:05:00Z\nZk3pW9sQx1VbR6mT0yLd2A\n"
+            '{"cancel":"zone5344-2026-000123","reason":"Exercice terminé"}'
+        ).encode()
+    )
+    assert signed["sig"]["mac"] == "GO4o2nWxWyfKsPaMEDic+QQzDtlO2QH/mNx+yL3UNo8="
+    (tmp_path / "key").write_bytes(KEY + b"\n")
+    argv = ["--kid", "dispatch-1", "--key-file", str(tmp_path / "key")]
+    argv += ["--cancel", "zone5344-2026-000123", "--reason", "Exercice terminé"]
+    assert signing_main([*argv, "--ts", CANCEL_TS, "--nonce", CANCEL_NONCE]) == 0
+    assert json.loads(capsys.readouterr().out) == signed
+
+
+def test_cancel_is_bound_to_its_job_id() -> None:
+    v = verifier(require=True)
+    now = datetime.now(UTC)
+    good = json.dumps(sign_cancel("job-1", "dispatch-1", KEY, now, "fin")).encode()
+    assert v.check_cancel(good, "job-1") == CancelRequest("fin", signed=True)
+
+    def refused(payload: bytes, job_id: str = "job-1", v: Verifier = v) -> tuple[str, str]:
+        with pytest.raises(SignatureError) as info:
+            v.check_cancel(payload, job_id)
+        assert info.value.job_id == job_id
+        return info.value.path, info.value.reason
+
+    assert refused(good) == ("sig", "replayed")
+    moved = json.dumps(sign_cancel("job-1", "dispatch-1", KEY, now)).encode()
+    assert refused(moved, "job-2") == ("$.cancel", "wrong_job")
+    a_job = json.dumps(sign(job(), "dispatch-1", KEY, now)).encode()
+    assert refused(a_job) == ("$.cancel", "wrong_job")
+    assert refused(b"") == ("sig", "unsigned")
+    assert refused(b'{"reason": "x"}') == ("sig", "unsigned")
+    assert refused(b"garbage") == ("sig", "unsigned")
+
+
+def test_unsigned_cancels_when_signatures_are_optional() -> None:
+    v = verifier(require=False)
+    assert v.check_cancel(b"", "job-1") == CancelRequest()
+    assert v.check_cancel(b"garbage", "job-1") == CancelRequest()
+    assert v.check_cancel(b'{"reason": "fin"}', "job-1") == CancelRequest("fin")
+    assert v.check_cancel(b'{"cancel": "job-1"}', "job-1") == CancelRequest()
+    with pytest.raises(SignatureError) as info:
+        v.check_cancel(b'{"cancel": "job-2"}', "job-1")
+    assert info.value.reason == "wrong_job"
+    bad = json.dumps(sign_cancel("job-1", "dispatch-1", OTHER_KEY, datetime.now(UTC))).encode()
+    with pytest.raises(SignatureError) as info:
+        v.check_cancel(bad, "job-1")
+    assert info.value.reason == "bad_signature"
+
+
+def test_accepted_nonces_are_handed_to_the_store_once() -> None:
+    v = verifier(require=False)
+    now = datetime.now(UTC)
+    v.check(json.dumps(job()).encode())  # unsigned: nothing to keep
+    assert v.take_unsaved() == []
+    signed = json.dumps(sign(job(), "dispatch-1", KEY, now)).encode()
+    v.check(signed)
+    v.check_cancel(json.dumps(sign_cancel("j", "dispatch-1", KEY, now)).encode(), "j")
+    assert len(v.take_unsaved()) == 2
+    assert v.take_unsaved() == []
+    v.discard(signed)
+    assert v.take_unsaved() == []
