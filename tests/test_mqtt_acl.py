@@ -259,6 +259,8 @@ async def test_gateway_over_tls_runs_only_dispatch_jobs(
                 seen: set[str] = set()
                 async for msg in dispatch.messages:
                     assert isinstance(msg.payload, bytes)
+                    if msg.retain:  # left by an earlier test on this broker
+                        continue
                     seen.add(str(msg.topic))
                     if json.loads(msg.payload)["state"] == "done":
                         return seen
