@@ -108,6 +108,9 @@ class EmailConfig(Section):
     concurrency: int = Field(4, ge=1, le=256)
     rate: float = Field(0.0, ge=0, description="messages per second, 0 = unlimited")
     message_id_domain: str | None = None  # default: the sender's domain
+    probe_interval: float = Field(
+        30.0, gt=0, description="seconds between link probes (connect, EHLO, NOOP) when idle"
+    )
     retry: RetryConfig = RetryConfig()
 
 
