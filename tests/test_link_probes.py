@@ -148,3 +148,26 @@ async def test_idle_gateway_sees_a_hung_asterisk_and_its_recovery(
         assert await link_up(port, "voice") == 1
     finally:
         proc.stop()
+
+
+async def test_a_wrong_smtp_password_shows_before_any_alert(
+    tmp_path: Path, broker: Mosquitto, observer: Observer
+) -> None:
+    smtp = SmtpServer(logins={"gw": "right-one"})
+    smtp.start()
+    credentials = 'username = "gw"\npassword = "wrong-one"\n'
+    config = gateway_config(tmp_path, broker, smtp)
+    config.write_text(config.read_text().replace("concurrency = 4\n", credentials))
+    proc = GatewayProcess(config, tmp_path)
+    proc.start()
+    try:
+        h = await wait_link(observer, "email", "auth_failed", "degraded")
+        assert h["links"]["email"]["last_error"].startswith("smtp_535")
+        # The operator fixes the password and reloads: probed at once, not an interval later
+        # (the default interval, 30 s, is longer than this wait).
+        config.write_text(config.read_text().replace("wrong-one", "right-one"))
+        proc.send_signal(signal.SIGHUP)
+        await wait_link(observer, "email", "up", "ready")
+    finally:
+        proc.stop()
+        smtp.stop()
