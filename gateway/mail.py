@@ -61,7 +61,7 @@ def build_message(attempt: Attempt, sender: str, domain: str) -> EmailMessage:
     return msg
 
 
-def _classify(exc: BaseException) -> Exception:
+def _classify(exc: BaseException) -> ChannelError:
     if isinstance(exc, aiosmtplib.SMTPRecipientsRefused):
         first = exc.recipients[0] if exc.recipients else None
         code = first.code if first is not None else 550
@@ -75,7 +75,7 @@ def _classify(exc: BaseException) -> Exception:
     return TemporaryError("smtp_error", f"{type(exc).__name__}: {exc}")
 
 
-def _by_code(code: int, text: str) -> Exception:
+def _by_code(code: int, text: str) -> ChannelError:
     if 400 <= code < 500:
         return TemporaryError(f"smtp_{code}", text)
     return PermanentError(f"smtp_{code}", text)
@@ -213,7 +213,11 @@ class EmailChannel:
             self._probe_now.clear()
             # Mail accepted within the interval already proves the link: probe only when idle.
             if forced or time.monotonic() - self._last_sent >= self._cfg.probe_interval:
-                await self.probe()
+                try:
+                    await self.probe()
+                except Exception as exc:  # a bug here must not end the probing for good
+                    log.exception("SMTP probe failed unexpectedly")
+                    self._set_state(LinkState.DOWN, f"probe_error: {type(exc).__name__}")
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self._cfg.probe_interval):
                     await self._probe_now.wait()
@@ -233,8 +237,7 @@ class EmailChannel:
         except aiosmtplib.SMTPAuthenticationError as exc:
             self._set_state(LinkState.AUTH_FAILED, f"smtp_{exc.code}: {exc.message}")
         except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
-            err = _classify(exc)
-            reason = err.reason if isinstance(err, ChannelError) else type(err).__name__
+            reason = _classify(exc).reason
             self._set_state(LinkState.DOWN, f"{reason}: {exc}" if str(exc) else reason)
         else:
             self._set_state(LinkState.UP, None)

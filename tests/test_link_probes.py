@@ -106,7 +106,8 @@ async def test_idle_gateway_sees_a_hung_smsc_and_its_recovery(
         with paused(smsc):
             h = await wait_link(observer, "sms", "down", "degraded")
             [bind] = h["links"]["sms"]["binds"]
-            assert bind["last_error"] in ("enquire_link timeout", "connect failed: TimeoutError()")
+            # No answer to enquire_link, then none to the bind of each reconnect.
+            assert bind["last_error"].startswith(("enquire_link timeout", "connect failed")), bind
             assert await link_up(port, "sms") == 0
         await wait_link(observer, "sms", "up", "ready")
         assert await link_up(port, "sms") == 1
