@@ -1,13 +1,17 @@
 """Typed configuration, read from TOML and validated at start with precise errors.
 
 Any secret value may be given literally, as `"env:NAME"` (read from the environment) or as
-`"file:/path"` (read from a file, e.g. a systemd credential).
+`"file:/path"` (read from a file, e.g. a systemd credential). `load_config` resolves them all;
+`load_config_deferring_secrets` (admin commands run outside the service) lists those it cannot
+read instead of failing.
 """
 
 from __future__ import annotations
 
 import socket
 import tomllib
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -25,7 +29,7 @@ from voice.config import VoiceConfig
 from .channel import RetryPolicy
 from .errors import ConfigError
 from .metrics import MetricsConfig
-from .secret import Secret
+from .secret import Secret, defer_secrets, deferred_secrets
 from .security_config import SecurityConfig as _SecurityConfig
 
 
@@ -104,6 +108,9 @@ class EmailConfig(Section):
     concurrency: int = Field(4, ge=1, le=256)
     rate: float = Field(0.0, ge=0, description="messages per second, 0 = unlimited")
     message_id_domain: str | None = None  # default: the sender's domain
+    probe_interval: float = Field(
+        30.0, gt=0, description="seconds between link probes (connect, EHLO, NOOP) when idle"
+    )
     retry: RetryConfig = RetryConfig()
 
 
@@ -154,9 +161,11 @@ class Config(Section):
         return self.mqtt.client_id or f"plp-gateway-{self.node}"
 
 
-def parse_config(data: dict[str, Any], source: str = "<config>") -> Config:
+def parse_config(
+    data: dict[str, Any], source: str = "<config>", *, context: dict[str, Any] | None = None
+) -> Config:
     try:
-        return Config.model_validate(data)
+        return Config.model_validate(data, context=context)
     except ValidationError as exc:
         problems = [
             (source, ".".join(str(p) for p in err["loc"]) or "(top)", err["msg"])
@@ -165,16 +174,54 @@ def parse_config(data: dict[str, Any], source: str = "<config>") -> Config:
         raise ConfigError(problems) from None
 
 
-def load_config(path: str | Path) -> Config:
-    """Read and validate a TOML file; raise ConfigError listing (file, key, reason)."""
+def _read_toml(path: str | Path) -> dict[str, Any]:
     source = str(path)
     try:
         with open(path, "rb") as fh:
-            data = tomllib.load(fh)
+            return tomllib.load(fh)
     except FileNotFoundError:
         raise ConfigError([(source, "(file)", "file not found")]) from None
     except OSError as exc:
         raise ConfigError([(source, "(file)", exc.strerror or str(exc))]) from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError([(source, "(syntax)", str(exc))]) from None
-    return parse_config(data, source)
+
+
+def load_config(path: str | Path) -> Config:
+    """Read and validate a TOML file; raise ConfigError listing (file, key, reason)."""
+    return parse_config(_read_toml(path), str(path))
+
+
+@dataclass(frozen=True)
+class UnreadSecret:
+    """A secret `load_config_deferring_secrets` could not read here."""
+
+    key: str  # e.g. "email.password", "sms.smsc.0.password"
+    reference: str  # "file:/path" or "env:NAME", as written
+    reason: str
+
+
+def load_config_deferring_secrets(path: str | Path) -> tuple[Config, list[UnreadSecret]]:
+    """Like `load_config`, but a secret that cannot be read here keeps its reference as value
+    and is listed: for admin commands that need no secret, run outside the service."""
+    context = defer_secrets()
+    config = parse_config(_read_toml(path), str(path), context=context)
+    deferred = deferred_secrets(context)
+    unread = [
+        UnreadSecret(key, value, deferred[value])
+        for key, value in _strings(config.model_dump())
+        if value in deferred
+    ]
+    return config, unread
+
+
+def _strings(tree: object, prefix: str = "") -> Iterator[tuple[str, str]]:
+    """(dotted key, value) of every string in a dumped configuration."""
+    if isinstance(tree, str):
+        yield prefix, tree
+    elif isinstance(tree, dict):
+        for key, value in tree.items():
+            yield from _strings(value, f"{prefix}.{key}" if prefix else str(key))
+    elif isinstance(tree, list | tuple):
+        for i, value in enumerate(tree):
+            yield from _strings(value, f"{prefix}.{i}")

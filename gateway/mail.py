@@ -2,12 +2,16 @@
 
 4xx replies are temporary, 5xx permanent. The Message-ID is derived from job and recipient,
 so a retried message is recognisable as the same alert by the receiving side.
+While no mail goes out, a probe (connect, EHLO, STARTTLS and AUTH as configured, NOOP) on a
+connection of its own tells every `probe_interval` whether the server is usable, so a dead
+server or a wrong password shows before an alert needs them.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import logging
 import time
 from collections.abc import Mapping
@@ -19,10 +23,17 @@ import aiosmtplib
 from .channel import Attempt, Limits, Outcome
 from .config import EmailConfig
 from .domain import DeliveryState, Job, Priority
-from .errors import LinkDown, PermanentError, TemporaryError
+from .errors import ChannelError, LinkDown, PermanentError, TemporaryError
 from .privacy import mask_email
 
 log = logging.getLogger("gateway.mail")
+
+
+class LinkState(enum.StrEnum):
+    UNKNOWN = "unknown"  # not probed yet
+    UP = "up"
+    DOWN = "down"
+    AUTH_FAILED = "auth_failed"
 
 
 def message_id(job_id: str, ref: str, domain: str) -> str:
@@ -50,7 +61,7 @@ def build_message(attempt: Attempt, sender: str, domain: str) -> EmailMessage:
     return msg
 
 
-def _classify(exc: BaseException) -> Exception:
+def _classify(exc: BaseException) -> ChannelError:
     if isinstance(exc, aiosmtplib.SMTPRecipientsRefused):
         first = exc.recipients[0] if exc.recipients else None
         code = first.code if first is not None else 550
@@ -64,7 +75,7 @@ def _classify(exc: BaseException) -> Exception:
     return TemporaryError("smtp_error", f"{type(exc).__name__}: {exc}")
 
 
-def _by_code(code: int, text: str) -> Exception:
+def _by_code(code: int, text: str) -> ChannelError:
     if 400 <= code < 500:
         return TemporaryError(f"smtp_{code}", text)
     return PermanentError(f"smtp_{code}", text)
@@ -81,10 +92,13 @@ class EmailChannel:
         self._clients = 0  # idle + held
         self._stale: set[int] = set()  # held clients made with settings since replaced
         self._in_use: set[int] = set()  # ids of the clients sends hold
-        self._state = "unknown"
+        self._state = LinkState.UNKNOWN
         self._last_error: str | None = None
         self._sent = 0
         self._since: float | None = None
+        self._last_sent = float("-inf")  # monotonic time of the last accepted message
+        self._probe_task: asyncio.Task[None] | None = None
+        self._probe_now = asyncio.Event()
 
     def reconfigure(self, cfg: EmailConfig) -> None:
         """New settings (server, credentials, concurrency...) apply at once: idle connections
@@ -96,6 +110,7 @@ class EmailChannel:
         self._clients -= len(idle)
         self._stale = set(self._in_use)
         self._grow()
+        self._probe_now.set()  # a new server or password: say at once whether it works
 
     def _grow(self) -> None:
         while self._clients < self._cfg.concurrency:
@@ -121,8 +136,16 @@ class EmailChannel:
 
     async def start(self) -> None:
         self._grow()
+        if self._probe_task is None:
+            self._probe_now.set()
+            self._probe_task = asyncio.create_task(self._probe_loop(), name="smtp-probe")
 
     async def stop(self) -> None:
+        task, self._probe_task = self._probe_task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         while not self._pool.empty():
             client = self._pool.get_nowait()
             if client.is_connected:
@@ -162,7 +185,7 @@ class EmailChannel:
             err = _classify(exc)
             self._give_back(client, broken=True)
             if isinstance(err, LinkDown):
-                self._set_state("down", err.reason)
+                self._set_state(LinkState.DOWN, err.reason)
             log.info(
                 "e-mail to %s for job %s failed: %s",
                 mask_email(attempt.address),
@@ -174,19 +197,60 @@ class EmailChannel:
             self._give_back(client, broken=True)
             raise
         self._give_back(client, broken=False)
-        self._set_state("up", None)
+        self._set_state(LinkState.UP, None)
         self._sent += 1
+        self._last_sent = time.monotonic()
         return Outcome(
             DeliveryState.DELIVERED,
             provider_ids=(str(msg["Message-ID"]),),
             detail="accepted by mail server",
         )
 
-    def _set_state(self, state: str, error: str | None) -> None:
+    # -- probing ---------------------------------------------------------------------------
+    async def _probe_loop(self) -> None:
+        while True:
+            forced = self._probe_now.is_set()
+            self._probe_now.clear()
+            # Mail accepted within the interval already proves the link: probe only when idle.
+            if forced or time.monotonic() - self._last_sent >= self._cfg.probe_interval:
+                try:
+                    await self.probe()
+                except Exception as exc:  # a bug here must not end the probing for good
+                    log.exception("SMTP probe failed unexpectedly")
+                    self._set_state(LinkState.DOWN, f"probe_error: {type(exc).__name__}")
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._cfg.probe_interval):
+                    await self._probe_now.wait()
+
+    async def probe(self) -> LinkState:
+        """One probe on a fresh connection, never a pooled one: a send never waits for it."""
+        cfg = self._cfg
+        client = self._new_client()
+        try:
+            async with asyncio.timeout(cfg.timeout):
+                await client.connect()  # STARTTLS and AUTH too, when configured
+                if client.is_ehlo_or_helo_needed:
+                    await client.ehlo()
+                await client.noop()
+                with contextlib.suppress(aiosmtplib.SMTPException):
+                    await client.quit()
+        except aiosmtplib.SMTPAuthenticationError as exc:
+            self._set_state(LinkState.AUTH_FAILED, f"smtp_{exc.code}: {exc.message}")
+        except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
+            reason = _classify(exc).reason
+            self._set_state(LinkState.DOWN, f"{reason}: {exc}" if str(exc) else reason)
+        else:
+            self._set_state(LinkState.UP, None)
+        finally:
+            if client.is_connected:
+                client.close()
+        return self._state
+
+    def _set_state(self, state: LinkState, error: str | None) -> None:
         if state != self._state:
             self._since = time.time()
             log.log(
-                logging.WARNING if state == "down" else logging.INFO,
+                logging.INFO if state == LinkState.UP else logging.WARNING,
                 "SMTP link %s (%s:%d)%s",
                 state,
                 self._cfg.host,
@@ -199,8 +263,9 @@ class EmailChannel:
 
     def health(self) -> Mapping[str, object]:
         return {
-            "state": self._state,
+            "state": str(self._state),
             "server": f"{self._cfg.host}:{self._cfg.port}",
+            "since": self._since,
             "sent": self._sent,
             "last_error": self._last_error,
         }

@@ -8,10 +8,17 @@ from __future__ import annotations
 import re
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from gateway.numbers import NumberPolicy
-from gateway.secret import Secret
+from gateway.secret import Secret, unresolved
 
 IdFormat = Literal["text", "dec", "hex"]
 BindMode = Literal["transceiver", "transmitter_receiver"]
@@ -84,8 +91,8 @@ class SmscConfig(_Section):
 
     @field_validator("password")
     @classmethod
-    def _password(cls, v: str) -> str:
-        if len(v) > 8:
+    def _password(cls, v: str, info: ValidationInfo) -> str:
+        if len(v) > 8 and not unresolved(v, info):  # a reference left unread: no length yet
             raise ValueError("SMPP 3.4 passwords have at most 8 characters")
         return v
 

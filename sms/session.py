@@ -392,7 +392,9 @@ class Session:
             if bound_at and time.monotonic() - bound_at >= STABLE_AFTER:
                 delay = cfg.reconnect_initial_delay
             await asyncio.sleep(delay * random.uniform(0.8, 1.2))
-            delay = min(cfg.reconnect_max_delay, delay * 2)
+            # While down, each reconnect is the probe: at least one per enquire_link interval,
+            # so a recovered SMSC shows within one interval.
+            delay = min(cfg.reconnect_max_delay, cfg.enquire_link_interval, delay * 2)
 
     async def _open(self) -> list[_Link]:
         cfg = self.config

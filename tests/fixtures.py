@@ -21,6 +21,7 @@ from typing import Any
 
 import aiomqtt
 from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import AuthResult, LoginPassword
 
 from gateway.simulator_process import free_port, wait_port
 
@@ -113,17 +114,40 @@ class _Handler:
 
 
 class SmtpServer:
-    """aiosmtpd in its own thread; `mailbox` holds what arrived."""
+    """aiosmtpd in its own thread; `mailbox` holds what arrived. With `logins` (user ->
+    password) it offers AUTH (without TLS: a test) and refuses other credentials with 535."""
 
-    def __init__(self) -> None:
+    def __init__(self, logins: dict[str, str] | None = None) -> None:
         self.script = SmtpScript()
         self.handler = _Handler(self.script)
         self.port = free_port()
-        self.controller = Controller(self.handler, hostname="127.0.0.1", port=self.port)
+        self.logins = logins
+        self.controller = self._controller()
+
+    def _controller(self) -> Controller:
+        if self.logins is None:
+            return Controller(self.handler, hostname="127.0.0.1", port=self.port)
+        return Controller(
+            self.handler,
+            hostname="127.0.0.1",
+            port=self.port,
+            authenticator=self._authenticate,
+            auth_require_tls=False,
+        )
+
+    def _authenticate(
+        self, server: Any, session: Any, envelope: Any, mechanism: str, auth_data: Any
+    ) -> AuthResult:
+        assert self.logins is not None
+        if not isinstance(auth_data, LoginPassword):
+            return AuthResult(success=False, handled=False)
+        user, password = auth_data.login.decode(), auth_data.password.decode()
+        # handled=False: aiosmtpd answers (235, or 535 on a failure) itself.
+        return AuthResult(success=self.logins.get(user) == password, handled=False)
 
     def start(self) -> None:
         # A Controller cannot start twice: a new one on the same port and mailbox.
-        self.controller = Controller(self.handler, hostname="127.0.0.1", port=self.port)
+        self.controller = self._controller()
         self.controller.start()
 
     def stop(self) -> None:

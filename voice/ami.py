@@ -87,7 +87,10 @@ class AmiClient:
         self._lost: asyncio.Event = asyncio.Event()
         self._pending: set[asyncio.Future[Any]] = set()
         self._hooks: set[asyncio.Task[None]] = set()
-        self.state = "stopped"  # connecting, up, down, auth_failed, stopped
+        # stopped, connecting (first connection or new settings), logging_in, up, down,
+        # auth_failed; Ping every `ping_interval` while up, a reconnect at least as often
+        # while down.
+        self.state = "stopped"
         self.last_error: str | None = None
         self.since = time.time()
         self.connects = 0
@@ -226,9 +229,10 @@ class AmiClient:
             self.next_retry_in = delay
             await asyncio.sleep(delay)
             self.next_retry_in = None
-            delay = min(self._cfg.reconnect_max_delay, delay * 2)
-            if self.state != "auth_failed":
-                self._set_state("connecting", self.last_error)
+            # While down, each reconnect is the probe: at least one per ping interval, so a
+            # recovered Asterisk shows within one interval. The state stays down (or
+            # auth_failed) until a login succeeds: health must not flicker to a usable link.
+            delay = min(self._cfg.reconnect_max_delay, self._cfg.ping_interval, delay * 2)
 
     async def _session(self) -> None:
         loop = asyncio.get_running_loop()
@@ -249,7 +253,8 @@ class AmiClient:
             loop.create_connection(AMIProtocol, cfg.host, cfg.port), cfg.connect_timeout
         )
         self._manager = manager
-        self.state = "logging_in"
+        if self.state == "connecting":  # after a failure it stays down until logged in
+            self.state = "logging_in"
         login = manager.open(transport, protocol)  # sends Login
         lost = asyncio.ensure_future(self._lost.wait())
         try:
