@@ -15,6 +15,7 @@ from typing import Any
 
 from .config import Config, load_config
 from .errors import ConfigError
+from .exit_codes import ExitCode
 from .logs import setup_logging
 
 DEFAULT_CONFIG = "/etc/plp-gateway/gateway.toml"
@@ -26,7 +27,7 @@ def _load(path: str) -> Config:
     except ConfigError as exc:
         for file, key, reason in exc.problems:
             print(f"{file}: {key}: {reason}", file=sys.stderr)
-        raise SystemExit(2) from None
+        raise SystemExit(ExitCode.CONFIG) from None
 
 
 def cmd_run(args: argparse.Namespace) -> int:
