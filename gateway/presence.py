@@ -205,8 +205,9 @@ class Presence:
             body = {}
         boot_id, state = body.get("boot_id"), body.get("state")
         if node == self._topics.node and boot_id == self.boot_id:
-            # Our own health: whatever another process wrote there before is overwritten.
-            peer.boot_id = peer.state = None
+            if self.role is Role.SERVING:
+                # Our own health overwrote what another process of this node wrote there.
+                peer.boot_id = peer.state = None
             return payload in self._claims
         peer.boot_id = boot_id if isinstance(boot_id, str) else None
         peer.state = state if isinstance(state, str) else None
