@@ -66,6 +66,7 @@ class Presence:
         boot_id: str,
         will: bytes,
         on_change: Callable[[], None],
+        exclusive: bool = True,
     ) -> None:
         self._cfg = cfg
         self._client_id = f"{client_id}-health-{boot_id[:8]}"  # never takes over another's
@@ -73,6 +74,9 @@ class Presence:
         self.boot_id = boot_id
         self._will = will
         self._on_change = on_change
+        # Issue 13 (several nodes sharing the jobs, `[mqtt] shared_group`) passes False: the
+        # health link and its will stay, the one-gateway claim goes.
+        self._exclusive = exclusive
         self.role = Role.CLAIMING
         self.decided = asyncio.Event()  # set once the first claim is settled
         self.peers: dict[str, Peer] = {}  # node -> what its retained topics say
@@ -223,7 +227,7 @@ class Presence:
         return [p for p in self.peers.values() if p.live and p.boot_id != self.boot_id]
 
     def _decide(self) -> None:
-        others = self._others()
+        others = self._others() if self._exclusive else []
         if not others:
             self._set_role(Role.SERVING, None)
             return
@@ -232,6 +236,8 @@ class Presence:
 
     def _reconsider(self) -> bool:
         """After each message: True when we should claim the prefix again."""
+        if not self._exclusive:
+            return False
         others = self._others()
         if self.role is Role.SERVING:
             # Two serving gateways (a claim race, a broker outage): the smaller boot id stays.

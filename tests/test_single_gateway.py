@@ -80,9 +80,7 @@ async def test_second_gateway_stands_by_then_takes_over(
     assert "two-1" in second.log()
 
 
-async def test_two_gateways_starting_together_one_serves(
-    start: Start, observer: Observer
-) -> None:
+async def test_two_gateways_starting_together_one_serves(start: Start, observer: Observer) -> None:
     start("a", "gw-a")
     start("b", "gw-b")
     settled = ("ready", "conflict")
@@ -114,9 +112,11 @@ async def test_same_node_twice_the_second_process_keeps_off_its_topics(
     first.kill()
     second.wait_log("connected to MQTT broker")
     await observer.wait(
-        lambda: (h := health(observer, "gw")) is not None
-        and h["boot_id"] != boot["boot_id"]
-        and h["state"] == "ready"
+        lambda: (
+            (h := health(observer, "gw")) is not None
+            and h["boot_id"] != boot["boot_id"]
+            and h["state"] == "ready"
+        )
     )
     await observer.publish_job(email_job("same-2", members(3)))
     await observer.wait_job("same-2", "done")
