@@ -78,7 +78,6 @@ class Presence:
         # health link and its will stay, the one-gateway claim goes.
         self._exclusive = exclusive
         self.role = Role.CLAIMING
-        self.decided = asyncio.Event()  # set once the first claim is settled
         self.peers: dict[str, Peer] = {}  # node -> what its retained topics say
         self.other: Peer | None = None  # the gateway we stand by for
         self._last: dict[str, bytes] = {}  # topic -> latest payload (health, availability)
@@ -263,8 +262,6 @@ class Presence:
     def _set_role(self, role: Role, other: Peer | None) -> None:
         changed = role is not self.role
         self.role, self.other = role, other
-        if role is not Role.CLAIMING:
-            self.decided.set()
         if changed and role is Role.SERVING:
             log.info("serving prefix %s: no other live gateway", self._topics.prefix)
         self._on_change()
