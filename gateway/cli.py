@@ -15,6 +15,7 @@ from typing import Any
 
 from .config import Config, UnreadSecret, load_config, load_config_deferring_secrets
 from .errors import ConfigError
+from .exit_codes import ExitCode
 from .logs import setup_logging
 from .secret import service_only
 
@@ -26,7 +27,7 @@ def _load(path: str) -> Config:
         return load_config(path)
     except ConfigError as exc:
         _print_problems(exc)
-        raise SystemExit(2) from None
+        raise SystemExit(ExitCode.CONFIG) from None
 
 
 def _load_without_secrets(path: str) -> tuple[Config, list[UnreadSecret]]:

@@ -6,11 +6,10 @@ SIGHUP.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import signal
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -19,15 +18,17 @@ from .async_store import AsyncStore
 from .channel import Channel, Reports, settle
 from .config import Config, load_config
 from .errors import ConfigError
+from .exit_codes import ExitCode
 from .intake import Intake
 from .mail import EmailChannel
 from .metrics import MeteredChannel, Metrics, MetricsServer
 from .mqtt import MqttLink, Outgoing
 from .numbers import NumberPolicy
+from .presence import Presence, Role
 from .scheduler import Scheduler
 from .sdnotify import Notifier, Watchdog
 from .signing import Verifier
-from .status import StatusPublisher, Topics
+from .status import StatusPublisher, Topics, dumps, iso
 from .store import Store
 
 log = logging.getLogger("gateway.daemon")
@@ -85,6 +86,19 @@ class Gateway:
             config.status.job_status_interval,
             config.status.delivery_events,
         )
+        # The retained health goes through its own connection, whose will marks it offline.
+        self.presence = Presence(
+            config.mqtt,
+            config.client_id,
+            self.topics,
+            self.status.boot_id,
+            self._offline_health(),
+            self._presence_changed,
+        )
+        self.status.publish_node = self.presence.publish
+        self.link.allowed.clear()  # until the presence check has decided
+        self._failure: dict[str, str] | None = None  # the task that ended unexpectedly
+        self._final: str | None = None  # last health state, once stopped
         self.channels = build_channels(config, self.reports)
         self.metrics = Metrics(__version__, config.node) if config.metrics.enabled else None
         self.scheduler = Scheduler(self.store, self._metered(self.channels), self.status)
@@ -120,24 +134,61 @@ class Gateway:
         return out
 
     def state(self) -> str:
+        if self._final is not None:
+            return self._final
         if self._stopping:
             return "stopping"
+        if self.presence.role in (Role.STANDBY, Role.DUPLICATE):
+            return "conflict"
+        if self.presence.role is Role.CLAIMING or not self.link.connects:
+            return "starting"
         down = self.link.state != "up" or any(
             ch.health().get("state") in _DOWN for ch in self.channels.values()
         )
         return "degraded" if down else "ready"
 
     def publish_health(self) -> None:
+        extra: dict[str, object] = {}
+        other = self.presence.other
+        if other is not None and self.state() == "conflict":
+            extra["conflict"] = {"node": other.node, "boot_id": other.boot_id}
+        if self._failure is not None:
+            extra["failure"] = self._failure
         self.status.health(
             self.state(),
             self.links(),
             self.scheduler.queue_depths(),
             counters={**self.intake.counters, **self.scheduler.counters},
+            **extra,
         )
 
-    async def _on_connect(self) -> None:
-        self.status.availability(True)
+    def _offline_health(self) -> bytes:
+        """The health a monitor reads once this process is gone (the health link's will)."""
+        return dumps(
+            {
+                "node": self.config.node,
+                "state": "offline",
+                "version": __version__,
+                "boot_id": self.status.boot_id,
+                "started_at": iso(self.status.started),
+            }
+        )
+
+    def _presence_changed(self) -> None:
+        role = self.presence.role
+        if role is Role.DUPLICATE:
+            self.link.allowed.clear()  # the same client id would take the other's session
+        elif role is not Role.CLAIMING:
+            self.link.allowed.set()
+        if role is not Role.CLAIMING:  # a claim keeps the intake as it is
+            self.link.set_intake(role is Role.SERVING and not self._stopping)
         self.publish_health()
+
+    async def _on_connect(self) -> None:
+        # Health first: a monitor that sees `online` then reads this health, not an older one
+        # (both go in order on the health link).
+        self.publish_health()
+        self.status.availability(True)
         for row in await self.store.run(self.store.store.active_jobs):
             self.status.job_dirty(row.id)
         for hook in self.ready_hooks:
@@ -212,6 +263,14 @@ class Gateway:
                 last = state
                 next_periodic = now + self.config.status.health_interval
                 self.publish_health()
+                other = self.presence.other
+                if other is not None and self.state() == "conflict":
+                    log.error(
+                        "not taking jobs: gateway %s (boot %s) serves prefix %s",
+                        other.node,
+                        other.boot_id,
+                        self.config.mqtt.topic_prefix,
+                    )
 
     async def _reports_loop(self) -> None:
         while True:
@@ -297,11 +356,13 @@ class Gateway:
         self._stop.set()
 
     async def run(self) -> int:
+        """Serve until a requested stop (ExitCode.OK) or a task's unexpected end (FAILURE)."""
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop)
         loop.add_signal_handler(signal.SIGHUP, self.reload)
         background: list[asyncio.Task[None]] = []
+        code = ExitCode.OK
         try:
             for ch in self.channels.values():
                 await ch.start()
@@ -311,6 +372,7 @@ class Gateway:
             self.verifier.restore(nonces, datetime.now(UTC))
             await self._start_metrics()
             background = self._background = [
+                asyncio.create_task(self.presence.run(), name="presence"),
                 asyncio.create_task(self.link.run(), name="mqtt"),
                 asyncio.create_task(self.status.run(), name="status"),
                 asyncio.create_task(self._health_loop(), name="health"),
@@ -328,12 +390,32 @@ class Gateway:
             )
             stop = asyncio.create_task(self._stop.wait())
             await asyncio.wait([stop, *background], return_when=asyncio.FIRST_COMPLETED)
+            stop.cancel()
             for task in background:
-                if task.done() and not task.cancelled() and task.exception():
-                    log.error("task %s died: %r", task.get_name(), task.exception())
+                if task.done():
+                    self._task_ended(task)
+                    code = ExitCode.FAILURE
+        except Exception as exc:
+            log.exception("gateway failed while starting")
+            self._failure = {"task": "start", "error": repr(exc)}
+            code = ExitCode.FAILURE
         finally:
             await self._shutdown(background)
-        return 0
+        return code
+
+    def _task_ended(self, task: asyncio.Task[None]) -> None:
+        """A background task never ends by itself: whatever ended it is a failure."""
+        exc = None if task.cancelled() else task.exception()
+        error = repr(exc) if exc is not None else "cancelled" if task.cancelled() else "returned"
+        log.error(
+            "task %s ended unexpectedly: %s; stopping (exit %d)",
+            task.get_name(),
+            error,
+            ExitCode.FAILURE,
+            exc_info=exc,
+        )
+        if self._failure is None:
+            self._failure = {"task": task.get_name(), "error": error}
 
     async def _shutdown(self, background: list[asyncio.Task[None]]) -> None:
         log.info("stopping: no new jobs; finishing attempts in flight")
@@ -341,15 +423,23 @@ class Gateway:
         self.notifier.stopping("stopping: finishing attempts in flight")
         self.link.pause_intake()
         self.publish_health()
-        await self.scheduler.stop(STOP_GRACE)
-        for ch in reversed(list(self.channels.values())):
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(ch.stop(), 5)
-        await self.status.flush()
+        if self._failure is not None:
+            # Tell the world at once, before the (bounded) stop of the attempts in flight.
+            self.status.availability(False)
+        # Each step is bounded and may fail (a broken store is one reason to be here): the
+        # stop goes on, so the last health and `offline` are still published.
+        await _step("scheduler", self.scheduler.stop(STOP_GRACE), STOP_GRACE + 5)
+        for name, ch in reversed(list(self.channels.items())):
+            await _step(f"channel {name}", ch.stop(), 5)
+        await _step("status", self.status.flush(), 5)
+        self._final = "failed" if self._failure is not None else "stopped"
         self.publish_health()
         self.status.availability(False)
+        # Also on the job link: the health link may be the task that died.
+        self.link.publish(self.topics.availability, b"offline", retain=True)
         if self.link.connected.is_set():
             await self.link.flush(5)
+        await self.presence.close()
         for task in background:
             task.cancel()
         await asyncio.gather(*background, return_exceptions=True)
@@ -359,3 +449,10 @@ class Gateway:
         self.store.close()
         log.info("stopped")
         self.notifier.close()
+
+
+async def _step(what: str, aw: Awaitable[object], timeout: float) -> None:
+    try:
+        await asyncio.wait_for(aw, timeout)
+    except Exception:
+        log.exception("stopping: %s did not stop cleanly", what)

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import time
+from collections.abc import Mapping
 
 from .privacy import scrub
 
@@ -29,12 +31,54 @@ class _TextFormatter(logging.Formatter):
         return scrub(super().format(record))
 
 
+# sd-daemon(3) priority prefixes: journald strips them and files the line at that priority.
+_PRIORITY = {logging.CRITICAL: 2, logging.ERROR: 3, logging.WARNING: 4, logging.INFO: 6}
+
+
+class _JournalFormatter(logging.Formatter):
+    """Each line of a record with its syslog priority prefix (`<3>` error ... `<7>` debug),
+    so `journalctl -p err` finds errors; the journal adds the time itself."""
+
+    def __init__(self, inner: logging.Formatter) -> None:
+        super().__init__()
+        self._inner = inner
+
+    def format(self, record: logging.LogRecord) -> str:
+        prefix = f"<{_priority(record.levelno)}>"
+        # A traceback's lines become entries of their own: each needs the prefix too.
+        return "\n".join(prefix + line for line in self._inner.format(record).split("\n"))
+
+
+def _priority(levelno: int) -> int:
+    for level, priority in _PRIORITY.items():
+        if levelno >= level:
+            return priority
+    return 7
+
+
+def stderr_is_journal(environ: Mapping[str, str] | None = None) -> bool:
+    """True when systemd connected stderr to the journal: `JOURNAL_STREAM` names its device
+    and inode (systemd.exec(5)); a redirected stderr keeps the variable but not the file."""
+    value = (os.environ if environ is None else environ).get("JOURNAL_STREAM", "")
+    dev, _, ino = value.partition(":")
+    try:
+        st = os.fstat(sys.stderr.fileno())
+        return (st.st_dev, st.st_ino) == (int(dev), int(ino))
+    except (ValueError, OSError):
+        return False
+
+
 def setup_logging(level: str = "INFO", fmt: str = "text") -> None:
     handler = logging.StreamHandler(sys.stderr)
+    journal = stderr_is_journal()
     if fmt == "json":
         handler.setFormatter(_JsonFormatter())
+    elif journal:
+        handler.setFormatter(_TextFormatter("%(levelname)s %(name)s: %(message)s"))
     else:
         handler.setFormatter(_TextFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    if journal:
+        handler.setFormatter(_JournalFormatter(handler.formatter or logging.Formatter()))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

@@ -38,7 +38,7 @@ NAMESPACE = "plp_gateway"
 # From a quick SMTP hand-off (tens of ms) to a voice call that rings and plays (minutes).
 SEND_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 TTS_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
-GATEWAY_STATES = ("ready", "degraded", "stopping")
+GATEWAY_STATES = ("starting", "ready", "degraded", "conflict", "stopping")
 
 ScrapeHook = Callable[["Metrics"], None]
 

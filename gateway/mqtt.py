@@ -72,6 +72,12 @@ class MqttLink:
         self._handler: MessageHandler | None = None
         self._on_connect: ConnectHook | None = None
         self._paused = False
+        # Jobs are taken only while this gateway serves the prefix (gateway.presence); the
+        # link connects only once it may (not while another process runs this node).
+        self._intake = True
+        self._intake_changed = asyncio.Event()
+        self.allowed = asyncio.Event()
+        self.allowed.set()
         self.connected = asyncio.Event()
         self.dropped = 0
         self.last_error: str | None = None
@@ -116,6 +122,33 @@ class MqttLink:
         """Stop handing incoming messages to the handler (shutdown): they stay unacked."""
         self._paused = True
 
+    def set_intake(self, on: bool) -> None:
+        """Subscribe to the jobs (on) or unsubscribe (off: a standby, nothing queued for it)."""
+        if on != self._intake:
+            self._intake = on
+            self._intake_changed.set()
+
+    async def _sync_subscriptions(self, client: aiomqtt.Client) -> None:
+        # Unsubscribing also clears the subscription a persistent session kept from an
+        # earlier run, so the broker stops queueing jobs for a standby.
+        on = self._intake
+        for topic in self._subscriptions:
+            if on:
+                await client.subscribe(topic, qos=1)
+            else:
+                await client.unsubscribe(topic)
+        self._subscribed = on
+
+    _subscribed = False
+
+    async def _keep_subscriptions(self, client: aiomqtt.Client) -> None:
+        while True:
+            await self._intake_changed.wait()
+            self._intake_changed.clear()
+            if self._intake != self._subscribed:
+                await self._sync_subscriptions(client)
+                log.info("job intake %s", "on" if self._subscribed else "off")
+
     def ack(self, message: aiomqtt.Message) -> None:
         """Acknowledge a QoS>0 message: call only once it is safely stored."""
         if self._client is None or message.qos == 0:
@@ -159,12 +192,13 @@ class MqttLink:
         """Connect, serve, reconnect with backoff; until cancelled."""
         delay = self._cfg.reconnect_initial_delay
         while True:
+            await self.allowed.wait()
             client = self._make_client()
             try:
                 async with client:
                     self._client = client
-                    for topic in self._subscriptions:
-                        await client.subscribe(topic, qos=1)
+                    self._intake_changed.clear()
+                    await self._sync_subscriptions(client)
                     self.connects += 1
                     self.last_error = None
                     self.connected.set()
@@ -179,6 +213,7 @@ class MqttLink:
                         await self._on_connect()
                     async with asyncio.TaskGroup() as tg:
                         tg.create_task(self._pump_out(client))
+                        tg.create_task(self._keep_subscriptions(client))
                         await self._pump_in(client)
             except* aiomqtt.MqttError as eg:
                 self.last_error = str(eg.exceptions[0])
@@ -191,7 +226,7 @@ class MqttLink:
 
     async def _pump_in(self, client: aiomqtt.Client) -> None:
         async for message in client.messages:
-            if self._paused or self._handler is None:
+            if self._paused or not self._intake or self._handler is None:
                 continue  # not acked: the broker redelivers it to the next session
             try:
                 await self._handler(message)

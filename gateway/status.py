@@ -101,6 +101,9 @@ class StatusPublisher:
         delivery_events: str = "each",
     ) -> None:
         self._publish = publish
+        # The node's retained topics (availability, health): the daemon sends them through
+        # their own connection (gateway.presence).
+        self.publish_node: Publish = publish
         # "each": one message per delivery change; "batch": one message per job and flush
         # holding that job's events in order (for jobs of thousands at full SMSC speed).
         self._batch_events = delivery_events == "batch"
@@ -252,7 +255,8 @@ class StatusPublisher:
 
     # -- gateway ---------------------------------------------------------------------
     def availability(self, online: bool) -> None:
-        self._publish(self.topics.availability, b"online" if online else b"offline", retain=True)
+        payload = b"online" if online else b"offline"
+        self.publish_node(self.topics.availability, payload, retain=True)
 
     def health(
         self, state: str, links: Mapping[str, Any], queues: Mapping[str, Any], **extra: Any
@@ -269,4 +273,4 @@ class StatusPublisher:
             **extra,
             "time": iso(time.time()),
         }
-        self._publish(self.topics.health, dumps(payload), qos=1, retain=True)
+        self.publish_node(self.topics.health, dumps(payload), qos=1, retain=True)

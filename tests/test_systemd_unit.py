@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from gateway.exit_codes import ExitCode
+
 ROOT = Path(__file__).resolve().parent.parent
 UNIT = ROOT / "systemd" / "plp-gateway.service"
 INSTALLED_EXEC = "/opt/plp-gateway/venv/bin/plp-gateway"
@@ -40,6 +42,17 @@ def test_runs_the_daemon_as_its_own_user_with_notify_and_watchdog() -> None:
         assert d[f"{kind}Directory"] == ["plp-gateway"]
     sysusers = (ROOT / "systemd" / "plp-gateway.sysusers").read_text()
     assert re.search(r"^u plp-gateway ", sysusers, re.M)
+
+
+def test_restarts_after_a_failure_but_not_after_a_bad_configuration() -> None:
+    d = directives()
+    # on-failure: any non-zero exit status (and signals, the watchdog) restarts the daemon...
+    assert d["Restart"] == ["on-failure"]
+    assert "SuccessExitStatus" not in d
+    # ...except an invalid configuration, which a restart would not fix.
+    prevented = " ".join(d.get("RestartPreventExitStatus", [])).split()
+    assert prevented == [str(int(ExitCode.CONFIG))]
+    assert str(int(ExitCode.FAILURE)) not in prevented
 
 
 def test_hardening_directives() -> None:
