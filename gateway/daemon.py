@@ -10,13 +10,14 @@ import contextlib
 import logging
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from . import __version__
 from .async_store import AsyncStore
 from .channel import Channel, Reports, settle
 from .config import Config, load_config
+from .domain import Job
 from .errors import ConfigError
 from .intake import Intake
 from .mail import EmailChannel
@@ -32,6 +33,7 @@ log = logging.getLogger("gateway.daemon")
 
 STOP_GRACE = 10.0
 REPORT_BATCH = 500  # receipts applied per store transaction
+CLEAR_CONFIRM_S = 30.0  # wait for the broker to confirm cleared retained statuses
 _DOWN = ("down", "degraded", "auth_failed")  # a channel's health state that degrades us
 
 
@@ -76,6 +78,7 @@ class Gateway:
             self.store,
             config.status.job_status_interval,
             config.status.delivery_events,
+            rejected_retention=config.store.retention_days * 86400,
         )
         self.channels = build_channels(config, self.reports)
         self.metrics = Metrics(__version__, config.node) if config.metrics.enabled else None
@@ -222,9 +225,15 @@ class Gateway:
     async def _purge_loop(self) -> None:
         while True:
             cutoff = time.time() - self.config.store.retention_days * 86400
+            forget_audio = getattr(self.channels.get("voice"), "forget_audio", None)
+            if forget_audio is not None:
+                voice_jobs = await self.store.run(self.store.store.voice_jobs, cutoff)
             purged = await self.store.run(self.store.store.purge, cutoff)
             if purged:
                 log.info("retention: purged %d finished jobs and their personal data", purged)
+                if forget_audio is not None:
+                    await self._forget_audio(forget_audio, *voice_jobs)
+            await self._clear_retained()
             for name, channel in self.channels.items():
                 housekeeping = getattr(channel, "housekeeping", None)
                 if housekeeping is None:
@@ -237,6 +246,37 @@ class Gateway:
                     if removed:
                         log.info("retention: %s removed %d old files", name, removed)
             await asyncio.sleep(self.config.store.purge_interval)
+
+    async def _forget_audio(
+        self,
+        forget: Callable[[list[Job], list[Job]], Awaitable[int]],
+        purged: list[Job],
+        running: list[Job],
+    ) -> None:
+        """The alert audio of purged jobs goes with them (not files running jobs play)."""
+        try:
+            removed = await forget(purged, running)
+        except Exception:
+            log.exception("retention: removing the audio of purged jobs failed")
+        else:
+            if removed:
+                log.info("retention: removed %d audio file(s) of purged jobs", removed)
+
+    async def _clear_retained(self) -> None:
+        """Empty the retained status of purged jobs and of rejections past retention (also
+        those queued by `plp-gateway purge`, which has no broker connection). They leave
+        the store's queue once the broker has confirmed them; otherwise the next pass
+        publishes them again (harmless)."""
+        while True:
+            ids = await self.store.run(self.store.store.due_retained_clears, time.time())
+            if not ids:
+                return
+            for job_id in ids:
+                self.status.clear_job(job_id)
+            if not await self.link.flush(CLEAR_CONFIRM_S):
+                return
+            await self.store.run(self.store.store.retained_cleared, ids)
+            log.info("retention: cleared %d retained job status(es)", len(ids))
 
     # -- reload ----------------------------------------------------------------------------
     def reload(self) -> bool:

@@ -10,9 +10,9 @@ from phonenumbers import Leniency, PhoneNumberFormat, PhoneNumberMatcher
 
 #: Numbers written without a country code are read as Belgian.
 REGION = "BE"
-# Where a number can be: a run of digits, possibly grouped by spaces, dots, dashes, slashes or
-# brackets, 7 characters or more, not glued to a word or a dash (`zone5344-2026-000123` is an id). Only
-# these runs go to libphonenumber's matcher, which costs ~15 us even on text without digits.
+# Where a number can be: a run of digits, possibly grouped by spaces, dots, dashes, slashes
+# or brackets, 7 characters or more, not glued to a word or a dash (`zone5344-2026-000123` is
+# an id). Only these runs go to libphonenumber's matcher (~15 us a call even without a number).
 _CANDIDATE_RE = re.compile(r"(?<![\w.+-])\+?\(?\d[\d \t\u00a0./()-]{5,}\d(?!\w)")
 # A number with its country code but no `+` or `00` (`32470123412`, as AMI and SMSCs write
 # them): one run of 9-15 digits, not part of a decimal or a longer id.
@@ -24,7 +24,10 @@ _EMAIL_RE = re.compile(r"[\w.+-]+@[\w-]+(\.[\w-]+)+")
 
 
 def mask_phone(number: str) -> str:
-    """`+32470123412` -> `+32470****12`: enough to recognise, not to dial."""
+    """`+32470123412` -> `+32470****12`: enough to recognise, not to dial. Other forms of a
+    number (`0470 12 34 12`, `32470123412`) are masked in their E.164 form."""
+    if not number.startswith("+"):
+        number = _as_e164(number) or number
     if len(number) < 8:
         return "****"
     return number[:6] + "****" + number[-2:]
@@ -70,6 +73,18 @@ def _mask_candidate(m: re.Match[str]) -> str:
 
 def _e164(number: phonenumbers.PhoneNumber) -> str:
     return phonenumbers.format_number(number, PhoneNumberFormat.E164)
+
+
+def _as_e164(text: str) -> str | None:
+    """A number written nationally or without its `+`, in E.164; None if it is not one."""
+    for candidate, region in ((text, REGION), ("+" + text.lstrip("+"), None)):
+        try:
+            number = phonenumbers.parse(candidate, region)
+        except phonenumbers.NumberParseException:
+            continue
+        if phonenumbers.is_valid_number(number):
+            return _e164(number)
+    return None
 
 
 def _mask_numbers(text: str) -> str:

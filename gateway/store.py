@@ -9,6 +9,8 @@ delivery transitions use `NORMAL`, which survives a killed process.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import sqlite3
 import time
 from collections.abc import Callable, Sequence
@@ -95,6 +97,10 @@ CREATE TABLE IF NOT EXISTS provider_ids (
     PRIMARY KEY (channel, provider_id)
 );
 CREATE INDEX IF NOT EXISTS provider_ids_delivery ON provider_ids(delivery_id);
+CREATE TABLE IF NOT EXISTS retained_clears (
+    job_id TEXT PRIMARY KEY,
+    clear_after REAL NOT NULL
+);
 CREATE TABLE IF NOT EXISTS orphan_receipts (
     channel TEXT NOT NULL,
     provider_id TEXT NOT NULL,
@@ -105,6 +111,14 @@ CREATE TABLE IF NOT EXISTS orphan_receipts (
 );
 """
 
+#: The store and its `-wal`/`-shm` hold personal data: the service user only, whatever the
+#: umask (SQLite gives the companions the mode of the database file).
+FILE_MODE = 0o600
+_PURGEABLE = (
+    "state IN ('done','cancelled','expired','rejected')"
+    " AND finished_at IS NOT NULL AND finished_at < ?"
+)
+
 _PENDING = ("queued", "sending", "retrying")
 _OPEN = ("queued", "sending", "retrying", "sent")
 
@@ -114,6 +128,7 @@ class Store:
         path.parent.mkdir(parents=True, exist_ok=True)
         self._in_tx = False
         try:
+            _private(path)
             self._db = sqlite3.connect(
                 str(path), isolation_level=None, check_same_thread=False, timeout=30
             )
@@ -131,7 +146,9 @@ class Store:
             "INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', ?)",
             (str(SCHEMA_VERSION),),
         )
-        path.chmod(0o600)
+        for companion in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
+            with contextlib.suppress(FileNotFoundError):  # made 0644 by an older version
+                companion.chmod(FILE_MODE)
 
     def close(self) -> None:
         self._db.close()
@@ -562,10 +579,62 @@ class Store:
         return [row_to_delivery(r) for r in rows]
 
     # -- retention ----------------------------------------------------------------------
+    def _queue_retained_clears(self, finished_before: float) -> None:
+        self._db.execute(
+            f"INSERT OR REPLACE INTO retained_clears SELECT id, 0 FROM jobs WHERE {_PURGEABLE}",  # noqa: S608
+            (finished_before,),
+        )
+
+    def note_rejected(self, job_ids: Sequence[str], clear_after: float) -> None:
+        """Statuses published for rejected jobs (not stored): cleared after `clear_after`."""
+        self._tx(
+            lambda: self._db.executemany(
+                "INSERT OR REPLACE INTO retained_clears(job_id, clear_after) VALUES (?, ?)",
+                [(job_id, clear_after) for job_id in job_ids],
+            )
+        )
+
+    def due_retained_clears(self, now: float, limit: int = 1000) -> list[str]:
+        """Job ids whose retained status must be cleared now. A rejected id accepted later
+        (a corrected job) is not: its status is the job's own until it is purged."""
+
+        def work() -> list[str]:
+            self._db.execute("DELETE FROM retained_clears WHERE job_id IN (SELECT id FROM jobs)")
+            rows = self._db.execute(
+                "SELECT job_id FROM retained_clears WHERE clear_after <= ? LIMIT ?",
+                (now, limit),
+            ).fetchall()
+            return [r["job_id"] for r in rows]
+
+        result: list[str] = self._tx(work)
+        return result
+
+    def retained_cleared(self, job_ids: Sequence[str]) -> None:
+        self._tx(
+            lambda: self._db.executemany(
+                "DELETE FROM retained_clears WHERE job_id = ?", [(i,) for i in job_ids]
+            )
+        )
+
+    def voice_jobs(self, finished_before: float) -> tuple[list[Job], list[Job]]:
+        """Jobs with voice deliveries: (those `purge(finished_before)` will delete, those
+        still running), to remove the audio of the first but not what the second use."""
+        with_voice = "id IN (SELECT job_id FROM deliveries WHERE channel = 'voice')"
+        purged = self._db.execute(
+            f"SELECT * FROM jobs WHERE {_PURGEABLE} AND {with_voice}",  # noqa: S608
+            (finished_before,),
+        ).fetchall()
+        running = self._db.execute(
+            f"SELECT * FROM jobs WHERE state IN ('accepted', 'running') AND {with_voice}"  # noqa: S608
+        ).fetchall()
+        return [job_from_row(r) for r in purged], [job_from_row(r) for r in running]
+
     def purge(self, finished_before: float) -> int:
         """Delete finished jobs (and with them every personal datum) older than the cutoff."""
 
         def work() -> int:
+            # Each purged job's retained status goes from the broker too (the daemon clears it).
+            self._queue_retained_clears(finished_before)
             cur = self._db.execute(
                 "DELETE FROM jobs WHERE state IN ('done','cancelled','expired','rejected')"
                 " AND finished_at IS NOT NULL AND finished_at < ?",
@@ -580,3 +649,10 @@ class Store:
             # still hold the deleted rows.
             self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         return result
+
+
+def _private(path: Path) -> None:
+    """Create the database file 0600 before SQLite does (it would follow the umask, and
+    give its `-wal` and `-shm` the same mode)."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, FILE_MODE)
+    os.close(fd)
