@@ -14,11 +14,14 @@ import aiomqtt
 from gateway.config import JobsConfig
 from gateway.domain import DeliveryState, JobState
 from gateway.jobs import content_hash, parse_job
+from gateway.privacy import mask_phone, scrub
 from gateway.simulator_process import free_port
 from gateway.store import Store
 from tests.conftest import GatewayFactory
 from tests.fixtures import Mosquitto, Observer, Seen, SmtpServer, email_job, members
 from tests.sms_fixtures import SmscProcess, sms_job
+from tests.voice_fixtures import AsteriskProcess, voice_job
+from tests.voice_fixtures import member as voice_member
 from tests.test_metrics import http_get
 
 
@@ -163,3 +166,70 @@ async def test_sms_job_and_replies_leave_no_full_number(
     stranger = next(m.json() for m in observer.on("/inbound/sms") if m.json()["job_id"] is None)
     assert stranger["from"] == "+32475****87"
     assert stranger["text"] == "qui est-ce ? +32475****87"
+
+
+# -- numbers in any format (issue 12, finding 12) -----------------------------------------
+
+SPELLINGS = ("0470 12 34 12", "32470123412", "+32 470 12 34 12")  # one number, as people write it
+
+
+def clear_forms(phone: str) -> set[str]:
+    """The digits of an E.164 number in the forms a leak would take."""
+    national = phone[3:]
+    return {phone, phone[1:], "0" + national, national}
+
+
+def test_scrub_masks_every_spelling_and_leaves_ids_dates_and_counters() -> None:
+    for spelling in (*SPELLINGS, "0032470123412", "0470/12.34.12", "Local/32470123412@plp"):
+        assert "+32470****12" in scrub(f"rappel: {spelling}, merci"), spelling
+        assert "470123412" not in scrub(spelling)
+    assert scrub("+33 6 12 34 56 78 et 33612345678") == "+33612****78 et +33612****78"
+    assert scrub("an.peeters@example.be") == "a***@example.be"
+    assert scrub(scrub("tel 0470 12 34 12")) == scrub("tel 0470 12 34 12")  # idempotent
+    for kept in (
+        "job zone5344-2026-000123 attempt=2",
+        "on 2026-11-29 at 12:00:01.123 from 127.0.0.1:1883",
+        "Uniqueid: 1732870000.123 ActionID: 17",
+        "stored 1500 deliveries in 12.5 ms",
+    ):
+        assert scrub(kept) == kept
+    assert mask_phone("0470 12 34 12") == mask_phone("32470123412") == "+32470****12"
+
+
+async def test_numbers_in_any_format_leave_no_topic_nor_log_line_in_clear(
+    gateway: GatewayFactory,
+    broker: Mosquitto,
+    observer: Observer,
+    smsc: SmscProcess,
+    asterisk: AsteriskProcess,
+    tmp_path: Path,
+) -> None:
+    # One member unanswered (retried, then cancelled), the AMI traffic logged at DEBUG.
+    callee = voice_member(0, 3, "fr")
+    retry = "no_answer = { delay = 120, max_attempts = 3 }"
+    proc = gateway(smsc.config() + asterisk.config(tmp_path / "sounds", retry=retry))
+    texts = " / ".join(SPELLINGS)
+    seen: list[Seen] = []
+    async with record_everything(broker, seen):
+        await observer.publish_job(voice_job("fmt-1", [callee]))
+        await observer.wait(lambda: "retrying" in {e["state"] for e in observer.events("fmt-1")})
+        reason = json.dumps({"reason": f"fausse alerte, rappeler {texts}"})
+        await observer.publish("plp/jobs/fmt-1/cancel", reason)
+        status = await observer.wait_job("fmt-1", "cancelled")
+        await smsc.ctl("mo", source=callee["phone"], text=f"OK mon autre numero: {texts}")
+        await smsc.ctl("mo", source="32470123412", text="qui est-ce ?")
+        await observer.wait(lambda: len(observer.on("/inbound/sms")) == 2)
+        await asyncio.to_thread(proc.terminate)
+        await observer.wait(lambda: any(s.payload == b"offline" for s in seen))
+    log = proc.log()
+    assert "Newchannel" in log and "Exten=" in log, "AMI traffic (panoramisk) is logged at DEBUG"
+    assert status["reason"].count("+32470****12") == 3, status["reason"]
+    replies = [m.json() for m in observer.on("/inbound/sms")]
+    assert replies[0]["text"].count("+32470****12") == 3, replies
+    assert replies[1]["from"] == "+32470****12"
+    from_gateway = [s for s in seen if s.topic != "plp/jobs" and not s.topic.endswith("/cancel")]
+    where = {"log": log, **{f"{s.topic} #{i}": s.payload.decode() for i, s in
+                            enumerate(from_gateway)}}  # fmt: skip
+    needles = {*SPELLINGS, "470123412", "470 12 34 12"} | clear_forms(callee["phone"])
+    leaks = [(w, n) for n in needles for w, text in where.items() if n in text]
+    assert not leaks, leaks
