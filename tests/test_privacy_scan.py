@@ -20,9 +20,9 @@ from gateway.store import Store
 from tests.conftest import GatewayFactory
 from tests.fixtures import Mosquitto, Observer, Seen, SmtpServer, email_job, members
 from tests.sms_fixtures import SmscProcess, sms_job
+from tests.test_metrics import http_get
 from tests.voice_fixtures import AsteriskProcess, voice_job
 from tests.voice_fixtures import member as voice_member
-from tests.test_metrics import http_get
 
 
 def needles(recipients: list[dict[str, str]]) -> set[str]:
