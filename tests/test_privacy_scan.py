@@ -6,7 +6,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import re
+import stat
+import subprocess
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import aiomqtt
@@ -18,7 +23,16 @@ from gateway.privacy import mask_phone, scrub
 from gateway.simulator_process import free_port
 from gateway.store import Store
 from tests.conftest import GatewayFactory
-from tests.fixtures import Mosquitto, Observer, Seen, SmtpServer, email_job, members
+from tests.fixtures import (
+    GatewayProcess,
+    Mosquitto,
+    Observer,
+    Seen,
+    SmtpServer,
+    email_job,
+    gateway_config,
+    members,
+)
 from tests.sms_fixtures import SmscProcess, sms_job
 from tests.test_metrics import http_get
 from tests.voice_fixtures import AsteriskProcess, voice_job
@@ -233,3 +247,113 @@ async def test_numbers_in_any_format_leave_no_topic_nor_log_line_in_clear(
     needles = {*SPELLINGS, "470123412", "470 12 34 12"} | clear_forms(callee["phone"])
     leaks = [(w, n) for n in needles for w, text in where.items() if n in text]
     assert not leaks, leaks
+
+
+# -- file modes, purge and retained statuses (issue 12, findings 13 and 14) ------------------
+
+
+@contextlib.contextmanager
+def umask(mask: int) -> Iterator[None]:
+    """Processes started inside get this umask (a shell's usual 0022, not systemd's 0077)."""
+    old = os.umask(mask)
+    try:
+        yield
+    finally:
+        os.umask(old)
+
+
+def start_gateway(tmp_path: Path, broker: Mosquitto, smtp: SmtpServer, extra: str,
+                  store: str) -> GatewayProcess:  # fmt: skip
+    """The gateway as a process under umask 0022, with `store` lines in its `[store]`."""
+    config = gateway_config(tmp_path, broker, smtp, extra)
+    config.write_text(config.read_text().replace("[store]\n", "[store]\n" + store, 1))
+    proc = GatewayProcess(config, tmp_path)
+    with umask(0o022):
+        proc.start()
+    proc.wait_log("connected to MQTT broker")
+    return proc
+
+
+async def retained_statuses(broker: Mosquitto) -> dict[str, bytes]:
+    """What a fresh subscriber to every job status gets: the retained messages. The broker
+    sends them before a message published after subscribing, so the marker ends the list."""
+    found: dict[str, bytes] = {}
+    async with aiomqtt.Client(broker.host, broker.port) as client:
+        await client.subscribe("plp/jobs/+/status", qos=1)
+        await client.subscribe("privacy-test/marker", qos=1)
+        await client.publish("privacy-test/marker", b"end", qos=1)
+        async with asyncio.timeout(10):
+            async for m in client.messages:
+                if str(m.topic) == "privacy-test/marker":
+                    return found
+                assert isinstance(m.payload, bytes)
+                found[str(m.topic)] = m.payload
+    raise AssertionError("unreachable")
+
+
+def cleared(observer: Observer, job_id: str) -> bool:
+    """The gateway emptied the job's retained status (an empty retained message)."""
+    return any(not s.payload for s in observer.on(f"/jobs/{job_id}/status"))
+
+
+def modes(folder: Path) -> dict[str, int]:
+    return {p.name: stat.S_IMODE(p.stat().st_mode) for p in folder.iterdir() if p.is_file()}
+
+
+async def test_personal_files_are_private_and_cli_purge_leaves_no_audio_nor_status(
+    broker: Mosquitto,
+    observer: Observer,
+    smtp: SmtpServer,
+    asterisk: AsteriskProcess,
+    tmp_path: Path,
+) -> None:
+    sounds = tmp_path / "sounds"
+    proc = start_gateway(tmp_path, broker, smtp, asterisk.config(sounds), "purge_interval = 0.2\n")
+    try:
+        await observer.publish_job(voice_job("drill-1", [voice_member(0, 1, "fr")]))
+        await observer.wait_job("drill-1", "done")
+        audio = modes(sounds)
+        assert audio and set(audio.values()) == {0o640}, audio
+        store = {k: v for k, v in modes(tmp_path).items() if k.startswith("gateway.sqlite3")}
+        assert set(store) == {"gateway.sqlite3", "gateway.sqlite3-wal", "gateway.sqlite3-shm"}
+        assert set(store.values()) == {0o600}, store
+
+        # After the drill: purge by hand. The command removes the audio; the running
+        # gateway clears the job's retained status (the command has no broker connection).
+        with umask(0o022):
+            out = await asyncio.to_thread(
+                subprocess.run,
+                [sys.executable, "-m", "gateway", "purge", "--config", str(proc.config),
+                 "--older-than-days", "0"],
+                capture_output=True, text=True, check=True, timeout=60,
+            )  # fmt: skip
+        assert "purged 1 finished jobs" in out.stdout, out
+        assert not modes(sounds), "the purged job's audio is gone"
+        await observer.wait(lambda: cleared(observer, "drill-1"))
+        assert "plp/jobs/drill-1/status" not in await retained_statuses(broker)
+    finally:
+        proc.stop()
+
+
+async def test_retained_statuses_of_purged_and_rejected_jobs_are_cleared(
+    broker: Mosquitto,
+    observer: Observer,
+    smtp: SmtpServer,
+    asterisk: AsteriskProcess,
+    tmp_path: Path,
+) -> None:
+    sounds = tmp_path / "sounds"
+    retention = "retention_days = 0.00002\npurge_interval = 0.2\n"  # ~1.7 s after the end
+    proc = start_gateway(tmp_path, broker, smtp, asterisk.config(sounds), retention)
+    try:
+        await observer.publish_job(voice_job("old-1", [voice_member(0, 1, "nl")]))
+        await observer.publish_job(email_job("junk-1", []))  # rejected: no recipients
+        await observer.wait_job("old-1", "done")
+        await observer.wait(lambda: observer.status("junk-1"))  # "rejected", retained
+        assert modes(sounds), "audio made for the call"
+        await observer.wait(lambda: cleared(observer, "old-1") and cleared(observer, "junk-1"))
+        assert not modes(sounds), "the purged job's audio went with it"
+        retained = await retained_statuses(broker)
+        assert not {"plp/jobs/old-1/status", "plp/jobs/junk-1/status"} & set(retained), retained
+    finally:
+        proc.stop()
