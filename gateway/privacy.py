@@ -20,6 +20,7 @@ _BARE_RE = re.compile(r"(?<![\w.+])[1-9]\d{8,14}(?!\w|\.\d)")
 # A last net for forms the matcher finds invalid but that still dial: E.164 and Belgian
 # national numbers written in one piece.
 _PHONE_RE = re.compile(r"(?<![\w.])\+\d{7,15}\b|\b0[1-9]\d{7,8}\b")
+_DECIMAL_RE = re.compile(r"\d+\.\d+")
 _EMAIL_RE = re.compile(r"[\w.+-]+@[\w-]+(\.[\w-]+)+")
 
 
@@ -67,6 +68,8 @@ def scrub(text: str) -> str:
 
 
 def _mask_candidate(m: re.Match[str]) -> str:
+    if _DECIMAL_RE.fullmatch(m.group(0)):
+        return m.group(0)  # a decimal (Asterisk's Uniqueid `1795929293.1`, a time): no number
     text = _mask_numbers(m.group(0))
     return _PHONE_RE.sub(_mask_match, _BARE_RE.sub(_mask_bare, text))
 
