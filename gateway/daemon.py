@@ -233,7 +233,10 @@ class Gateway:
                 log.info("retention: purged %d finished jobs and their personal data", purged)
                 if forget_audio is not None:
                     await self._forget_audio(forget_audio, *voice_jobs)
-            await self._clear_retained()
+            try:
+                await self._clear_retained()
+            except Exception:
+                log.exception("retention: clearing retained job statuses failed")
             for name, channel in self.channels.items():
                 housekeeping = getattr(channel, "housekeeping", None)
                 if housekeeping is None:
@@ -272,7 +275,10 @@ class Gateway:
             if not ids:
                 return
             for job_id in ids:
-                self.status.clear_job(job_id)
+                try:
+                    self.status.clear_job(job_id)
+                except ValueError:  # no topic can be built from it: nothing retained there
+                    log.warning("retention: no status topic for job id %r", job_id)
             if not await self.link.flush(CLEAR_CONFIRM_S):
                 return
             await self.store.run(self.store.store.retained_cleared, ids)

@@ -624,6 +624,8 @@ class Store:
             f"SELECT * FROM jobs WHERE {_PURGEABLE} AND {with_voice}",  # noqa: S608
             (finished_before,),
         ).fetchall()
+        if not purged:
+            return [], []  # the usual run: no running job's body read for nothing
         running = self._db.execute(
             f"SELECT * FROM jobs WHERE state IN ('accepted', 'running') AND {with_voice}"  # noqa: S608
         ).fetchall()

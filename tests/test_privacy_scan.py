@@ -357,3 +357,20 @@ async def test_retained_statuses_of_purged_and_rejected_jobs_are_cleared(
         assert not {"plp/jobs/old-1/status", "plp/jobs/junk-1/status"} & set(retained), retained
     finally:
         proc.stop()
+
+
+def test_retained_clear_queue_spares_a_rejected_id_accepted_later(tmp_path: Path) -> None:
+    store = Store(tmp_path / "gw.sqlite3")
+    try:
+        store.note_rejected(["fixed-1", "junk-2"], clear_after=100.0)
+        assert store.due_retained_clears(now=50.0) == []
+        payload = json.dumps(email_job("fixed-1", members(1))).encode()  # corrected, accepted
+        job, _ = parse_job(payload, JobsConfig(), frozenset({"email"}))
+        store.add_job(job, content_hash(payload), frozenset({"email"}))
+        assert store.due_retained_clears(now=200.0) == ["junk-2"]
+        store.retained_cleared(["junk-2"])
+        store.close_job("fixed-1", JobState.CANCELLED, DeliveryState.CANCELLED, "drill over")
+        assert store.purge(float("inf")) == 1
+        assert store.due_retained_clears(now=0.0) == ["fixed-1"]  # purged: cleared at once
+    finally:
+        store.close()
