@@ -107,8 +107,9 @@ def duration_of(size: int, fmt: str) -> float:
 
 #: Audio files: the service user and, by group, the local Asterisk; no one else.
 FILE_MODE = 0o640
-#: A sounds directory the gateway creates itself (an existing one keeps its mode).
-DIR_MODE = 0o2750
+#: A sounds directory the gateway creates itself (an existing one, e.g. 2750 of group
+#: asterisk as operations.md shows, keeps its mode and group).
+DIR_MODE = 0o750
 
 
 def remove(paths: Collection[Path]) -> int:
