@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import Config, UnreadSecret, load_config, load_config_deferring_secrets
+from .domain import Job
 from .errors import ConfigError
 from .exit_codes import ExitCode
 from .logs import setup_logging
@@ -146,13 +147,32 @@ def cmd_purge(args: argparse.Namespace) -> int:
 
     config, _unread = _load_without_secrets(args.config)
     days = args.older_than_days if args.older_than_days is not None else config.store.retention_days
+    cutoff = time.time() - days * 86400
     store = Store(config.store.path)
     try:
-        n = store.purge(time.time() - days * 86400)
+        voice_jobs = store.voice_jobs(cutoff) if config.voice.enabled else ([], [])
+        n = store.purge(cutoff)
     finally:
         store.close()
     print(f"purged {n} finished jobs older than {days:g} days (with their personal data)")
+    if n and voice_jobs[0]:
+        removed = asyncio.run(_forget_audio(config, *voice_jobs))
+        print(f"removed {removed} audio file(s) of purged jobs")
+    if n:
+        # This command has no broker connection: the running gateway empties their
+        # retained statuses at its next purge pass (`[store] purge_interval`) or start.
+        print("their retained statuses are cleared by the gateway at its next purge pass")
     return 0
+
+
+async def _forget_audio(config: Config, purged: list[Job], running: list[Job]) -> int:
+    from voice.synthesis import Synthesizer
+
+    synthesizer = Synthesizer(config.voice)
+    try:
+        return await synthesizer.forget(purged, running)
+    finally:
+        await synthesizer.stop()
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:

@@ -17,6 +17,7 @@ from . import __version__
 from .async_store import AsyncStore
 from .channel import Channel, Reports, settle
 from .config import Config, load_config
+from .domain import Job
 from .errors import ConfigError
 from .exit_codes import ExitCode
 from .intake import Intake
@@ -35,6 +36,7 @@ log = logging.getLogger("gateway.daemon")
 
 STOP_GRACE = 10.0
 REPORT_BATCH = 500  # receipts applied per store transaction
+CLEAR_CONFIRM_S = 30.0  # wait for the broker to confirm cleared retained statuses
 _DOWN = ("down", "degraded", "auth_failed")  # a channel's health state that degrades us
 
 
@@ -85,6 +87,7 @@ class Gateway:
             self.store,
             config.status.job_status_interval,
             config.status.delivery_events,
+            rejected_retention=config.store.retention_days * 86400,
         )
         # The retained health goes through its own connection, whose will marks it offline.
         self.presence = Presence(
@@ -290,9 +293,18 @@ class Gateway:
     async def _purge_loop(self) -> None:
         while True:
             cutoff = time.time() - self.config.store.retention_days * 86400
+            forget_audio = getattr(self.channels.get("voice"), "forget_audio", None)
+            if forget_audio is not None:
+                voice_jobs = await self.store.run(self.store.store.voice_jobs, cutoff)
             purged = await self.store.run(self.store.store.purge, cutoff)
             if purged:
                 log.info("retention: purged %d finished jobs and their personal data", purged)
+                if forget_audio is not None:
+                    await self._forget_audio(forget_audio, *voice_jobs)
+            try:
+                await self._clear_retained()
+            except Exception:
+                log.exception("retention: clearing retained job statuses failed")
             for name, channel in self.channels.items():
                 housekeeping = getattr(channel, "housekeeping", None)
                 if housekeeping is None:
@@ -305,6 +317,40 @@ class Gateway:
                     if removed:
                         log.info("retention: %s removed %d old files", name, removed)
             await asyncio.sleep(self.config.store.purge_interval)
+
+    async def _forget_audio(
+        self,
+        forget: Callable[[list[Job], list[Job]], Awaitable[int]],
+        purged: list[Job],
+        running: list[Job],
+    ) -> None:
+        """The alert audio of purged jobs goes with them (not files running jobs play)."""
+        try:
+            removed = await forget(purged, running)
+        except Exception:
+            log.exception("retention: removing the audio of purged jobs failed")
+        else:
+            if removed:
+                log.info("retention: removed %d audio file(s) of purged jobs", removed)
+
+    async def _clear_retained(self) -> None:
+        """Empty the retained status of purged jobs and of rejections past retention (also
+        those queued by `plp-gateway purge`, which has no broker connection). They leave
+        the store's queue once the broker has confirmed them; otherwise the next pass
+        publishes them again (harmless)."""
+        while True:
+            ids = await self.store.run(self.store.store.due_retained_clears, time.time())
+            if not ids:
+                return
+            for job_id in ids:
+                try:
+                    self.status.clear_job(job_id)
+                except ValueError:  # no topic can be built from it: nothing retained there
+                    log.warning("retention: no status topic for job id %r", job_id)
+            if not await self.link.flush(CLEAR_CONFIRM_S):
+                return
+            await self.store.run(self.store.store.retained_cleared, ids)
+            log.info("retention: cleared %d retained job status(es)", len(ids))
 
     # -- reload ----------------------------------------------------------------------------
     def reload(self) -> bool:

@@ -26,6 +26,25 @@ class _JsonFormatter(logging.Formatter):
         return json.dumps(entry, ensure_ascii=False)
 
 
+class MaskPersonalData(logging.Filter):
+    """A net under every handler: each record, of any logger (panoramisk logs raw AMI traffic,
+    numbers included, at DEBUG) and any level, leaves with its numbers and addresses masked,
+    whatever formatter follows."""
+
+    _formatter = logging.Formatter()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg = scrub(record.getMessage())
+        record.args = None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self._formatter.formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = scrub(record.exc_text)
+        if record.stack_info:
+            record.stack_info = scrub(record.stack_info)
+        return True
+
+
 class _TextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         return scrub(super().format(record))
@@ -77,6 +96,7 @@ def setup_logging(level: str = "INFO", fmt: str = "text") -> None:
         handler.setFormatter(_TextFormatter("%(levelname)s %(name)s: %(message)s"))
     else:
         handler.setFormatter(_TextFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.addFilter(MaskPersonalData())
     if journal:
         handler.setFormatter(_JournalFormatter(handler.formatter or logging.Formatter()))
     root = logging.getLogger()

@@ -99,11 +99,15 @@ class StatusPublisher:
         store: AsyncStore,
         job_interval: float,
         delivery_events: str = "each",
+        rejected_retention: float = 30 * 86400,
     ) -> None:
         self._publish = publish
         # The node's retained topics (availability, health): the daemon sends them through
         # their own connection (gateway.presence).
         self.publish_node: Publish = publish
+        # A rejected job's retained status is cleared this long after (`[store] retention_days`).
+        self.rejected_retention = rejected_retention
+        self._rejected: list[str] = []  # ids whose rejected status is not yet noted in the store
         # "each": one message per delivery change; "batch": one message per job and flush
         # holding that job's events in order (for jobs of thousands at full SMSC speed).
         self._batch_events = delivery_events == "batch"
@@ -215,6 +219,13 @@ class StatusPublisher:
         payload = {"id": job_id, "state": "rejected", "updated_at": iso(time.time())}
         self._publish(self.topics.job_status(job_id), dumps(payload), qos=1, retain=True)
         self._job_state(job_id, "rejected", True)
+        self._rejected.append(job_id)  # noted in the store at the next flush, to be cleared
+
+    def clear_job(self, job_id: str) -> None:
+        """Remove the job's retained status from the broker (an empty retained message):
+        the job was purged, or its rejection is past retention."""
+        self._publish(self.topics.job_status(job_id), b"", qos=1, retain=True)
+        self._job_states.pop(job_id, None)
 
     def rejected(self, errors: list[Mapping[str, str]], job_id: str | None, topic: str) -> None:
         payload = {
@@ -247,6 +258,10 @@ class StatusPublisher:
             self._publish(self.topics.job_delivery_batches(job_id), dumps(payload), qos=1)
 
     async def flush(self) -> None:
+        if self._rejected:
+            rejected, self._rejected = self._rejected, []
+            clear_after = time.time() + self.rejected_retention
+            await self._store.run(self._store.store.note_rejected, rejected, clear_after)
         for job_id in list(self._events):
             self._publish_events(job_id)
         dirty, self._dirty = self._dirty, set()

@@ -9,6 +9,8 @@ delivery transitions use `NORMAL`, which survives a killed process.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import sqlite3
 import time
 from collections.abc import Callable, Sequence
@@ -112,6 +114,10 @@ CREATE TABLE IF NOT EXISTS purged_jobs (
     content_hash TEXT NOT NULL,
     purged_at REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS retained_clears (
+    job_id TEXT PRIMARY KEY,
+    clear_after REAL NOT NULL
+);
 CREATE TABLE IF NOT EXISTS orphan_receipts (
     channel TEXT NOT NULL,
     provider_id TEXT NOT NULL,
@@ -126,6 +132,14 @@ CREATE TABLE IF NOT EXISTS orphan_receipts (
 #: replay of a purged job is a duplicate whatever the window (and across reloads).
 TOMBSTONE_SECONDS = MAX_REPLAY_WINDOW
 
+#: The store and its `-wal`/`-shm` hold personal data: the service user only, whatever the
+#: umask (SQLite gives the companions the mode of the database file).
+FILE_MODE = 0o600
+_PURGEABLE = (
+    "state IN ('done','cancelled','expired','rejected')"
+    " AND finished_at IS NOT NULL AND finished_at < ?"
+)
+
 _PENDING = ("queued", "sending", "retrying")
 _OPEN = ("queued", "sending", "retrying", "sent")
 
@@ -135,6 +149,7 @@ class Store:
         path.parent.mkdir(parents=True, exist_ok=True)
         self._in_tx = False
         try:
+            _private(path)
             self._db = sqlite3.connect(
                 str(path), isolation_level=None, check_same_thread=False, timeout=30
             )
@@ -152,7 +167,9 @@ class Store:
             "INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', ?)",
             (str(SCHEMA_VERSION),),
         )
-        path.chmod(0o600)
+        for companion in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
+            with contextlib.suppress(FileNotFoundError):  # made 0644 by an older version
+                companion.chmod(FILE_MODE)
 
     def close(self) -> None:
         self._db.close()
@@ -583,14 +600,67 @@ class Store:
         return [row_to_delivery(r) for r in rows]
 
     # -- retention ----------------------------------------------------------------------
+    def _queue_retained_clears(self, finished_before: float) -> None:
+        self._db.execute(
+            f"INSERT OR REPLACE INTO retained_clears SELECT id, 0 FROM jobs WHERE {_PURGEABLE}",  # noqa: S608
+            (finished_before,),
+        )
+
+    def note_rejected(self, job_ids: Sequence[str], clear_after: float) -> None:
+        """Statuses published for rejected jobs (not stored): cleared after `clear_after`."""
+        self._tx(
+            lambda: self._db.executemany(
+                "INSERT OR REPLACE INTO retained_clears(job_id, clear_after) VALUES (?, ?)",
+                [(job_id, clear_after) for job_id in job_ids],
+            )
+        )
+
+    def due_retained_clears(self, now: float, limit: int = 1000) -> list[str]:
+        """Job ids whose retained status must be cleared now. A rejected id accepted later
+        (a corrected job) is not: its status is the job's own until it is purged."""
+
+        def work() -> list[str]:
+            self._db.execute("DELETE FROM retained_clears WHERE job_id IN (SELECT id FROM jobs)")
+            rows = self._db.execute(
+                "SELECT job_id FROM retained_clears WHERE clear_after <= ? LIMIT ?",
+                (now, limit),
+            ).fetchall()
+            return [r["job_id"] for r in rows]
+
+        result: list[str] = self._tx(work)
+        return result
+
+    def retained_cleared(self, job_ids: Sequence[str]) -> None:
+        self._tx(
+            lambda: self._db.executemany(
+                "DELETE FROM retained_clears WHERE job_id = ?", [(i,) for i in job_ids]
+            )
+        )
+
+    def voice_jobs(self, finished_before: float) -> tuple[list[Job], list[Job]]:
+        """Jobs with voice deliveries: (those `purge(finished_before)` will delete, those
+        still running), to remove the audio of the first but not what the second use."""
+        with_voice = "id IN (SELECT job_id FROM deliveries WHERE channel = 'voice')"
+        purged = self._db.execute(
+            f"SELECT * FROM jobs WHERE {_PURGEABLE} AND {with_voice}",  # noqa: S608
+            (finished_before,),
+        ).fetchall()
+        if not purged:
+            return [], []  # the usual run: no running job's body read for nothing
+        running = self._db.execute(
+            f"SELECT * FROM jobs WHERE state IN ('accepted', 'running') AND {with_voice}"  # noqa: S608
+        ).fetchall()
+        return [job_from_row(r) for r in purged], [job_from_row(r) for r in running]
+
     def purge(self, finished_before: float) -> int:
         """Delete finished jobs (and with them every personal datum) older than the cutoff."""
 
         def work() -> int:
             self._bury(finished_before)
+            # Each purged job's retained status goes from the broker too (the daemon clears it).
+            self._queue_retained_clears(finished_before)
             cur = self._db.execute(
-                "DELETE FROM jobs WHERE state IN ('done','cancelled','expired','rejected')"
-                " AND finished_at IS NOT NULL AND finished_at < ?",
+                f"DELETE FROM jobs WHERE {_PURGEABLE}",  # noqa: S608
                 (finished_before,),
             )
             self.purge_orphan_receipts(finished_before)
@@ -633,10 +703,8 @@ class Store:
     def _bury(self, finished_before: float) -> None:
         """Before purging: remember the id and content hash of each job about to go."""
         self._db.execute(
-            "INSERT OR REPLACE INTO purged_jobs(id, content_hash, purged_at)"
-            " SELECT id, content_hash, ? FROM jobs"
-            " WHERE state IN ('done','cancelled','expired','rejected')"
-            " AND finished_at IS NOT NULL AND finished_at < ?",
+            "INSERT OR REPLACE INTO purged_jobs(id, content_hash, purged_at)"  # noqa: S608
+            f" SELECT id, content_hash, ? FROM jobs WHERE {_PURGEABLE}",
             (time.time(), finished_before),
         )
 
@@ -644,3 +712,10 @@ class Store:
         now = time.time()
         self._db.execute("DELETE FROM seen_nonces WHERE expires_at < ?", (now,))
         self._db.execute("DELETE FROM purged_jobs WHERE purged_at < ?", (now - TOMBSTONE_SECONDS,))
+
+
+def _private(path: Path) -> None:
+    """Create the database file 0600 before SQLite does (it would follow the umask, and
+    give its `-wal` and `-shm` the same mode)."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, FILE_MODE)
+    os.close(fd)

@@ -86,7 +86,7 @@ def test_write_atomic_leaves_no_temp_file(tmp_path: Path) -> None:
     audio.write_atomic(path, b"two")
     assert path.read_bytes() == b"two"
     assert sorted(p.name for p in path.parent.iterdir()) == ["plp-fr-abc.wav"]
-    assert path.stat().st_mode & 0o777 == 0o644
+    assert path.stat().st_mode & 0o777 == 0o640  # Asterisk reads by group, no one else
 
 
 def test_names_are_content_hashes() -> None:

@@ -105,16 +105,38 @@ def duration_of(size: int, fmt: str) -> float:
     return max(0, payload) / (RATE * SAMPLE_WIDTH)
 
 
+#: Audio files: the service user and, by group, the local Asterisk; no one else.
+FILE_MODE = 0o640
+#: A sounds directory the gateway creates itself (an existing one, e.g. 2750 of group
+#: asterisk as operations.md shows, keeps its mode and group).
+DIR_MODE = 0o750
+
+
+def remove(paths: Collection[Path]) -> int:
+    """Delete these audio files (those of purged jobs); count the ones that were there."""
+    removed = 0
+    for path in paths:
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            continue
+        removed += 1
+    return removed
+
+
 def write_atomic(path: Path, data: bytes) -> None:
     """Write `data` to `path` so that a reader (Asterisk) never sees a partial file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=path.suffix)
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)  # Asterisk often runs as another user
+        # Asterisk runs as another user: it reads by group (a setgid directory of group
+        # asterisk gives the file that group). The alert text is personal: never 0644,
+        # whatever the umask.
+        os.chmod(tmp, FILE_MODE)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):

@@ -11,7 +11,7 @@ import contextlib
 import logging
 import re
 from collections import Counter
-from collections.abc import Coroutine, Mapping
+from collections.abc import Collection, Coroutine, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -160,6 +160,15 @@ class VoiceChannel:
         if cleanup is None:
             return 0
         removed: int = await cleanup()
+        return removed
+
+    async def forget_audio(self, jobs: Collection[Job], keep: Collection[Job]) -> int:
+        """Remove the audio of purged `jobs` unless a job in `keep` uses it (the daemon's
+        purge: a purged job leaves no alert text behind)."""
+        forget = getattr(self._audio, "forget", None)
+        if forget is None:
+            return 0
+        removed: int = await forget(jobs, keep)
         return removed
 
     def health(self) -> Mapping[str, object]:

@@ -94,7 +94,7 @@ class Synthesizer:
 
     async def start(self) -> None:
         """Create the sounds directory (shared with Asterisk)."""
-        await self._run(self._dir.mkdir, parents=True, exist_ok=True)
+        await self._run(self._dir.mkdir, mode=audio.DIR_MODE, parents=True, exist_ok=True)
 
     async def stop(self) -> None:
         """Cancel syntheses in progress and release the engines' and our threads."""
@@ -113,8 +113,7 @@ class Synthesizer:
 
         Returns {lang: "tts_failed"} for the languages no engine could produce.
         """
-        langs = sorted({r.lang for r in job.recipients if "voice" in r.channels})
-        langs = [lang for lang in langs if lang in job.message]
+        langs = _voice_langs(job)
 
         async def one(lang: str) -> tuple[str, str | None]:
             text = compose_text(job.message, lang, test=job.test)
@@ -158,6 +157,46 @@ class Synthesizer:
         """The exact text `render` would speak (for the CLI and for review)."""
         opts = spoken_options(options, self._tts)
         return compose(text, lang, opts, templates_for(lang, self._tts.templates), test=test)
+
+    def audio_paths(self, job: Job) -> set[Path]:
+        """Every file `prepare(job)` may have made: per language, one per configured engine
+        (a fallback engine makes its own file)."""
+        fmt = self._tts.format
+        paths: set[Path] = set()
+        for lang in _voice_langs(job):
+            text = compose_text(job.message, lang, test=job.test)
+            spoken = self.composed_text(text=text, lang=lang, options=job.options, test=job.test)
+            for name in self._tts.engines_for(lang):
+                engine = self._engines.get(name)
+                if engine is None or engine.voice(lang) is None:
+                    continue
+                stem = audio.audio_name(
+                    engine=engine.name,
+                    voice=engine.fingerprint(lang),
+                    lang=lang,
+                    text=spoken,
+                    fmt=fmt,
+                    profile=self._profile,
+                )
+                paths.add(self._dir / (stem + audio.EXTENSIONS[fmt]))
+        return paths
+
+    async def forget(self, jobs: Collection[Job], keep: Collection[Job] = ()) -> int:
+        """Delete the audio of purged `jobs`, except files that jobs in `keep` (still
+        running, same text) use; count the files removed."""
+        gone: set[Path] = set()
+        for job in jobs:
+            gone |= self.audio_paths(job)
+        for job in keep:
+            gone -= self.audio_paths(job)
+        if not gone:
+            return 0
+        removed = await self._run(audio.remove, gone)
+        for key, hit in list(self._memo.items()):
+            if hit.path in gone:
+                del self._memo[key]
+                self._touched.pop(hit.path, None)
+        return removed
 
     def stats(self) -> dict[str, int | str]:
         """Counters for the health topic / metrics. No personal data, no message text."""
@@ -320,6 +359,12 @@ class Synthesizer:
     async def _run(self, fn: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, lambda: fn(*args, **kwargs))
+
+
+def _voice_langs(job: Job) -> list[str]:
+    """The languages of the job's voice recipients that its message has."""
+    langs = sorted({r.lang for r in job.recipients if "voice" in r.channels})
+    return [lang for lang in langs if lang in job.message]
 
 
 def _check(path: Path, touch: bool) -> bool:
