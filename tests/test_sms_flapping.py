@@ -1,0 +1,80 @@
+"""A link that flaps must not fail members (issue 12, finding 20), through the daemon.
+
+The SMSC simulator runs as its own process and ends every session after N submit_sm, as
+some SMSCs do; the gateway must keep its reconnect delay short (each bind carried traffic)
+and must not use up a member's attempts while no link could take them.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+
+from tests.conftest import GatewayFactory
+from tests.fixtures import Observer, members
+from tests.sms_fixtures import SmscProcess, sms_job
+
+_REBIND = re.compile(r"smsc sim: binding again in ([0-9.]+)s")
+
+
+async def test_a_session_ended_every_n_submits_delivers_everyone_once(
+    gateway: GatewayFactory, observer: Observer, smsc: SmscProcess
+) -> None:
+    every, count, initial = 20, 300, 0.05
+    await smsc.ctl("fault", close_every=every)
+    # A long reconnect_max_delay: had the delay doubled at each of the ~15 session ends
+    # (0.05, 0.1, ... 800 s), the job could not end within the wait below.
+    proc = gateway(
+        smsc.config(
+            window=10, reconnect_initial_delay=initial, reconnect_max_delay=600,
+            retry={"max_attempts": 6},
+        )
+    )  # fmt: skip
+    recipients = members(count)
+    await observer.publish_job(sms_job("flap-1", recipients))
+
+    status = await observer.wait_job("flap-1", "done", timeout=90)
+    assert status["totals"] == {"delivered": count}
+    events = observer.events("flap-1")
+    assert not [e for e in events if e["state"] == "failed"]
+    # Nothing lost, nothing doubled: what was written after the Nth submit was neither
+    # accepted nor answered (possibly_sent, sent again once).
+    counts = Counter(await smsc.counts())
+    assert len(counts) == count and set(counts.values()) == {1}
+    # Every bind carried traffic: the delay before the next bind stayed at its start value.
+    stats = await smsc.ctl("stats")
+    ended = stats["counters"]["sessions_ended"]
+    assert ended >= count // every
+    assert stats["counters"]["binds"] <= ended + 1
+    delays = [float(d) for d in _REBIND.findall(proc.log())]
+    assert len(delays) >= ended
+    assert max(delays) <= initial * 1.2 + 0.005, delays
+
+
+async def test_attempts_that_never_reached_the_smsc_do_not_fail_the_member(
+    gateway: GatewayFactory, observer: Observer, smsc: SmscProcess
+) -> None:
+    # The SMSC refuses every bind for a while: no attempt can leave the gateway.
+    await smsc.ctl("fault", password="changed")
+    gateway(smsc.config(sms={"link_wait": 0.2}, retry={"max_attempts": 2}))
+    recipients = members(5)
+    await observer.publish_job(sms_job("flap-2", recipients))
+
+    def waited_or_failed() -> bool:
+        events = observer.events("flap-2")
+        if any(e["state"] == "failed" for e in events):
+            return True
+        waits = Counter(
+            e["ref"] for e in events if e["state"] == "retrying" and e["reason"] == "link_down"
+        )
+        return len(waits) == len(recipients) and min(waits.values()) > 2
+
+    await observer.wait(waited_or_failed, timeout=60)
+    assert not [e for e in observer.events("flap-2") if e["state"] == "failed"]
+    waiting = [e for e in observer.events("flap-2") if e["state"] == "retrying"]
+    assert {e["attempt"] for e in waiting} == {0}, "a wait for the link is not an attempt"
+
+    await smsc.ctl("fault", password="secret")
+    status = await observer.wait_job("flap-2", "done", timeout=60)
+    assert status["totals"] == {"delivered": len(recipients)}
+    assert set(Counter(await smsc.counts()).values()) == {1}
