@@ -402,7 +402,8 @@ class Store:
         now = now or time.time()
         if not waits:
             return []
-        # updated_at of a `sent` delivery is when it became sent.
+        # updated_at of a `sent` delivery is when it became sent; on a channel without a
+        # wait, every `sent` is recent (the cutoff is -infinity) and keeps its job running.
         cutoff = " ".join("WHEN ? THEN ?" for _ in waits)
         params = [v for channel, wait in waits.items() for v in (channel, now - wait)]
 
@@ -412,7 +413,7 @@ class Store:
                 " AND s.state='sent') AS unreceipted FROM jobs j WHERE j.state='running'"
                 " AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.job_id=j.id AND"
                 " (d.state IN ('queued','sending','retrying') OR (d.state='sent' AND"
-                f" d.updated_at > (CASE d.channel {cutoff} ELSE 1e300 END))))",
+                f" d.updated_at > (CASE d.channel {cutoff} ELSE -1e300 END))))",
                 params,
             ).fetchall()
             for r in rows:

@@ -319,6 +319,8 @@ class Session:
             await self.pacer.wait()
             link = self._tx
             if link is None or not self.bound or not link.is_open:
+                if link is not None and not link.is_open:
+                    self._bound.clear()  # before `_link_closed` runs: wait for the next bind
                 raise LinkUnavailable("link_down", f"smsc {self.name} not bound")
             await link.writable()
             seq = link.next_sequence()
@@ -376,6 +378,8 @@ class Session:
             try:
                 self._links = await self._open()
                 self._tx = self._links[0]
+                for link in self._links:
+                    link.closed.add_done_callback(functools.partial(self._link_closed, link))
                 bound_at = time.monotonic()
                 self.state = BindState.BOUND
                 self._bound.set()
@@ -406,6 +410,12 @@ class Session:
             )  # fmt: skip
             await asyncio.sleep(wait)
             delay = min(cfg.reconnect_max_delay, delay * 2)
+
+    def _link_closed(self, link: _Link, _closed: asyncio.Future[str]) -> None:
+        # Not bound from the moment a link closes (`_run` notices a moment later): a send
+        # waits for the next bind instead of finding the closed link again and again.
+        if link in self._links:
+            self._bound.clear()
 
     async def _open(self) -> list[_Link]:
         cfg = self.config

@@ -7,12 +7,17 @@ and must not use up a member's attempts while no link could take them.
 
 from __future__ import annotations
 
+import logging
 import re
 from collections import Counter
 
+import pytest
+
+from gateway.errors import NotSent, TemporaryError
 from tests.conftest import GatewayFactory
 from tests.fixtures import Observer, members
-from tests.sms_fixtures import SmscProcess, sms_job
+from tests.sms_fixtures import SmscProcess, attempt, channel, mobile, simulator, sms_config, sms_job
+from tests.sms_fixtures import smsc as link
 
 _REBIND = re.compile(r"smsc sim: binding again in ([0-9.]+)s")
 
@@ -78,3 +83,31 @@ async def test_attempts_that_never_reached_the_smsc_do_not_fail_the_member(
     status = await observer.wait_job("flap-2", "done", timeout=60)
     assert status["totals"] == {"delivered": len(recipients)}
     assert set(Counter(await smsc.counts()).values()) == {1}
+
+
+async def test_an_smsc_unbinding_every_n_submits_is_rebound_at_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Channel level, the other way an SMSC ends a session: `unbind` after the Nth submit."""
+    caplog.set_level(logging.INFO, logger="sms.session")
+    async with simulator(close_every=5, close_with="unbind") as sim:
+        config = sms_config(link(sim, reconnect_max_delay=600), link_wait=5.0)
+        async with channel(config) as ch:
+            not_sent = 0
+            for i in range(30):
+                for _ in range(10):
+                    try:
+                        await ch.send(attempt(mobile(i)))
+                        break
+                    except NotSent:
+                        not_sent += 1  # nothing left: send again
+                    except TemporaryError as exc:
+                        assert exc.reason == "possibly_sent", exc
+                else:
+                    raise AssertionError(f"{mobile(i)} never sent")
+    ended = sim.counters["sessions_ended"]
+    assert ended == 6
+    assert ended <= sim.counters["binds"] <= ended + 1  # one per session, none wasted
+    assert sim.counters["accepted"] == 30 and sim.stats()["duplicates"] == 0
+    delays = [float(d) for d in re.findall(r"binding again in ([0-9.]+)s", caplog.text)]
+    assert len(delays) >= ended - 1 and max(delays) <= 0.05 * 1.2 + 0.005, delays
