@@ -51,8 +51,10 @@ async def run(n: int, every: int, window: int, timeout: float) -> None:
         took = time.monotonic() - t0
         status = obs.status("flapping") or {}
         stats = await sim.ctl("stats")
-        health = obs.on("/gateway/test/health")
-        counters = health[-1].json().get("counters", {}) if health else {}
+        topic = "/gateway/test/health"
+        seen = len(obs.on(topic))  # the counters of a health message published after the end
+        await obs.wait(lambda: len(obs.on(topic)) > seen, 30)
+        counters = obs.on(topic)[-1].json().get("counters", {})
     c = stats["counters"]
     print(f"# {n} recipients, SMSC ends every session after {every} submit_sm, window {window}")
     print(f"job state                   {status.get('state')} after {took:.1f} s")
