@@ -112,11 +112,15 @@ class RetryPolicy:
 
 @dataclass(frozen=True)
 class Limits:
-    """How the scheduler feeds a channel: parallel attempts, attempts/s (0 = unlimited)."""
+    """How the scheduler feeds a channel: parallel attempts, attempts/s (0 = unlimited).
+
+    `receipt_wait`: seconds after which a `sent` delivery without a receipt no longer keeps
+    its job running (None: a `sent` waits for its receipt until the job expires)."""
 
     concurrency: int
     rate: float
     retry: RetryPolicy
+    receipt_wait: float | None = None
 
 
 @runtime_checkable

@@ -44,5 +44,16 @@ class LinkDown(TemporaryError, ConnectionError):
     """The channel's link (SMTP server, SMSC bind, AMI) is not usable right now."""
 
 
+class NotSent(TemporaryError):
+    """The attempt certainly never reached the provider (nothing was written to a bound
+    link). It does not use up one of the member's attempts: the scheduler queues the
+    delivery again, bounded by the job's expiry."""
+
+
+class LinkUnavailable(NotSent, LinkDown):
+    """No link could take the attempt (none bound, or it went down before the request left):
+    wait for one. A flapping link must not fail members who never reached the provider."""
+
+
 class StoreError(GatewayError):
     """The durable store failed."""

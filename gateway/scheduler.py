@@ -24,13 +24,17 @@ from .domain import (
     compose_subject,
     compose_text,
 )
-from .errors import PermanentError, TemporaryError
+from .errors import NotSent, PermanentError, TemporaryError
 from .privacy import mask_phone, scrub
 from .queues import ChannelQueue, Slots, make_limiter
 from .rows import Change, DeliveryRow
 from .status import StatusPublisher, iso
 
 log = logging.getLogger("gateway.scheduler")
+
+# Least wait before a delivery that never reached its provider is tried again: the channel
+# usually waits for a link itself, but one that answers at once must not make it spin.
+NOT_SENT_MIN_DELAY = 0.2
 
 
 @dataclass
@@ -63,7 +67,12 @@ class Scheduler:
         self._dispatchers: list[asyncio.Task[None]] = []
         self._stopping = False
         self._reply_window = reply_window
-        self.counters: dict[str, int] = {"attempts": 0, "retries": 0, "receipts_unknown": 0}
+        self.counters: dict[str, int] = {
+            "attempts": 0,
+            "retries": 0,
+            "receipts_unknown": 0,
+            "not_sent": 0,
+        }
         # The hot path's writes, coalesced: one transaction per batch of attempts.
         writes = WriteBatch(store)
         self._claim = Batched(writes, store.store.claim_batch)
@@ -252,6 +261,23 @@ class Scheduler:
                 if row.expires_at <= now and row.id not in self._closed:
                     log.info("job %s expired", row.id)
                     await self.close_job(row.id, JobState.EXPIRED, "expired")
+            await self._end_receipt_waits(now)
+
+    async def _end_receipt_waits(self, now: float) -> None:
+        """A job whose only open deliveries are `sent` for longer than their channel's
+        receipt wait is done: those members stay `sent` (a late receipt still applies)."""
+        waits: dict[str, float] = {}
+        for name, lane in self._lanes.items():
+            wait = lane.channel.limits().receipt_wait
+            if wait is not None:
+                waits[name] = wait
+        if not waits:
+            return
+        done = await self._store.run(self._store.store.finish_receipt_waits, waits, now)
+        for job_id, unreceipted in done:
+            log.info("job %s done: %d deliveries sent without a receipt", job_id, unreceipted)
+            self._status.job_dirty(job_id, immediate=True)
+            self._forget(job_id)
 
     # -- dispatch -----------------------------------------------------------------------
     async def _dispatch(self, lane: _Lane) -> None:
@@ -347,6 +373,9 @@ class Scheduler:
 
     async def _temporary(self, lane: _Lane, d: DeliveryRow, job: Job, exc: TemporaryError) -> None:
         policy = lane.channel.limits().retry
+        if isinstance(exc, NotSent):
+            await self._not_sent(lane, d, job, exc)
+            return
         if d.attempts >= policy.max_attempts:
             await self._fail(d, exc.reason, detail=f"gave up after {d.attempts} attempts")
             return
@@ -365,6 +394,25 @@ class Scheduler:
         self.counters["retries"] += 1
         self._status.delivery(change)
         log.info("delivery %d retry at %s (%s)", d.id, iso(due), exc.reason)
+        lane.queue.push(job.priority, d.id, job.id, due)
+
+    async def _not_sent(self, lane: _Lane, d: DeliveryRow, job: Job, exc: NotSent) -> None:
+        """The attempt never reached the provider (no link): it gives back the attempt the
+        claim counted and waits for a link, in its priority's turn, until the job expires."""
+        delay = max(NOT_SENT_MIN_DELAY, exc.retry_after or 0.0)
+        due = time.time() + delay
+        change = await self._transition(
+            d.id,
+            DeliveryState.RETRYING,
+            last_error=exc.reason,
+            next_attempt_at=due,
+            attempts=max(0, d.attempts - 1),
+        )
+        if change is None:
+            return
+        self.counters["not_sent"] += 1
+        self._status.delivery(change)
+        log.debug("delivery %d not sent (%s): again at %s", d.id, exc.reason, iso(due))
         lane.queue.push(job.priority, d.id, job.id, due)
 
     async def _fail(self, d: DeliveryRow, reason: str, detail: str | None = None) -> None:

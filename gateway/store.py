@@ -13,7 +13,7 @@ import contextlib
 import os
 import sqlite3
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -430,6 +430,36 @@ class Store:
             (now, now, job_id),
         )
         return JobState.DONE if cur.rowcount else None
+
+    def finish_receipt_waits(
+        self, waits: Mapping[str, float], now: float | None = None
+    ) -> list[tuple[str, int]]:
+        """running -> done for each job with nothing pending whose `sent` deliveries have
+        all waited their channel's receipt wait (`waits`: channel -> seconds; a `sent` on
+        another channel still waits for its receipt). Per job: (id, deliveries still sent)."""
+        now = now or time.time()
+        if not waits:
+            return []
+        # updated_at of a `sent` delivery is when it became sent; on a channel without a
+        # wait, every `sent` is recent (the cutoff is -infinity) and keeps its job running.
+        cutoff = " ".join("WHEN ? THEN ?" for _ in waits)
+        params = [v for channel, wait in waits.items() for v in (channel, now - wait)]
+
+        def work() -> list[tuple[str, int]]:
+            rows = self._db.execute(
+                "SELECT j.id, (SELECT count(*) FROM deliveries s WHERE s.job_id=j.id"  # noqa: S608
+                " AND s.state='sent') AS unreceipted FROM jobs j WHERE j.state='running'"
+                " AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.job_id=j.id AND"
+                " (d.state IN ('queued','sending','retrying') OR (d.state='sent' AND"
+                f" d.updated_at > (CASE d.channel {cutoff} ELSE -1e300 END))))",
+                params,
+            ).fetchall()
+            for r in rows:
+                self.set_job_state(r["id"], JobState.DONE)
+            return [(r["id"], r["unreceipted"]) for r in rows]
+
+        result: list[tuple[str, int]] = self._tx(work)
+        return result
 
     def transition_job_if_done(self, job_id: str) -> JobState | None:
         result: JobState | None = self._tx(lambda: self._maybe_finish_job(job_id, time.time()))

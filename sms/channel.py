@@ -17,7 +17,7 @@ import phonenumbers
 
 from gateway.channel import Attempt, Limits, Outcome, Receipt, Reply, Reports, RetryPolicy
 from gateway.domain import DeliveryState, Job
-from gateway.errors import LinkDown, PermanentError, TemporaryError
+from gateway.errors import LinkDown, LinkUnavailable, PermanentError, TemporaryError
 from gateway.numbers import kind_of_e164, parse_e164, refusal
 from gateway.privacy import address_hash, mask_phone
 
@@ -139,7 +139,9 @@ class SmsChannel:
         policy = RetryPolicy(r.max_attempts, r.initial_delay, r.max_delay, r.factor, r.jitter)
         # Twice the windows: while one send handles its response the next already waits.
         concurrency = max(1, 2 * sum(s.window for s in self.config.smsc))
-        return Limits(concurrency=concurrency, rate=0.0, retry=policy)
+        return Limits(
+            concurrency=concurrency, rate=0.0, retry=policy, receipt_wait=self.config.receipt_wait
+        )
 
     async def prepare(self, job: Job) -> Mapping[str, str]:
         return {}
@@ -239,7 +241,8 @@ class SmsChannel:
                 )  # fmt: skip
             detail = f"{len(ids)} part(s) via {session.name}"
             return Outcome(DeliveryState.SENT, tuple(ids), detail)
-        raise LinkDown(
+        # Nothing left the gateway: the scheduler waits for a link without counting an attempt.
+        raise LinkUnavailable(
             "link_down",
             str(last) if last else "no SMSC bound",
             retry_after=self.config.smsc[0].reconnect_initial_delay if self.config.smsc else None,

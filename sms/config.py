@@ -109,6 +109,13 @@ class SmsConfig(_Section):
     default_region: str = Field(default="BE", pattern=r"^[A-Z]{2}$")
     max_validity: float = Field(default=3 * 86400, gt=60, description="cap on validity_period (s)")
     link_wait: float = Field(default=2.0, ge=0, description="seconds send() waits for a bound link")
+    # Receipts of reachable phones come within seconds; one missing after ten minutes is a
+    # phone switched off or out of coverage (the SMSC keeps trying until the validity
+    # period). The job is then `done` with those members counted `sent`; a late receipt
+    # still updates them.
+    receipt_wait: float = Field(
+        default=600.0, gt=0, description="seconds a `sent` SMS keeps its job running"
+    )
     reply_keywords: tuple[str, ...] = DEFAULT_REPLY_KEYWORDS
     retry: SmsRetryConfig = SmsRetryConfig()
     number_policy: SmsNumberPolicy = SmsNumberPolicy()

@@ -1,8 +1,9 @@
 """One SMSC as an ESME over asyncio: bind, window of submit_sm, pacing, keep-alive, reconnect.
 
-`Session.submit()` returns the SMSC's message id or raises: `LinkDown` (not sent, safe to
-send elsewhere), `TemporaryError("possibly_sent")` (written, no answer), `TemporaryError` /
-`PermanentError` named after the command_status (e.g. `ESME_RINVDSTADR`).
+`Session.submit()` returns the SMSC's message id or raises: `LinkUnavailable` (not sent,
+safe to send elsewhere or later without using up an attempt), `TemporaryError("possibly_sent")`
+(written, no answer), `TemporaryError` / `PermanentError` named after the command_status (e.g.
+`ESME_RINVDSTADR`).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from gateway.errors import LinkDown, PermanentError, TemporaryError
+from gateway.errors import LinkUnavailable, PermanentError, TemporaryError
 
 from . import pdu as P
 from .config import SmscConfig
@@ -31,7 +32,10 @@ log = logging.getLogger("sms.session")
 DeliverHandler = Callable[[P.Pdu], "int | asyncio.Future[int]"]
 
 MAX_THROTTLE_RETRIES = 20
-STABLE_AFTER = 5.0  # seconds bound before the reconnect backoff starts over
+# The reconnect backoff starts over after a healthy bind: one that answered a submit_sm
+# (whatever its length: an SMSC may close every session after N submits), or one that lasted
+# this long. A bind that carried nothing keeps the exponential backoff.
+STABLE_AFTER = 5.0
 
 
 class BindState(enum.StrEnum):
@@ -203,6 +207,7 @@ class Session:
         self.waiting = 0  # submit() calls holding or waiting for a window slot
         self.submitted = 0
         self.throttled = 0
+        self._answered = 0  # submit_sm answered on the current bind: it carried traffic
         self._tx: _Link | None = None
         self._links: list[_Link] = []
         self._bound = asyncio.Event()
@@ -314,17 +319,21 @@ class Session:
             await self.pacer.wait()
             link = self._tx
             if link is None or not self.bound or not link.is_open:
-                raise LinkDown("link_down", f"smsc {self.name} not bound")
+                if link is not None and not link.is_open:
+                    self._bound.clear()  # before `_link_closed` runs: wait for the next bind
+                raise LinkUnavailable("link_down", f"smsc {self.name} not bound")
             await link.writable()
             seq = link.next_sequence()
             try:
                 fut = link.request(seq, P.encode_submit_sm(seq, sm))
             except LinkLost as exc:
-                raise LinkDown("link_down", str(exc)) from exc
+                raise LinkUnavailable("link_down", str(exc)) from exc
             self.outstanding += 1
             self.submitted += 1
             try:
-                return await fut
+                resp = await fut
+                self._answered += 1
+                return resp
             except ResponseTimeout:
                 self.last_error = "submit_sm_resp timeout"
                 self._probe.set()  # check the link now rather than at the next interval
@@ -365,9 +374,12 @@ class Session:
         while not self._stopping:
             self.state = BindState.CONNECTING
             bound_at = 0.0
+            self._answered = 0
             try:
                 self._links = await self._open()
                 self._tx = self._links[0]
+                for link in self._links:
+                    link.closed.add_done_callback(functools.partial(self._link_closed, link))
                 bound_at = time.monotonic()
                 self.state = BindState.BOUND
                 self._bound.set()
@@ -389,12 +401,23 @@ class Session:
             if self._stopping:
                 break
             self.state = BindState.DOWN
-            if bound_at and time.monotonic() - bound_at >= STABLE_AFTER:
+            if self._answered or (bound_at and time.monotonic() - bound_at >= STABLE_AFTER):
                 delay = cfg.reconnect_initial_delay
-            await asyncio.sleep(delay * random.uniform(0.8, 1.2))
+            wait = delay * random.uniform(0.8, 1.2)
+            log.info(
+                "smsc %s: binding again in %.2fs (%d submit_sm answered on the last bind)",
+                self.name, wait, self._answered,
+            )  # fmt: skip
+            await asyncio.sleep(wait)
             # While down, each reconnect is the probe: at least one per enquire_link interval,
             # so a recovered SMSC shows within one interval.
             delay = min(cfg.reconnect_max_delay, cfg.enquire_link_interval, delay * 2)
+
+    def _link_closed(self, link: _Link, _closed: asyncio.Future[str]) -> None:
+        # Not bound from the moment a link closes (`_run` notices a moment later): a send
+        # waits for the next bind instead of finding the closed link again and again.
+        if link in self._links:
+            self._bound.clear()
 
     async def _open(self) -> list[_Link]:
         cfg = self.config

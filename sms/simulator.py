@@ -49,6 +49,11 @@ class SimulatorConfig:
     response_delay: float = 0.0
     silent: bool = False  # bound, but no answer to anything
     drop_every: float = 0.0  # close every connection every N seconds
+    # End each session after its Nth submit_sm (0 = never), as some SMSCs do: the Nth is
+    # answered, then "drop" closes the TCP connection, "unbind" sends an unbind and closes
+    # on its unbind_resp. What the ESME wrote after the Nth is neither accepted nor answered.
+    close_every: int = 0
+    close_with: str = "drop"  # drop | unbind
     hold_binds: bool = False  # leave binds unanswered until released (a gate for benchmarks)
     keep: int = 100_000  # submits kept for inspection
 
@@ -90,6 +95,8 @@ class _Conn(asyncio.Protocol):
         self.mode: str | None = None  # "tx", "rx", "trx" once bound
         self.seq = itertools.count(1)
         self.awaiting: dict[int, P.DeliverSm] = {}  # deliver_sm sent, no deliver_sm_resp yet
+        self.submits = 0  # submit_sm received on this session
+        self.ending = False  # the SMSC ends this session: it takes nothing more
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -111,6 +118,12 @@ class _Conn(asyncio.Protocol):
         if self.transport is not None:
             self.transport.abort()
 
+    def hang_up(self) -> None:
+        """Close after what was written (the last responses reach the ESME)."""
+        if self.transport is not None and self._writer is not None:
+            self._writer.flush()
+            self.transport.close()
+
     @property
     def receives(self) -> bool:
         return self.mode in ("rx", "trx")
@@ -118,6 +131,9 @@ class _Conn(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         try:
             for frame in self.frames.feed(data):
+                if self.ending and frame.command_id != P.Cmd.UNBIND_RESP:
+                    self.sim.counters["ignored_ending"] += 1
+                    continue
                 self.sim.handle(self, frame)
         except P.PduError as exc:
             log.warning("simulator: malformed PDU from ESME: %s", exc)
@@ -252,7 +268,7 @@ class SmscSimulator:
 
     # sending to the ESME
     def _receiver(self) -> _Conn | None:
-        receivers = [c for c in self.conns if c.receives]
+        receivers = [c for c in self.conns if c.receives and not c.ending]
         if not receivers:
             return None
         return receivers[next(self._rr) % len(receivers)]
@@ -344,6 +360,8 @@ class SmscSimulator:
                 conn._writer.flush()
                 conn.transport.close()
             self._notify()
+        elif cmd == P.Cmd.UNBIND_RESP and conn.ending:
+            conn.hang_up()
         elif frame.is_response:
             pass
         else:
@@ -381,6 +399,9 @@ class SmscSimulator:
         sm = P.decode_submit_sm(frame.body)
         dest = sm.destination_addr
         self.counters["submit_sm"] += 1
+        conn.submits += 1
+        if self.config.close_every and conn.submits % self.config.close_every == 0:
+            conn.ending = True  # this one is answered below, then the session ends
         if self._bucket is not None and not self._bucket.take():
             self.counters["throttled"] += 1
             self._respond(conn, P.encode_submit_sm_resp(seq, "", P.ESME_RTHROTTLED))
@@ -415,6 +436,17 @@ class SmscSimulator:
             asyncio.get_running_loop().call_later(self.config.response_delay, conn.write, data)
         else:
             conn.write(data)
+        if conn.ending:
+            loop = asyncio.get_running_loop()
+            loop.call_later(self.config.response_delay, self._end_session, conn)
+
+    def _end_session(self, conn: _Conn) -> None:
+        self.counters["sessions_ended"] += 1
+        if self.config.close_with == "unbind":
+            conn.write(P.header_only(P.Cmd.UNBIND, next(conn.seq)))
+        else:
+            conn.hang_up()
+        self._notify()
 
     def _reassemble(self, sm: P.SubmitSm) -> None:
         # Decoding waits until someone asks (messages_to): it would halve the ceiling.
@@ -454,6 +486,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--receipt-id-format", choices=["dec", "hex"], default="dec")
     p.add_argument("--throttle", type=float, default=0.0, help="submit_sm/s, 0 = unlimited")
     p.add_argument("--drop-every", type=float, default=0.0, help="drop connections every N s")
+    p.add_argument("--close-every", type=int, default=0, help="end a session after N submit_sm")
+    p.add_argument("--close-with", choices=["drop", "unbind"], default="drop")
     p.add_argument("--response-delay", type=float, default=0.0)
     p.add_argument("--reject", action="append", default=[], metavar="NUMBER=ESME_RXXX")
     p.add_argument("--undeliver", action="append", default=[], metavar="NUMBER")
@@ -472,7 +506,7 @@ async def _run(args: argparse.Namespace) -> None:
         id_format=args.id_format, receipt_id_format=args.receipt_id_format,
         reject=reject, undeliver={n.removeprefix("+") for n in args.undeliver},
         throttle_rate=args.throttle, response_delay=args.response_delay,
-        drop_every=args.drop_every,
+        drop_every=args.drop_every, close_every=args.close_every, close_with=args.close_with,
     )  # fmt: skip
     sim = SmscSimulator(config)
     port = await sim.start()

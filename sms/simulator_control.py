@@ -63,6 +63,12 @@ def execute(sim: SmscSimulator, request: dict[str, Any]) -> dict[str, Any]:
             cfg.password = str(request["password"])
         if "receipt_delay" in request:
             cfg.receipt_delay = float(request["receipt_delay"])
+        if "receipts" in request:  # false: never send a receipt
+            cfg.receipts = bool(request["receipts"])
+        if "close_every" in request:
+            cfg.close_every = int(request["close_every"])
+        if "close_with" in request:
+            cfg.close_with = str(request["close_with"])
         for number, status in dict(request.get("reject", {})).items():
             code = P.STATUS[status] if isinstance(status, str) else int(status)
             cfg.reject[number.removeprefix("+")] = code

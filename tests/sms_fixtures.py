@@ -116,17 +116,29 @@ class SmscProcess(SimulatorProcess):
         submits: dict[str, int] = (await self.ctl("counts"))["submits"]
         return submits
 
-    def config(self, window: int = 10, **extra: Any) -> str:
-        """The gateway's `[sms]` TOML for a link to this simulator, with test-sized timers."""
+    def config(
+        self,
+        window: int = 10,
+        *,
+        sms: dict[str, Any] | None = None,
+        retry: dict[str, Any] | None = None,
+        **extra: Any,
+    ) -> str:
+        """The gateway's `[sms]` TOML for a link to this simulator, with test-sized timers;
+        `sms` and `retry` override keys of `[sms]` and `[sms.retry]`, `extra` of the link."""
+        section = {"enabled": True, "sender": "PolicePLP", "link_wait": 5, **(sms or {})}
+        policy = {"initial_delay": 0.2, "max_delay": 1.0, "max_attempts": 20, **(retry or {})}
+        link = {
+            "name": "sim", "host": "127.0.0.1", "port": self.port, "system_id": "plp",
+            "password": "secret", "window": window, "response_timeout": 2,
+            "reconnect_initial_delay": 0.05, "reconnect_max_delay": 0.5,
+            "enquire_link_interval": 5, **extra,
+        }  # fmt: skip
         lines = [
-            "[sms]", "enabled = true", 'sender = "PolicePLP"', "link_wait = 5",
-            "[sms.retry]", "initial_delay = 0.2", "max_delay = 1.0", "max_attempts = 20",
-            "[[sms.smsc]]", 'name = "sim"', 'host = "127.0.0.1"', f"port = {self.port}",
-            'system_id = "plp"', 'password = "secret"', f"window = {window}",
-            "response_timeout = 2", "reconnect_initial_delay = 0.05",
-            "reconnect_max_delay = 0.5", "enquire_link_interval = 5",
+            "[sms]", *(f"{k} = {json.dumps(v)}" for k, v in section.items()),
+            "[sms.retry]", *(f"{k} = {json.dumps(v)}" for k, v in policy.items()),
+            "[[sms.smsc]]", *(f"{k} = {json.dumps(v)}" for k, v in link.items()),
         ]  # fmt: skip
-        lines += [f"{k} = {json.dumps(v)}" for k, v in extra.items()]
         return "\n".join(lines) + "\n"
 
 
