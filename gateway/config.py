@@ -94,6 +94,11 @@ class JobsConfig(Section):
     hot_ttl: float = Field(6 * 3600, gt=0, description="seconds a hot job lives without expires_at")
     cold_ttl: float = Field(3 * 86400, gt=0)
     max_ttl: float = Field(14 * 86400, gt=0)
+    link_down_fallback_after: float = Field(
+        60.0,
+        ge=0,
+        description="seconds a delivery with a fallback waits for a link of its channel",
+    )
 
 
 class EmailConfig(Section):

@@ -104,7 +104,12 @@ class Gateway:
         self._final: str | None = None  # last health state, once stopped
         self.channels = build_channels(config, self.reports)
         self.metrics = Metrics(__version__, config.node) if config.metrics.enabled else None
-        self.scheduler = Scheduler(self.store, self._metered(self.channels), self.status)
+        self.scheduler = Scheduler(
+            self.store,
+            self._metered(self.channels),
+            self.status,
+            link_down_fallback_after=config.jobs.link_down_fallback_after,
+        )
         self.verifier = Verifier.from_config(config.security)
         self.intake = Intake(
             self.store,
@@ -392,6 +397,7 @@ class Gateway:
                 "metrics": self.config.metrics,
             }
         )
+        self.scheduler.link_down_fallback_after = new.jobs.link_down_fallback_after
         self.scheduler.reload_limits()
         log.info("configuration reloaded from %s", self.config_path)
         self._reloaded(True)

@@ -56,8 +56,13 @@ class Scheduler:
         channels: Mapping[str, Channel],
         status: StatusPublisher,
         reply_window: float = 24 * 3600,
+        link_down_fallback_after: float = 60.0,
     ) -> None:
         self._store = store
+        # A delivery with a fallback channel waits this long for a link of its own channel,
+        # then fails `link_down` so that its fallback starts (`[jobs] link_down_fallback_after`).
+        self.link_down_fallback_after = link_down_fallback_after
+        self._no_link_since: dict[int, float] = {}  # delivery id -> first wait for a link
         self._status = status
         self._lanes = {name: _Lane(ch) for name, ch in channels.items()}
         self._jobs: dict[str, Job] = {}
@@ -334,6 +339,10 @@ class Scheduler:
         self.counters["attempts"] += 1
         try:
             outcome = await lane.channel.send(attempt)
+            self._no_link_since.pop(d.id, None)
+        except NotSent as exc:
+            await self._not_sent(lane, d, job, exc)
+            return
         except asyncio.CancelledError:
             if self._stopping:
                 # Persist the interruption so the next start retries it (possibly sent).
@@ -349,8 +358,10 @@ class Scheduler:
                     self._status.delivery(change)
             raise
         except TemporaryError as exc:
+            self._no_link_since.pop(d.id, None)
             await self._temporary(lane, d, job, exc)
         except PermanentError as exc:
+            self._no_link_since.pop(d.id, None)
             await self._fail(d, exc.reason)
         except Exception as exc:
             log.exception("channel %s crashed on delivery %d", d.channel, d.id)
@@ -398,9 +409,16 @@ class Scheduler:
 
     async def _not_sent(self, lane: _Lane, d: DeliveryRow, job: Job, exc: NotSent) -> None:
         """The attempt never reached the provider (no link): it gives back the attempt the
-        claim counted and waits for a link, in its priority's turn, until the job expires."""
+        claim counted and waits for a link, in its priority's turn, until the job expires —
+        or, when the job gives this channel a fallback, until `link_down_fallback_after`."""
+        now = time.time()
+        since = self._no_link_since.setdefault(d.id, now)
+        if d.channel in job.fallback and now - since >= self.link_down_fallback_after:
+            self._no_link_since.pop(d.id, None)
+            await self._fail(d, exc.reason, detail=f"no {d.channel} link for {now - since:.0f} s")
+            return
         delay = max(NOT_SENT_MIN_DELAY, exc.retry_after or 0.0)
-        due = time.time() + delay
+        due = now + delay
         change = await self._transition(
             d.id,
             DeliveryState.RETRYING,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import re
 from collections import Counter
+from pathlib import Path
 
 import pytest
 
@@ -18,6 +19,7 @@ from tests.conftest import GatewayFactory
 from tests.fixtures import Observer, members
 from tests.sms_fixtures import SmscProcess, attempt, channel, mobile, simulator, sms_config, sms_job
 from tests.sms_fixtures import smsc as link
+from tests.voice_fixtures import AsteriskProcess
 
 # "smsc NAME: binding again in 0.05s (400 submit_sm answered on the last bind)"
 _REBIND = re.compile(r"smsc \w+: binding again in ([0-9.]+)s \((\d+) submit_sm answered")
@@ -116,3 +118,49 @@ async def test_an_smsc_unbinding_every_n_submits_is_rebound_at_once(
     assert sim.counters["accepted"] == 30 and sim.stats()["duplicates"] == 0
     delays = delays_after_traffic(caplog.text)
     assert len(delays) >= ended - 1 and max(delays) <= 0.05 * 1.2 + 0.005, delays
+
+
+async def test_a_member_with_a_fallback_does_not_wait_for_an_smsc_that_never_binds(
+    gateway: GatewayFactory,
+    observer: Observer,
+    smsc: SmscProcess,
+    asterisk: AsteriskProcess,
+    tmp_path: Path,
+) -> None:
+    """No SMSC binds at all: SMS members wait for a link without using attempts, but one whose
+    job gives SMS a fallback is called after `[jobs] link_down_fallback_after`, not at expiry."""
+    await smsc.ctl("fault", password="changed")
+    gateway(
+        "[jobs]\nlink_down_fallback_after = 0.5\n"
+        + smsc.config(sms={"link_wait": 0.2}, retry={"max_attempts": 2})
+        + asterisk.config(tmp_path / "sounds")
+    )
+    # Numbers ending in 6: the simulated callee answers.
+    job = sms_job(
+        "flap-fb",
+        [{"ref": "fb", "phone": "+32470123456"}],
+        fallback={"sms": "voice"},
+        voice={"ack": False},
+    )
+    await observer.publish_job(sms_job("flap-wait", [{"ref": "wait", "phone": "+32470123466"}]))
+    await observer.publish_job(job)
+
+    def called() -> bool:
+        return any(
+            e["ref"] == "fb" and e["channel"] == "voice" and e["state"] == "delivered"
+            for e in observer.events("flap-fb")
+        )
+
+    await observer.wait(called, timeout=60)
+    final = {(e["ref"], e["channel"]): e for e in observer.events("flap-fb")}
+    assert (final[("fb", "sms")]["state"], final[("fb", "sms")]["reason"]) == (
+        "failed",
+        "link_down",
+    )
+    # The member of the job without a fallback still waits for a link, using no attempt.
+    waiting = observer.events("flap-wait")
+    assert waiting and {(e["state"], e["attempt"]) for e in waiting[1:]} <= {
+        ("retrying", 0),
+        ("sending", 1),
+    }
+    assert await asterisk.calls() == {"32470123456": 1}
