@@ -62,6 +62,10 @@ def build_message(attempt: Attempt, sender: str, domain: str) -> EmailMessage:
 
 
 def _classify(exc: BaseException) -> ChannelError:
+    if isinstance(exc, aiosmtplib.SMTPAuthenticationError):
+        # Our credentials, not the member's address: retried (a fixed password saves the
+        # alert), never a permanent failure of every member.
+        return LinkDown("smtp_auth_failed", f"{exc.code} {exc.message}")
     if isinstance(exc, aiosmtplib.SMTPRecipientsRefused):
         first = exc.recipients[0] if exc.recipients else None
         code = first.code if first is not None else 550
@@ -184,7 +188,9 @@ class EmailChannel:
         except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
             err = _classify(exc)
             self._give_back(client, broken=True)
-            if isinstance(err, LinkDown):
+            if isinstance(exc, aiosmtplib.SMTPAuthenticationError):
+                self._set_state(LinkState.AUTH_FAILED, f"smtp_{exc.code}: {exc.message}")
+            elif isinstance(err, LinkDown):
                 self._set_state(LinkState.DOWN, err.reason)
             log.info(
                 "e-mail to %s for job %s failed: %s",

@@ -13,7 +13,15 @@ from pathlib import Path
 from typing import Any
 
 from gateway.simulator_process import SimulatorProcess, free_port
-from tests.fixtures import GatewayProcess, Mosquitto, Observer, SmtpServer, gateway_config
+from tests.fixtures import (
+    GatewayProcess,
+    Mosquitto,
+    Observer,
+    SmtpServer,
+    email_job,
+    gateway_config,
+    members,
+)
 from tests.sms_fixtures import SmscProcess
 from tests.test_metrics import http_get, samples
 from tests.voice_fixtures import AsteriskProcess
@@ -158,17 +166,30 @@ async def test_a_wrong_smtp_password_shows_before_any_alert(
     smtp.start()
     credentials = 'username = "gw"\npassword = "wrong-one"\n'
     config = gateway_config(tmp_path, broker, smtp)
-    config.write_text(config.read_text().replace("concurrency = 4\n", credentials))
+    text = config.read_text().replace("concurrency = 4\n", credentials)
+    config.write_text(text.replace("max_attempts = 4\n", "max_attempts = 100\n", 1))
     proc = GatewayProcess(config, tmp_path)
     proc.start()
     try:
         h = await wait_link(observer, "email", "auth_failed", "degraded")
         assert h["links"]["email"]["last_error"].startswith("smtp_535")
+        # An alert sent meanwhile is retried, not failed: the password is ours, not the
+        # member's.
+        await observer.publish_job(email_job("auth-1", members(2)))
+
+        def retried() -> bool:
+            events = observer.events("auth-1")
+            return sum(e["reason"] == "smtp_auth_failed" for e in events) >= 2
+
+        await observer.wait(retried, timeout=30)
+        assert not [e for e in observer.events("auth-1") if e["state"] == "failed"]
         # The operator fixes the password and reloads: probed at once, not an interval later
         # (the default interval, 30 s, is longer than this wait).
         config.write_text(config.read_text().replace("wrong-one", "right-one"))
         proc.send_signal(signal.SIGHUP)
         await wait_link(observer, "email", "up", "ready")
+        status = await observer.wait_job("auth-1", "done", timeout=30)
+        assert status["totals"] == {"delivered": 2}
     finally:
         proc.stop()
         smtp.stop()
