@@ -7,10 +7,14 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 from tests.conftest import GatewayFactory
 from tests.fixtures import Mosquitto, Observer, members
 from tests.sms_fixtures import SmscProcess, sms_job
+from tests.voice_fixtures import AsteriskProcess, member, number, voice_job
 
 COLD_MEMBERS = 3000  # a minute of work at 50/s: far more than the channel holds
 HOT_ALERTS = 4
@@ -52,3 +56,38 @@ async def test_hot_sms_overtakes_the_cold_messages_inside_the_sms_channel(
         assert max(ahead) <= MAX_COLD_AHEAD, f"cold submits ahead of each hot alert: {ahead}"
         await obs.publish("plp/jobs/cold-1/cancel", json.dumps({"reason": "test over"}))
         await obs.wait_job("cold-1", "cancelled", timeout=30)
+
+
+async def test_hot_call_takes_the_next_free_call_channel(
+    gateway: GatewayFactory, broker: Mosquitto, asterisk: AsteriskProcess, tmp_path: Path
+) -> None:
+    # Two call channels, cold calls that ring for 3 s (60 s at the simulator's 20x speed).
+    gateway(asterisk.config(tmp_path / "sounds", max_channels=2, ring_timeout=60))
+    cold = [member(i, 3) for i in range(6)]  # 3: nobody answers, the call rings out
+    hot_phone = number(1, 99)
+    async with Observer(broker, topics=("jobs/+/status",)) as obs:
+        await obs.publish_job(voice_job("cold-calls", cold, priority="cold"))
+        await wait_for_record(asterisk, lambda rec: len(rec) >= 2)
+        busy = await asterisk.record()
+        assert len(busy) == 2, "both call channels are busy with cold calls, others wait"
+        hot = [{"ref": "hot", "phone": hot_phone, "lang": "fr"}]
+        await obs.publish_job(voice_job("hot-call", hot, priority="hot"))
+        digits = hot_phone.removeprefix("+")
+        record = await wait_for_record(
+            asterisk, lambda rec: any(e["number"] == digits for e in rec)
+        )
+        placed = [str(e["number"]) for e in sorted(record, key=lambda e: float(e["start"]))]
+        assert placed.index(digits) == 2, f"the hot call took the next free channel: {placed}"
+        await obs.publish("plp/jobs/cold-calls/cancel", json.dumps({"reason": "test over"}))
+        await obs.wait_job("cold-calls", "cancelled", timeout=30)
+
+
+async def wait_for_record(
+    sim: AsteriskProcess, cond: Callable[[list[dict[str, Any]]], bool], timeout: float = 30
+) -> list[dict[str, Any]]:
+    """The simulator's call record once `cond` holds (polled: it has no event to await)."""
+    deadline = time.monotonic() + timeout
+    while not cond(record := await sim.record()):
+        assert time.monotonic() < deadline, f"never reached: {record}"
+        await asyncio.sleep(0.05)
+    return record
