@@ -11,6 +11,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from gateway.domain import Priority
+from gateway.queues import Slots
+from sms.pacing import Gate, Pacer
 from tests.conftest import GatewayFactory
 from tests.fixtures import Mosquitto, Observer, members
 from tests.sms_fixtures import SmscProcess, sms_job
@@ -22,6 +25,56 @@ HOT_ALERTS = 4
 # cross the broker and the store: one pacing slot (20 ms at 50/s), or two on a busy machine.
 # Without the hot-first window and pacing, ~100 cold submits (the channel's fill) go first.
 MAX_COLD_AHEAD = 2
+
+
+async def _granted_in_order(
+    acquire: Callable[[Priority], Any], release: Callable[[], Any], step: Callable[[], None]
+) -> list[str]:
+    """Four cold waiters, then a hot one; `step()` frees what they wait for."""
+    order: list[str] = []
+
+    async def one(name: str, priority: Priority) -> None:
+        await acquire(priority)
+        order.append(name)
+
+    tasks = [asyncio.create_task(one(f"cold-{i}", Priority.COLD)) for i in range(4)]
+    tasks.append(asyncio.create_task(one("hot", Priority.HOT)))
+    await asyncio.sleep(0)  # one turn of the loop: every task is now waiting
+    assert order == []
+    while len(order) < len(tasks):
+        step()
+        await asyncio.sleep(0)
+    await asyncio.gather(*tasks)
+    release()
+    return order
+
+
+async def test_the_sms_pacing_slot_goes_to_a_waiting_hot_submit_first() -> None:
+    now = [100.0]
+    gate = Gate(Pacer(50, clock=lambda: now[0]), window=10)
+    for _ in range(3):  # use up the catch-up burst: the next slot is 20 ms away
+        await gate.acquire(Priority.COLD)
+
+    def next_slot() -> None:
+        now[0] += 0.02
+        gate._grant()  # what the gate's timer does when the slot comes
+
+    order = await _granted_in_order(gate.acquire, gate.release, next_slot)
+    assert order[0] == "hot", order
+
+
+async def test_the_sms_window_slot_goes_to_a_waiting_hot_submit_first() -> None:
+    gate = Gate(Pacer(0), window=1)
+    await gate.acquire(Priority.COLD)  # the window is full
+    order = await _granted_in_order(gate.acquire, gate.release, gate.release)
+    assert order[0] == "hot", order
+
+
+async def test_a_free_call_slot_goes_to_a_waiting_hot_call_first() -> None:
+    slots = Slots(1)
+    await slots.acquire(Priority.COLD)  # every call channel is busy
+    order = await _granted_in_order(slots.acquire, slots.release, slots.release)
+    assert order[0] == "hot", order
 
 
 async def _cold_ahead_of(smsc: SmscProcess, phone: str, since: int, timeout: float) -> int:
