@@ -20,11 +20,14 @@ from tests.sms_fixtures import SmscProcess, sms_job
 from tests.voice_fixtures import AsteriskProcess, member, number, voice_job
 
 COLD_MEMBERS = 3000  # a minute of work at 50/s: far more than the channel holds
-HOT_ALERTS = 4
+HOT_ALERTS = 5
 # A cold submit already on the wire cannot be recalled, and the alert needs a moment to
-# cross the broker and the store: one pacing slot (20 ms at 50/s), or two on a busy machine.
-# Without the hot-first window and pacing, ~100 cold submits (the channel's fill) go first.
-MAX_COLD_AHEAD = 2
+# cross the broker and the store: typically one pacing slot (20 ms at 50/s). The bound on
+# the slowest alert leaves room for a loaded machine (a shared CI: store writes waiting for
+# the CPU), far below what it guards against: without the hot-first window and pacing,
+# 100 cold submits (the channel's fill) go first, every time.
+MEDIAN_COLD_AHEAD = 2
+MAX_COLD_AHEAD = 10
 
 
 async def _granted_in_order(
@@ -106,6 +109,7 @@ async def test_hot_sms_overtakes_the_cold_messages_inside_the_sms_channel(
             await obs.publish_job(sms_job(f"hot-{i}", hot, priority="hot"))
             ahead.append(await _cold_ahead_of(smsc, phone, since, 30))
             await obs.wait_job(f"hot-{i}", "done", timeout=30)
+        assert sorted(ahead)[HOT_ALERTS // 2] <= MEDIAN_COLD_AHEAD, f"cold submits ahead: {ahead}"
         assert max(ahead) <= MAX_COLD_AHEAD, f"cold submits ahead of each hot alert: {ahead}"
         await obs.publish("plp/jobs/cold-1/cancel", json.dumps({"reason": "test over"}))
         await obs.wait_job("cold-1", "cancelled", timeout=30)
