@@ -1,6 +1,6 @@
 """Hot means first all the way to the wire: a hot alert overtakes the cold work already inside
 a channel (the SMS link's pacing and window; calls waiting for a free call channel), not
-only the cold work still in the scheduler's queue."""
+only the cold work still in the scheduler's queue. The same for a free SMTP connection."""
 
 from __future__ import annotations
 
@@ -8,14 +8,18 @@ import asyncio
 import json
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from gateway.channel import Attempt
+from gateway.config import EmailConfig
 from gateway.domain import Priority
+from gateway.mail import EmailChannel
 from gateway.queues import Slots
 from sms.pacing import Gate, Pacer
 from tests.conftest import GatewayFactory
-from tests.fixtures import Mosquitto, Observer, members
+from tests.fixtures import Mosquitto, Observer, SmtpServer, members
 from tests.sms_fixtures import SmscProcess, sms_job
 from tests.voice_fixtures import AsteriskProcess, member, number, voice_job
 
@@ -148,3 +152,33 @@ async def wait_for_record(
         assert time.monotonic() < deadline, f"never reached: {record}"
         await asyncio.sleep(0.05)
     return record
+
+
+async def test_a_free_smtp_connection_goes_to_a_waiting_hot_e_mail_first(smtp: SmtpServer) -> None:
+    smtp.script.delay = 0.05
+    cfg = EmailConfig(
+        enabled=True, host="127.0.0.1", port=smtp.port, sender="alerte@police.example.be",
+        concurrency=1, timeout=5,
+    )  # fmt: skip
+    channel = EmailChannel(cfg)
+    await channel.start()
+    try:
+        sends = [asyncio.create_task(channel.send(mail(n, Priority.COLD))) for n in range(4)]
+        await asyncio.sleep(0)  # one turn: the first holds the connection, three wait
+        sends.append(asyncio.create_task(channel.send(mail(9, Priority.HOT))))
+        async with asyncio.timeout(30):
+            await asyncio.gather(*sends)
+    finally:
+        await channel.stop()
+    order = [m.rcpts[0].split("@")[0] for m in smtp.mailbox]
+    assert order[:2] == ["cold-0", "hot-9"], order
+
+
+def mail(n: int, priority: Priority) -> Attempt:
+    label = priority.label
+    return Attempt(
+        delivery_id=n, job_id=f"{label}-job", channel="email", ref=f"{label}-{n}",
+        address=f"{label}-{n}@example.be", lang="fr", text="Alerte PLP", subject="Alerte",
+        priority=priority, number=1, expires_at=datetime.now(UTC) + timedelta(minutes=5),
+        test=False,
+    )  # fmt: skip
