@@ -26,12 +26,12 @@ from tests.voice_fixtures import AsteriskProcess, member, number, voice_job
 COLD_MEMBERS = 3000  # a minute of work at 50/s: far more than the channel holds
 HOT_ALERTS = 5
 # A cold submit already on the wire cannot be recalled, and the alert needs a moment to
-# cross the broker and the store: typically one pacing slot (20 ms at 50/s). The bound on
-# the slowest alert leaves room for a loaded machine (a shared CI: store writes waiting for
-# the CPU), far below what it guards against: without the hot-first window and pacing,
-# 100 cold submits (the channel's fill) go first, every time.
-MEDIAN_COLD_AHEAD = 2
-MAX_COLD_AHEAD = 10
+# cross the broker and the store: 0-2 cold submits (one pacing slot is 20 ms at 50/s) on a
+# quiet machine, 1-4 with two more busy processes on two cores. The bounds leave room for a
+# loaded CI and stay far below what they guard against: without the hot-first window and
+# pacing, 100 cold submits (the channel's fill) go first, every time.
+MEDIAN_COLD_AHEAD = 5
+MAX_COLD_AHEAD = 15
 
 
 async def _granted_in_order(
