@@ -25,6 +25,7 @@ from .config import EmailConfig
 from .domain import DeliveryState, Job, Priority
 from .errors import ChannelError, LinkDown, PermanentError, TemporaryError
 from .privacy import mask_email
+from .queues import Slots
 
 log = logging.getLogger("gateway.mail")
 
@@ -93,6 +94,9 @@ class EmailChannel:
         # Idle connections. Every client exists once: idle here or held by a send, which gives
         # it back (or a fresh one) however the send ends, so the pool never runs dry.
         self._pool: asyncio.Queue[aiosmtplib.SMTP] = asyncio.Queue()
+        # Turns at a connection: the scheduler lets hot and cold sends in with a concurrency
+        # each; the next free connection goes to a waiting hot send before any cold one.
+        self._turns = Slots(cfg.concurrency)
         self._clients = 0  # idle + held
         self._stale: set[int] = set()  # held clients made with settings since replaced
         self._in_use: set[int] = set()  # ids of the clients sends hold
@@ -113,6 +117,7 @@ class EmailChannel:
             client.close()
         self._clients -= len(idle)
         self._stale = set(self._in_use)
+        self._turns.resize(cfg.concurrency)
         self._grow()
         self._probe_now.set()  # a new server or password: say at once whether it works
 
@@ -175,6 +180,10 @@ class EmailChannel:
         return {}
 
     async def send(self, attempt: Attempt) -> Outcome:
+        async with self._turns.hold(attempt.priority):
+            return await self._send(attempt)
+
+    async def _send(self, attempt: Attempt) -> Outcome:
         msg = build_message(attempt, self._cfg.sender, self.domain)
         client = await self._pool.get()
         self._in_use.add(id(client))

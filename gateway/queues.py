@@ -7,6 +7,7 @@ import contextlib
 import heapq
 import itertools
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 from aiolimiter import AsyncLimiter
@@ -23,13 +24,16 @@ class Item:
 
 
 class ChannelQueue:
-    """Ready items ordered by (priority, arrival); delayed items wait for their due time."""
+    """Ready items by priority, in arrival order; delayed items wait for their due time.
+
+    Each priority is popped on its own (`pop(priority)`): the scheduler feeds a channel from
+    one loop per priority, so hot work never waits for a slot a cold attempt holds."""
 
     def __init__(self) -> None:
-        self._ready: list[Item] = []
+        self._ready: dict[Priority, list[Item]] = {p: [] for p in Priority}
         self._delayed: list[tuple[float, Item]] = []
         self._seq = itertools.count()
-        self._changed = asyncio.Event()
+        self._changed = {p: asyncio.Event() for p in Priority}
         self._queued: set[int] = set()
 
     def push(
@@ -42,65 +46,85 @@ class ChannelQueue:
         if due is not None and due > time.time():
             heapq.heappush(self._delayed, (due, item))
         else:
-            heapq.heappush(self._ready, item)
-        self._changed.set()
+            heapq.heappush(self._ready[priority], item)
+        self._changed[priority].set()
 
     def _promote(self, now: float) -> None:
         while self._delayed and self._delayed[0][0] <= now:
-            heapq.heappush(self._ready, heapq.heappop(self._delayed)[1])
+            item = heapq.heappop(self._delayed)[1]
+            heapq.heappush(self._ready[item.priority], item)
+            self._changed[item.priority].set()
 
-    async def pop(self) -> Item:
+    async def pop(self, priority: Priority) -> Item:
+        ready, changed = self._ready[priority], self._changed[priority]
         while True:
             now = time.time()
             self._promote(now)
-            if self._ready:
-                item = heapq.heappop(self._ready)
+            if ready:
+                item = heapq.heappop(ready)
                 self._queued.discard(item.delivery_id)
                 return item
-            self._changed.clear()
+            changed.clear()
             timeout = self._delayed[0][0] - now if self._delayed else None
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._changed.wait(), timeout)
+                await asyncio.wait_for(changed.wait(), timeout)
 
     def depth(self) -> dict[str, int]:
-        hot = sum(1 for i in self._ready if i.priority is Priority.HOT)
-        return {"hot": hot, "cold": len(self._ready) - hot, "delayed": len(self._delayed)}
+        return {
+            "hot": len(self._ready[Priority.HOT]),
+            "cold": len(self._ready[Priority.COLD]),
+            "delayed": len(self._delayed),
+        }
 
     def __len__(self) -> int:
-        return len(self._ready) + len(self._delayed)
+        return sum(map(len, self._ready.values())) + len(self._delayed)
 
 
 class Slots:
-    """A semaphore whose size can change at run time (configuration reload)."""
+    """A semaphore whose size can change at run time (configuration reload); a freed slot
+    goes to the most urgent waiter (hot before cold, then first come)."""
 
     def __init__(self, size: int) -> None:
         self.size = size
         self.used = 0
-        self._waiters: list[asyncio.Future[None]] = []
+        self._waiters: list[tuple[Priority, int, asyncio.Future[None]]] = []
+        self._seq = itertools.count()
 
-    async def acquire(self) -> None:
-        while self.used >= self.size:
-            fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-            self._waiters.append(fut)
-            try:
-                await fut
-            finally:
-                if fut in self._waiters:
-                    self._waiters.remove(fut)
-        self.used += 1
+    async def acquire(self, priority: Priority = Priority.COLD) -> None:
+        if self.used < self.size and not self._waiters:
+            self.used += 1
+            return
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        heapq.heappush(self._waiters, (priority, next(self._seq), fut))
+        self._wake()
+        try:
+            await fut
+        except asyncio.CancelledError:
+            if fut.done() and not fut.cancelled():
+                self.release()  # granted, then cancelled before it ran: pass the slot on
+            raise
 
     def release(self) -> None:
         self.used -= 1
         self._wake()
+
+    @contextlib.asynccontextmanager
+    async def hold(self, priority: Priority = Priority.COLD) -> AsyncIterator[None]:
+        await self.acquire(priority)
+        try:
+            yield
+        finally:
+            self.release()
 
     def resize(self, size: int) -> None:
         self.size = size
         self._wake()
 
     def _wake(self) -> None:
-        waiters, self._waiters = self._waiters, []
-        for fut in waiters:
+        while self._waiters and self.used < self.size:
+            fut = heapq.heappop(self._waiters)[2]
             if not fut.done():
+                self.used += 1
                 fut.set_result(None)
 
 

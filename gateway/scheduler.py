@@ -39,11 +39,15 @@ NOT_SENT_MIN_DELAY = 0.2
 
 @dataclass
 class _Lane:
-    """One channel: its queue, its parallel slots, its rate."""
+    """One channel: its queue, its parallel slots per priority, its rate.
+
+    Hot and cold attempts each have the channel's concurrency: a hot attempt never waits
+    for a cold one to end before entering the channel, where it goes first at every stage
+    that holds work (SMS window and pacing, free call channels, pooled connections)."""
 
     channel: Channel
     queue: ChannelQueue = field(default_factory=ChannelQueue)
-    slots: Slots = field(default_factory=lambda: Slots(1))
+    slots: dict[Priority, Slots] = field(default_factory=lambda: {p: Slots(1) for p in Priority})
     limiter: object | None = None
     rate: float = 0.0
     inflight: dict[int, asyncio.Task[None]] = field(default_factory=dict)
@@ -95,7 +99,8 @@ class Scheduler:
 
     def _apply_limits(self, lane: _Lane) -> None:
         limits = lane.channel.limits()
-        lane.slots.resize(limits.concurrency)
+        for slots in lane.slots.values():
+            slots.resize(limits.concurrency)
         if limits.rate != lane.rate or lane.limiter is None:
             lane.rate = limits.rate
             lane.limiter = make_limiter(limits.rate)
@@ -122,7 +127,12 @@ class Scheduler:
                 continue
             self._spawn(self._enqueue_prepared(job, [r for r, _ in rows]))
         for name, lane in self._lanes.items():
-            self._dispatchers.append(asyncio.create_task(self._dispatch(lane), name=f"lane-{name}"))
+            for prio in Priority:
+                self._dispatchers.append(
+                    asyncio.create_task(
+                        self._dispatch(lane, prio), name=f"lane-{name}-{prio.label}"
+                    )
+                )
         self._dispatchers.append(asyncio.create_task(self._expiry_loop(), name="expiry"))
         log.info("scheduler started: %d pending deliveries in %d jobs", len(pending), len(by_job))
 
@@ -145,7 +155,11 @@ class Scheduler:
 
     def queue_depths(self) -> dict[str, dict[str, int]]:
         return {
-            name: {**lane.queue.depth(), "inflight": len(lane.inflight), "slots": lane.slots.size}
+            name: {
+                **lane.queue.depth(),
+                "inflight": len(lane.inflight),
+                "slots": lane.slots[Priority.COLD].size,
+            }
             for name, lane in self._lanes.items()
         }
 
@@ -285,25 +299,27 @@ class Scheduler:
             self._forget(job_id)
 
     # -- dispatch -----------------------------------------------------------------------
-    async def _dispatch(self, lane: _Lane) -> None:
+    async def _dispatch(self, lane: _Lane, priority: Priority) -> None:
+        """Feed one priority's attempts into the channel (one loop per lane and priority)."""
+        slots = lane.slots[priority]
         while True:
-            await lane.slots.acquire()
+            await slots.acquire()
             try:
                 if lane.limiter is not None:
                     await lane.limiter.acquire()  # type: ignore[attr-defined]
-                item = await lane.queue.pop()
+                item = await lane.queue.pop(priority)
             except BaseException:
-                lane.slots.release()
+                slots.release()
                 raise
             if item.job_id in self._closed:
-                lane.slots.release()
+                slots.release()
                 continue
             task = asyncio.create_task(self._attempt(lane, item.delivery_id, item.job_id))
             lane.inflight[item.delivery_id] = task
 
             def done(_: asyncio.Task[None], did: int = item.delivery_id) -> None:
                 lane.inflight.pop(did, None)
-                lane.slots.release()
+                slots.release()
 
             task.add_done_callback(done)
 

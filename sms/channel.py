@@ -220,7 +220,7 @@ class SmsChannel:
             ids: list[str] = []
             try:
                 for sm in parts:
-                    mid = await session.submit(sm)
+                    mid = await session.submit(sm, attempt.priority)
                     ids.append(canonical_id(session.name, mid, session.config.submit_id_format))
             except LinkDown as exc:
                 if ids:

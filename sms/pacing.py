@@ -1,4 +1,5 @@
-"""Per-bind submit pacing: a configured rate, lowered on ESME_RTHROTTLED, then recovered.
+"""Per-bind submit pacing: a configured rate, lowered on ESME_RTHROTTLED, then recovered;
+and the `Gate` that grants the window and the pacing slots together, hot first.
 
 Slots are reserved on an absolute timeline, so sleeping late does not lower the average rate;
 a small catch-up burst is allowed and nothing more. On throttling the bind remembers the rate
@@ -9,6 +10,8 @@ slowly above it: against a fixed SMSC limit that means one throttling event now 
 from __future__ import annotations
 
 import asyncio
+import heapq
+import itertools
 import time
 from collections.abc import Callable
 
@@ -90,10 +93,14 @@ class Pacer:
         self._next = slot + interval
         return max(0.0, slot - now)
 
-    async def wait(self) -> None:
-        delay = self.reserve()
-        if delay > 0:
-            await asyncio.sleep(delay)
+    def next_in(self) -> float:
+        """Seconds until the next slot may be used, without reserving it."""
+        now = self._clock()
+        self._recover(now)
+        start = max(now, self._paused_until)
+        if self.rate <= 0:
+            return start - now
+        return max(0.0, max(self._next, start - BURST / self.rate) - now)
 
     def accepted(self) -> None:
         self._accepted.add(self._clock())
@@ -113,3 +120,62 @@ class Pacer:
         self._paused_until = now + self._pause
         self._next = self._paused_until
         self._last_change = now
+
+
+class Gate:
+    """A bind's window of outstanding submits and its pacing, granted together, hot first.
+
+    A submit waits here for a free window slot and for its pacing slot; each grant goes to
+    the most urgent waiter (lowest priority value, then arrival). The pacing slot is taken
+    at the grant, not on arrival: were it reserved on arrival, as a plain sleep does, a hot
+    message would sit behind every cold one already waiting, a window's worth of slots
+    (at 50/s and a window of 50, a second). So a hot submit waits for at most the pacing
+    slot in progress, plus a window slot when the window is full of written submits.
+    """
+
+    def __init__(self, pacer: Pacer, window: int) -> None:
+        self.pacer = pacer
+        self.free = window
+        self._waiters: list[tuple[int, int, asyncio.Future[None]]] = []
+        self._seq = itertools.count()
+        self._timer: asyncio.TimerHandle | None = None
+
+    async def acquire(self, priority: int) -> None:
+        if not self._waiters and self.free > 0 and self.pacer.next_in() <= 0:
+            self._take()
+            return
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        heapq.heappush(self._waiters, (priority, next(self._seq), fut))
+        self._grant()
+        try:
+            await fut
+        except asyncio.CancelledError:
+            if fut.done() and not fut.cancelled():
+                self.release()  # granted, then cancelled before it ran: pass the slot on
+            raise
+
+    def release(self) -> None:
+        self.free += 1
+        self._grant()
+
+    def _take(self) -> None:
+        self.free -= 1
+        self.pacer.reserve()
+
+    def _grant(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        while self._waiters and self.free > 0:
+            fut = self._waiters[0][2]
+            if fut.done():  # its submit was cancelled while waiting
+                heapq.heappop(self._waiters)
+                continue
+            delay = self.pacer.next_in()
+            if delay > 0:
+                # Decide who goes when the slot comes, not now: a hot submit may arrive.
+                self._timer = asyncio.get_running_loop().call_later(delay, self._grant)
+                return
+            heapq.heappop(self._waiters)
+            self._take()
+            fut.set_result(None)

@@ -18,11 +18,12 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from gateway.domain import Priority
 from gateway.errors import LinkUnavailable, PermanentError, TemporaryError
 
 from . import pdu as P
 from .config import SmscConfig
-from .pacing import Pacer
+from .pacing import Gate, Pacer
 
 log = logging.getLogger("sms.session")
 
@@ -202,7 +203,7 @@ class Session:
             factor=config.throttle_factor,
             recovery_interval=config.recovery_interval,
         )
-        self._window = asyncio.Semaphore(config.window)
+        self._gate = Gate(self.pacer, config.window)  # window and pacing, hot first
         self.outstanding = 0  # submit_sm written and not answered
         self.waiting = 0  # submit() calls holding or waiting for a window slot
         self.submitted = 0
@@ -288,12 +289,14 @@ class Session:
         }
 
     # submitting
-    async def submit(self, sm: P.SubmitSm) -> str:
-        """Submit one part; the SMSC's message id, or a typed error (see module doc)."""
+    async def submit(self, sm: P.SubmitSm, priority: Priority = Priority.COLD) -> str:
+        """Submit one part; the SMSC's message id, or a typed error (see module doc).
+
+        A hot part takes the next window and pacing slot before any cold part waiting."""
         self.waiting += 1
         try:
             for _ in range(MAX_THROTTLE_RETRIES):
-                resp = await self._submit_once(sm)
+                resp = await self._submit_once(sm, priority)
                 status = resp.status
                 if status == P.ESME_ROK and resp.command_id == P.Cmd.SUBMIT_SM_RESP:
                     self.pacer.accepted()
@@ -314,9 +317,9 @@ class Session:
         finally:
             self.waiting -= 1
 
-    async def _submit_once(self, sm: P.SubmitSm) -> P.Pdu:
-        async with self._window:
-            await self.pacer.wait()
+    async def _submit_once(self, sm: P.SubmitSm, priority: Priority) -> P.Pdu:
+        await self._gate.acquire(priority)
+        try:
             link = self._tx
             if link is None or not self.bound or not link.is_open:
                 if link is not None and not link.is_open:
@@ -346,6 +349,8 @@ class Session:
                 self.outstanding -= 1
                 if not self.outstanding:
                     self._drained.set()
+        finally:
+            self._gate.release()
 
     # incoming requests
     def _on_request(self, link: _Link, frame: P.Pdu) -> None:

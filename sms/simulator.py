@@ -243,6 +243,16 @@ class SmscSimulator:
     def messages_to(self, number: str) -> list[str]:
         return _texts(self._by_dest.get(number.removeprefix("+"), []))
 
+    def order(self, since: int) -> list[tuple[str, float]]:
+        """(destination, monotonic time) of the accepted submit_sm after the first `since`,
+        in the order they arrived (as far as `keep` reaches back)."""
+        count = max(0, self.counters["accepted"] - since)
+        start = max(0, len(self.submitted) - count)
+        return [
+            (s.submit.destination_addr, s.at)
+            for s in itertools.islice(self.submitted, start, len(self.submitted))
+        ]
+
     def stats(self) -> dict[str, object]:
         return {
             "port": self.port,

@@ -2,7 +2,8 @@
 
 Control protocol: one JSON object per line in, one JSON object per line out, e.g.
 `{"cmd": "stats"}`, `{"cmd": "count", "number": "+32470123456"}`, `{"cmd": "mo", "source":
-"+32470123456", "text": "OK"}`, `{"cmd": "fault", "throttle_rate": 50}`, `{"cmd": "drop"}`.
+"+32470123456", "text": "OK"}`, `{"cmd": "fault", "throttle_rate": 50}`, `{"cmd": "drop"}`,
+`{"cmd": "order", "since": 100}` (destinations of accepted submits in arrival order).
 """
 
 from __future__ import annotations
@@ -28,6 +29,9 @@ def execute(sim: SmscSimulator, request: dict[str, Any]) -> dict[str, Any]:
         return {"ok": True, "submits": sim.submits_to(str(request["number"]))}
     if cmd == "counts":
         return {"ok": True, "submits": dict(sim.submits_by_dest)}
+    if cmd == "order":  # accepted submits after the first `since`, in arrival order
+        since = int(request.get("since", 0))
+        return {"ok": True, "since": since, "order": sim.order(since)}
     if cmd == "messages":
         return {"ok": True, "messages": sim.messages_to(str(request["number"]))}
     if cmd == "pdus":  # the parts one destination received, as the wire carried them

@@ -20,6 +20,7 @@ from gateway.domain import DeliveryState, Job
 from gateway.errors import ChannelError, LinkDown, PermanentError, TemporaryError
 from gateway.numbers import kind_of_e164, refusal
 from gateway.privacy import mask_phone
+from gateway.queues import Slots
 
 from .ami import AmiActionError, AmiClient, AmiNotConnected
 from .calls import CallOutcome, CallResult, CallTracker, recorded_result
@@ -92,7 +93,8 @@ class VoiceChannel:
         self._hangup_wanted: dict[str, bool] = {}  # action id -> Hangup already sent
         self._orphans: dict[str, tuple[str, list[dict[str, str]]]] = {}
         self._placed_on: dict[str, int] = {}  # action id -> AMI connection number it went out on
-        self._slots = asyncio.Semaphore(config.max_channels)
+        # Free call channels; the next one goes to a waiting hot call before any cold one.
+        self._slots = Slots(config.max_channels)
         self._background: set[asyncio.Task[None]] = set()
         self._ami = AmiClient(config.ami, self._on_event, self._reconcile)
         # Set once the first reconcile after start has run: until then a retried attempt
@@ -130,9 +132,7 @@ class VoiceChannel:
         needs a restart."""
         old, self._cfg = self._cfg, config
         if config.max_channels != old.max_channels:
-            # Calls holding a slot of the old semaphore release it there; the scheduler's
-            # own slots (resized on reload) are the real limit.
-            self._slots = asyncio.Semaphore(config.max_channels)
+            self._slots.resize(config.max_channels)  # calls in progress keep their channel
         if config.ami != old.ami:
             self._spawn(self._ami.reconfigure(config.ami), "ami-reconfigure")
         if config.tts != old.tts:
@@ -206,7 +206,7 @@ class VoiceChannel:
                     await self._reconciled.wait()
         result = await self._ended_while_down(attempt)
         if result is None:
-            async with self._slots:
+            async with self._slots.hold(attempt.priority):
                 self.active += 1
                 self.peak = max(self.peak, self.active)
                 try:
