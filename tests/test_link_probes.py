@@ -179,7 +179,7 @@ async def test_a_wrong_smtp_password_shows_before_any_alert(
 
         def retried() -> bool:
             events = observer.events("auth-1")
-            return sum(e["reason"] == "smtp_auth_failed" for e in events) >= 2
+            return len([e for e in events if e["reason"] == "smtp_auth_failed"]) >= 2
 
         await observer.wait(retried, timeout=30)
         assert not [e for e in observer.events("auth-1") if e["state"] == "failed"]
