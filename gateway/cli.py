@@ -168,7 +168,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="plp-gateway", description=__doc__)
+    p = argparse.ArgumentParser(
+        prog="plp-gateway",
+        description="The PLP alert gateway: takes alert jobs from MQTT and delivers them to the "
+        "members of a PLP by e-mail, SMS and voice call.",
+        epilog=f"`plp-gateway COMMAND --help` describes a command. The configuration file is "
+        f"{DEFAULT_CONFIG} unless --config says otherwise.",
+    )
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
