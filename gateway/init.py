@@ -18,6 +18,10 @@ from .shipped import PACKAGE_DIR, SHIPPED
 _PRIVATE = {"gateway.toml": 0o640}
 
 
+class WouldOverwrite(FileExistsError):
+    """Some of the files exist already (and `force` was not given): nothing was written."""
+
+
 def _source(original: str) -> Traversable:
     """The shipped copy of `original` (a repository path), or the original in a checkout."""
     packaged = files("gateway").joinpath(PACKAGE_DIR, *original.split("/"))
@@ -35,7 +39,7 @@ def write_files(dest: Path, *, force: bool = False) -> list[Path]:
     targets = {name: dest / name for name in SHIPPED}
     existing = [t for t in targets.values() if t.exists()]
     if existing and not force:
-        raise FileExistsError(", ".join(str(t) for t in existing))
+        raise WouldOverwrite(", ".join(str(t) for t in existing))
     for name, target in targets.items():
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.with_name(f".{target.name}.tmp")
@@ -48,10 +52,10 @@ def write_files(dest: Path, *, force: bool = False) -> list[Path]:
 def main(dest: Path, *, force: bool = False) -> int:
     try:
         written = write_files(dest, force=force)
-    except FileExistsError as exc:
+    except WouldOverwrite as exc:
         print(f"init: not overwriting {exc} (--force to overwrite)", file=sys.stderr)
         return 1
-    except (FileNotFoundError, OSError) as exc:
+    except OSError as exc:
         print(f"init: {exc}", file=sys.stderr)
         return 1
     for path in written:
