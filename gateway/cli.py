@@ -1,5 +1,5 @@
 """`plp-gateway` command line: run, check-config, send, sign, status, purge, schema, simulate,
-tts, demo."""
+tts, demo, init."""
 
 from __future__ import annotations
 
@@ -7,12 +7,14 @@ import argparse
 import asyncio
 import json
 import sys
+import textwrap
 import time
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from . import __version__
 from .config import Config, UnreadSecret, load_config, load_config_deferring_secrets
 from .domain import Job
 from .errors import ConfigError
@@ -21,6 +23,16 @@ from .logs import setup_logging
 from .secret import service_only
 
 DEFAULT_CONFIG = "/etc/plp-gateway/gateway.toml"
+_CONFIG_HELP = "gateway configuration file (default: %(default)s)"
+
+
+class _HelpFormatter(argparse.HelpFormatter):
+    """Wraps help without breaking paths at their hyphens (/etc/plp-gateway stays whole)."""
+
+    def _split_lines(self, text: str, width: int) -> list[str]:
+        return textwrap.wrap(
+            " ".join(text.split()), width, break_on_hyphens=False, break_long_words=False
+        )
 
 
 def _load(path: str) -> Config:
@@ -195,6 +207,12 @@ def cmd_tts(args: argparse.Namespace) -> int:
     return tts_main(args.rest)
 
 
+def cmd_init(args: argparse.Namespace) -> int:
+    from .init import main as init_main
+
+    return init_main(Path(args.dir), force=args.force)
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import main as demo_main
 
@@ -202,15 +220,22 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="plp-gateway", description=__doc__)
+    p = argparse.ArgumentParser(
+        prog="plp-gateway",
+        description="The PLP alert gateway: takes alert jobs from MQTT and delivers them to the "
+        "members of a PLP by e-mail, SMS and voice call.",
+        epilog=f"`plp-gateway COMMAND --help` describes a command. The configuration file is "
+        f"{DEFAULT_CONFIG} unless --config says otherwise.",
+    )
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="run the gateway daemon")
-    run.add_argument("--config", "-c", default=DEFAULT_CONFIG)
+    run.add_argument("--config", "-c", default=DEFAULT_CONFIG, help=_CONFIG_HELP)
     run.set_defaults(func=cmd_run)
 
     chk = sub.add_parser("check-config", help="validate a configuration file")
-    chk.add_argument("file")
+    chk.add_argument("file", help="the configuration file to check, e.g. " + DEFAULT_CONFIG)
     chk.add_argument(
         "--strict",
         action="store_true",
@@ -223,16 +248,41 @@ def parser() -> argparse.ArgumentParser:
 
     snd = sub.add_parser("send", help="publish a job and follow it until it is done")
     snd.add_argument("file", nargs="?", help="job JSON file")
-    snd.add_argument("--config", "-c", default=DEFAULT_CONFIG)
-    snd.add_argument("--id")
-    snd.add_argument("--priority", choices=["hot", "cold"], default="hot")
-    snd.add_argument("--text", action="append", metavar="LANG=TEXT")
-    snd.add_argument("--to", action="append", metavar="ADDRESS")
-    snd.add_argument("--channel", action="append", choices=["email", "sms", "voice"])
-    snd.add_argument("--ttl", type=float)
+    snd.add_argument("--config", "-c", default=DEFAULT_CONFIG, help=_CONFIG_HELP)
+    snd.add_argument("--id", help="job id (default: the file's, else a new cli-... id)")
+    snd.add_argument(
+        "--priority",
+        choices=["hot", "cold"],
+        default="hot",
+        help="hot alerts go before cold ones (default: %(default)s)",
+    )
+    snd.add_argument(
+        "--text",
+        action="append",
+        metavar="LANG=TEXT",
+        help='the message in one language, e.g. fr="Alerte ..." (repeat per language)',
+    )
+    snd.add_argument(
+        "--to",
+        action="append",
+        metavar="ADDRESS",
+        help="a recipient: e-mail address or phone number in +32... form (repeatable)",
+    )
+    snd.add_argument(
+        "--channel",
+        action="append",
+        choices=["email", "sms", "voice"],
+        help="how to reach the recipients (repeatable; default: email)",
+    )
+    snd.add_argument("--ttl", type=float, help="seconds after which the job expires")
     snd.add_argument("--test", action="store_true", help="mark the job as a drill")
-    snd.add_argument("--no-follow", action="store_true")
-    snd.add_argument("--timeout", type=float, default=3600)
+    snd.add_argument("--no-follow", action="store_true", help="publish the job and return at once")
+    snd.add_argument(
+        "--timeout",
+        type=float,
+        default=3600,
+        help="stop following after this many seconds (default: %(default)s)",
+    )
     snd.set_defaults(func=cmd_send)
 
     sig = sub.add_parser("sign", help="sign a job file or a cancel (for dispatch integrators)")
@@ -242,27 +292,48 @@ def parser() -> argparse.ArgumentParser:
     sig.set_defaults(func=cmd_sign)
 
     st = sub.add_parser("status", help="per-recipient report of a job from the store")
-    st.add_argument("job_id")
-    st.add_argument("--config", "-c", default=DEFAULT_CONFIG)
-    st.add_argument("--json", action="store_true")
+    st.add_argument("job_id", help="the job's id, as published")
+    st.add_argument("--config", "-c", default=DEFAULT_CONFIG, help=_CONFIG_HELP)
+    st.add_argument("--json", action="store_true", help="print the report as JSON")
     st.set_defaults(func=cmd_status)
 
     pg = sub.add_parser("purge", help="delete finished jobs past retention now")
-    pg.add_argument("--config", "-c", default=DEFAULT_CONFIG)
-    pg.add_argument("--older-than-days", type=float)
+    pg.add_argument("--config", "-c", default=DEFAULT_CONFIG, help=_CONFIG_HELP)
+    pg.add_argument(
+        "--older-than-days",
+        type=float,
+        help="delete finished jobs older than this (default: [store] retention_days)",
+    )
     pg.set_defaults(func=cmd_purge)
 
     sim = sub.add_parser("simulate", help="run a protocol simulator (smsc, asterisk)")
-    sim.add_argument("what", choices=["smsc", "asterisk"])
-    sim.add_argument("rest", nargs=argparse.REMAINDER)
+    sim.add_argument(
+        "what",
+        choices=["smsc", "asterisk"],
+        help="smsc: a pretend SMS operator; asterisk: a pretend telephone exchange "
+        "(`simulate smsc --help` for its options)",
+    )
+    sim.add_argument("rest", nargs=argparse.REMAINDER, help="the simulator's options")
     sim.set_defaults(func=cmd_simulate)
 
     tts = sub.add_parser("tts", help="write what a member would hear to a file")
-    tts.add_argument("rest", nargs=argparse.REMAINDER)
+    tts.add_argument(
+        "rest", nargs=argparse.REMAINDER, help='"TEXT" --lang LANG -o FILE (`tts --help`)'
+    )
     tts.set_defaults(func=cmd_tts)
+    ini = sub.add_parser(
+        "init",
+        help="write the example configuration, dialplan, unit and broker files into DIR",
+    )
+    ini.add_argument("dir", metavar="DIR", help="folder to write into (created if missing)")
+    ini.add_argument("--force", action="store_true", help="overwrite files that exist")
+    ini.set_defaults(func=cmd_init)
     demo = sub.add_parser("demo", help="run the main job end to end on this machine")
     demo.add_argument("rest", nargs="*", help="work directory (default ./demo-state)")
     demo.set_defaults(func=cmd_demo)
+    p.formatter_class = _HelpFormatter
+    for command in sub.choices.values():
+        command.formatter_class = _HelpFormatter
     return p
 
 
@@ -271,6 +342,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv[:1] == ["sign"]:
         # Its options go to gateway.signing.main as they are (argparse would take them here).
         return cmd_sign(argparse.Namespace(rest=argv[1:]))
+    if argv[:1] == ["tts"]:
+        # Likewise, so that `tts --help` shows the tts options.
+        return cmd_tts(argparse.Namespace(rest=argv[1:]))
     args = parser().parse_args(argv)
     result: int = args.func(args)
     return result

@@ -482,26 +482,137 @@ def _texts(parts: list[P.SubmitSm]) -> list[str]:
     return texts
 
 
+_DESCRIPTION = """\
+A pretend SMS operator (SMSC) on this machine, for trying the gateway without a real SMS
+contract: it accepts the gateway's SMPP connection, "sends" every SMS (nothing reaches a
+phone), and answers with delivery receipts as an operator would. You can make it refuse some
+numbers, slow down or drop the connection to see how the gateway copes.
+"""
+
+_EPILOG = """\
+Point the gateway at it in gateway.toml ([sms] enabled = true), with one operator:
+  [[sms.smsc]]
+  host = "127.0.0.1"
+  port = 2775
+  system_id = "plp"
+  password = "secret"
+
+examples:
+  plp-gateway simulate smsc                       listen on 2775, receipts after 0.5 s
+  plp-gateway simulate smsc --reject +32470999999=ESME_RINVDSTADR --undeliver +32470888888
+  plp-gateway simulate smsc --throttle 50 --drop-every 10     a busy, unreliable operator
+
+Stop it with Ctrl+C. Every option is described in docs/sms.md ("SMSC simulator").
+"""
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="plp-gateway simulate smsc", description=__doc__)
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=2775, help="SMPP port (0 = any free port)")
-    p.add_argument("--control-port", type=int, default=2776, help="JSON control port (0 = any)")
-    p.add_argument("--port-file", type=Path, help="write {port, control_port} as JSON here")
-    p.add_argument("--system-id", default="plp")
-    p.add_argument("--password", default="secret")
-    p.add_argument("--no-receipts", action="store_true")
-    p.add_argument("--receipt-delay", type=float, default=0.5)
-    p.add_argument("--id-format", choices=["dec", "hex"], default="dec")
-    p.add_argument("--receipt-id-format", choices=["dec", "hex"], default="dec")
-    p.add_argument("--throttle", type=float, default=0.0, help="submit_sm/s, 0 = unlimited")
-    p.add_argument("--drop-every", type=float, default=0.0, help="drop connections every N s")
-    p.add_argument("--close-every", type=int, default=0, help="end a session after N submit_sm")
-    p.add_argument("--close-with", choices=["drop", "unbind"], default="drop")
-    p.add_argument("--response-delay", type=float, default=0.0)
-    p.add_argument("--reject", action="append", default=[], metavar="NUMBER=ESME_RXXX")
-    p.add_argument("--undeliver", action="append", default=[], metavar="NUMBER")
-    p.add_argument("--log-level", default="INFO")
+    p = argparse.ArgumentParser(
+        prog="plp-gateway simulate smsc",
+        description=_DESCRIPTION,
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (default: %(default)s)"
+    )
+    p.add_argument(
+        "--port",
+        type=int,
+        default=2775,
+        help="port the gateway connects to, SMPP (default: %(default)s; 0 = any free port)",
+    )
+    p.add_argument(
+        "--control-port",
+        type=int,
+        default=2776,
+        help="port for steering the simulator from scripts, JSON lines "
+        "(default: %(default)s; 0 = any free port)",
+    )
+    p.add_argument("--port-file", type=Path, help="write the ports actually used here, as JSON")
+    p.add_argument(
+        "--system-id",
+        default="plp",
+        help="user name the gateway must log in with (default: %(default)s)",
+    )
+    p.add_argument(
+        "--password",
+        default="secret",
+        help="password the gateway must log in with (default: %(default)s)",
+    )
+    p.add_argument(
+        "--no-receipts", action="store_true", help="never confirm delivery (no receipts)"
+    )
+    p.add_argument(
+        "--receipt-delay",
+        type=float,
+        default=0.5,
+        help="seconds before a message is reported delivered (default: %(default)s)",
+    )
+    p.add_argument(
+        "--id-format",
+        choices=["dec", "hex"],
+        default="dec",
+        help="how message ids are written when a message is accepted (default: %(default)s)",
+    )
+    p.add_argument(
+        "--receipt-id-format",
+        choices=["dec", "hex"],
+        default="dec",
+        help="how message ids are written in receipts; some operators mix the two "
+        "(default: %(default)s)",
+    )
+    p.add_argument(
+        "--throttle",
+        type=float,
+        default=0.0,
+        help="messages per second accepted; above that the gateway is told to slow down "
+        "(default: 0 = no limit)",
+    )
+    p.add_argument(
+        "--drop-every",
+        type=float,
+        default=0.0,
+        help="cut the gateway's connection every N seconds (default: 0 = never)",
+    )
+    p.add_argument(
+        "--close-every",
+        type=int,
+        default=0,
+        help="end the session after every N messages, as some operators do (default: 0 = never)",
+    )
+    p.add_argument(
+        "--close-with",
+        choices=["drop", "unbind"],
+        default="drop",
+        help="how the session ends with --close-every: cut the connection, or unbind "
+        "(default: %(default)s)",
+    )
+    p.add_argument(
+        "--response-delay",
+        type=float,
+        default=0.0,
+        help="seconds before answering each message (default: %(default)s)",
+    )
+    p.add_argument(
+        "--reject",
+        action="append",
+        default=[],
+        metavar="NUMBER=ESME_RXXX",
+        help="refuse messages to NUMBER with this SMPP error (repeatable)",
+    )
+    p.add_argument(
+        "--undeliver",
+        action="append",
+        default=[],
+        metavar="NUMBER",
+        help="accept messages to NUMBER, then report them undeliverable (repeatable)",
+    )
+    p.add_argument(
+        "--log-level",
+        default="INFO",
+        help="DEBUG, INFO, WARNING or ERROR (default: %(default)s)",
+    )
     return p
 
 

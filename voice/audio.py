@@ -62,6 +62,22 @@ async def decode(data: bytes, *, limit_s: float, ffmpeg: str | None = None) -> b
     return out
 
 
+async def encode_mp3(wav: bytes, *, limit_s: float, ffmpeg: str | None = None) -> bytes:
+    """A WAV file -> the same audio as MP3, through ffmpeg (for listening, not for Asterisk)."""
+    binary = ffmpeg or str(AudioSegment.converter)
+    argv = [binary, "-hide_banner", "-loglevel", "error", "-f", "wav", "-i", "pipe:0", "-vn"]
+    argv += ["-codec:a", "libmp3lame", "-q:a", "4", "-f", "mp3", "pipe:1"]
+    try:
+        status, out, err = await run_piped(argv, wav, limit_s)
+    except TimeoutError:
+        raise AudioError(f"ffmpeg took longer than {limit_s:g} s") from None
+    except OSError as exc:
+        raise AudioError(f"cannot run {binary}: {exc.strerror or exc}") from exc
+    if status != 0 or not out:
+        raise AudioError(f"ffmpeg exit {status}: {err.decode(errors='replace')[:200]}")
+    return out
+
+
 def telephone_segment(
     pcm: bytes,
     *,

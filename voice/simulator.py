@@ -447,30 +447,125 @@ def read_stats(path: Path) -> dict[str, object]:
     return data
 
 
-def main(argv: list[str] | None = None) -> int:
-    """`plp-gateway simulate asterisk`: run the simulator until SIGINT/SIGTERM."""
-    parser = argparse.ArgumentParser(prog="plp-gateway simulate asterisk", description=__doc__)
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=5038)
-    parser.add_argument("--username", default="plp-gateway")
-    parser.add_argument("--secret", default="secret")
-    parser.add_argument(
-        "--speed", type=float, default=1.0, help="time scale: 10 = ten times faster"
+_DESCRIPTION = """\
+A pretend telephone exchange (Asterisk) on this machine, for trying voice calls without a real
+Asterisk or phone line: the gateway connects to it as to Asterisk's manager interface (AMI),
+and every call it places is played out with the events a real Asterisk sends. Nobody is
+actually called. What the "member" does depends on the last digit of the number:
+
+  1, 0, 9  answers, listens to the message, presses 1    -> acknowledged (answered
+                                                             when no press-1 was asked)
+  2        busy                                           -> busy
+  3        rings and is never picked up                   -> no_answer
+  4        the network is congested                       -> congestion
+  5        answers but hangs up during the message        -> hung_up_early
+  6        answers and listens, presses nothing           -> answered
+  7        phone switched off / out of coverage           -> unreachable
+  8        number does not exist                          -> invalid_number
+"""
+
+_EPILOG = """\
+Point the gateway at it in gateway.toml:
+  [voice]
+  enabled = true
+  channel = "Local/{number}@plp-phones"
+  [voice.ami]
+  host = "127.0.0.1"
+  port = 5038
+  username = "plp-gateway"
+  secret = "secret"
+
+examples:
+  plp-gateway simulate asterisk                      real-time calls on port 5038
+  plp-gateway simulate asterisk --speed 10            every call ten times faster
+  plp-gateway simulate asterisk --max-channels 4      a small line: more calls get congestion
+
+Stop it with Ctrl+C. Every option is described in docs/voice-calls.md ("The AMI simulator").
+"""
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="plp-gateway simulate asterisk",
+        description=_DESCRIPTION,
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--max-channels", type=int, default=30)
-    parser.add_argument("--playback", type=float, default=None, help="force message length (s)")
-    parser.add_argument("--no-file-check", action="store_true", help="do not require ALERT_FILE")
-    parser.add_argument("--stats-file", type=Path, default=None, help="write counters here (JSON)")
     parser.add_argument(
-        "--control-port", type=int, default=None, help="JSON control port (0 = any)"
+        "--host", default="127.0.0.1", help="address to listen on (default: %(default)s)"
     )
-    parser.add_argument("--port-file", type=Path, help="write {port, control_port} as JSON here")
+    parser.add_argument(
+        "--port",
+        type=int,
+        default=5038,
+        help="port the gateway connects to, AMI (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--username",
+        default="plp-gateway",
+        help="user name the gateway must log in with (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--secret",
+        default="secret",
+        help="password the gateway must log in with (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--speed",
+        type=float,
+        default=1.0,
+        help="how much faster than real time calls run: 10 = ten times faster (default: 1)",
+    )
+    parser.add_argument(
+        "--max-channels",
+        type=int,
+        default=30,
+        help="calls at the same time; more fail as congestion (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--playback",
+        type=float,
+        default=None,
+        help="pretend every message lasts this many seconds "
+        "(default: the length of the gateway's audio file)",
+    )
+    parser.add_argument(
+        "--no-file-check",
+        action="store_true",
+        help="play calls even when the gateway's audio file is not on this machine",
+    )
+    parser.add_argument(
+        "--stats-file",
+        type=Path,
+        default=None,
+        help="keep call counters in this JSON file, for scripts",
+    )
+    parser.add_argument(
+        "--control-port",
+        type=int,
+        default=None,
+        help="port for steering the simulator from scripts, JSON lines (0 = any free port; "
+        "default: none)",
+    )
+    parser.add_argument(
+        "--port-file", type=Path, help="write the ports actually used here, as JSON"
+    )
     parser.add_argument(
         "--timestamp-events",
         action="store_true",
-        help="a Timestamp header on every event (manager.conf timestampevents)",
+        help="add a Timestamp to every event, like Asterisk with timestampevents = yes",
     )
-    parser.add_argument("--log-level", default="INFO")
+    parser.add_argument(
+        "--log-level",
+        default="INFO",
+        help="DEBUG, INFO, WARNING or ERROR (default: %(default)s)",
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`plp-gateway simulate asterisk`: run the simulator until SIGINT/SIGTERM."""
+    parser = _parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(name)s %(message)s")
     cfg = SimConfig(
