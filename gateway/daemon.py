@@ -229,7 +229,9 @@ class Gateway:
 
     def _scrape(self, metrics: Metrics) -> None:
         links = {k: v for k, v in self.links().items() if isinstance(v, dict)}
-        metrics.set_health(self.state(), links, self.scheduler.queue_depths())
+        metrics.set_health(
+            self.state(), links, self.scheduler.queue_depths(), self.scheduler.queue_waiting()
+        )
 
     async def _start_metrics(self) -> None:
         if self.metrics is None:
