@@ -136,7 +136,8 @@ class Discovery:
         payload = {
             "name": name,
             "unique_id": f"{self.node_id}_{object_id}",
-            "object_id": f"{self.node_id}_{object_id}",
+            # The entity id to create (`object_id` before Home Assistant 2025.10).
+            "default_entity_id": f"sensor.{self.node_id}_{object_id}",
             "state_topic": self._topics.health,
             "availability_topic": self._topics.availability,
             "payload_available": "online",

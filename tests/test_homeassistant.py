@@ -59,6 +59,7 @@ async def test_discovery_announces_state_links_and_queues(
     configs = await retained_configs(broker, {"state", "link_broker", "link_email", "queue_email"})
     assert set(configs) == {"state", "link_broker", "link_email", "queue_email"}  # no SMS
     assert len({c["unique_id"] for c in configs.values()}) == len(configs)
+    assert configs["state"]["default_entity_id"] == f"sensor.{NODE_ID}_state"
     for c in configs.values():
         assert c["state_topic"] == "plp/gateway/test/health"
         assert c["availability_topic"] == "plp/gateway/test/availability"

@@ -109,6 +109,32 @@ def rule_exprs() -> list[str]:
     return [rule["expr"] for group in groups for rule in group["rules"]]
 
 
+def test_dashboard_is_importable_anywhere() -> None:
+    """No data source of the machine it was made on, unique panel ids, no panels on top of
+    each other."""
+    board = json.loads(DASHBOARD.read_text())
+    assert board["uid"] == "plp-gateway" and "__inputs" not in board
+    variables = {v["name"]: v for v in board["templating"]["list"]}
+    assert variables["datasource"]["type"] == "datasource"
+    assert variables["datasource"]["query"] == "prometheus"
+    panels = board["panels"]
+    assert len({p["id"] for p in panels}) == len(panels)
+    cells: set[tuple[int, int]] = set()
+    for p in panels:
+        pos = p["gridPos"]
+        assert pos["x"] + pos["w"] <= 24, p["title"]
+        mine = {
+            (x, y)
+            for x in range(pos["x"], pos["x"] + pos["w"])
+            for y in range(pos["y"], pos["y"] + pos["h"])
+        }
+        assert not mine & cells, p["title"]
+        cells |= mine
+        for target in [p, *p.get("targets", [])]:
+            if "datasource" in target:
+                assert target["datasource"]["uid"] == "${datasource}", p["title"]
+
+
 # -- a scrape of a gateway that ran a job on every channel -----------------------------------
 Series = dict[str, list[dict[str, str]]]  # sample name -> label sets
 
