@@ -21,6 +21,7 @@ from pydantic import (
     Field,
     ValidationError,
     field_validator,
+    model_validator,
 )
 
 from sms.config import SmsConfig
@@ -28,6 +29,7 @@ from voice.config import VoiceConfig
 
 from .channel import RetryPolicy
 from .errors import ConfigError
+from .homeassistant import HomeAssistantConfig, node_id_problem
 from .metrics import MetricsConfig
 from .secret import Secret, defer_secrets, deferred_secrets
 from .security_config import SecurityConfig as _SecurityConfig
@@ -153,6 +155,7 @@ class Config(Section):
     log: LogConfig = LogConfig()
     security: SecurityConfig = SecurityConfig()
     metrics: MetricsConfig = MetricsConfig()
+    homeassistant: HomeAssistantConfig = HomeAssistantConfig()
 
     @field_validator("node")
     @classmethod
@@ -160,6 +163,15 @@ class Config(Section):
         if not v or any(c in v for c in "+#/ "):
             raise ValueError("must be a single topic level (no '/', '+', '#', spaces)")
         return v
+
+    @model_validator(mode="after")
+    def _discovery_node(self) -> Config:
+        # The node names the gateway in Home Assistant's discovery topics, whose ids are
+        # stricter than an MQTT topic level.
+        problem = node_id_problem(self.node) if self.homeassistant.discovery else None
+        if problem is not None:
+            raise ValueError(f"[homeassistant] discovery: {problem}")
+        return self
 
     @property
     def client_id(self) -> str:

@@ -20,6 +20,7 @@ from .config import Config, load_config
 from .domain import Job
 from .errors import ConfigError
 from .exit_codes import ExitCode
+from .homeassistant import Discovery
 from .intake import Intake
 from .mail import EmailChannel
 from .metrics import MeteredChannel, Metrics, MetricsServer
@@ -103,6 +104,11 @@ class Gateway:
         self._failure: dict[str, str] | None = None  # the task that ended unexpectedly
         self._final: str | None = None  # last health state, once stopped
         self.channels = build_channels(config, self.reports)
+        self.discovery = (
+            Discovery(config.homeassistant, self.topics, self.channels, __version__)
+            if config.homeassistant.discovery
+            else None
+        )
         self.metrics = Metrics(__version__, config.node) if config.metrics.enabled else None
         self.scheduler = Scheduler(
             self.store,
@@ -197,6 +203,11 @@ class Gateway:
         # (both go in order on the health link).
         self.publish_health()
         self.status.availability(True)
+        if self.discovery is not None:
+            # Retained, on the health link like the topics they read (a duplicate process
+            # of this node sends none); again at each connect, for a broker that lost them.
+            for topic, payload in self.discovery.messages():
+                self.presence.publish(topic, payload)
         for row in await self.store.run(self.store.store.active_jobs):
             self.status.job_dirty(row.id)
         for hook in self.ready_hooks:
@@ -229,7 +240,9 @@ class Gateway:
 
     def _scrape(self, metrics: Metrics) -> None:
         links = {k: v for k, v in self.links().items() if isinstance(v, dict)}
-        metrics.set_health(self.state(), links, self.scheduler.queue_depths())
+        metrics.set_health(
+            self.state(), links, self.scheduler.queue_depths(), self.scheduler.queue_waiting()
+        )
 
     async def _start_metrics(self) -> None:
         if self.metrics is None:
@@ -378,6 +391,8 @@ class Gateway:
             log.warning("reload: [mqtt], [store] and node changes need a restart; ignored")
         if new.metrics != self.config.metrics:
             log.warning("reload: [metrics] changes need a restart; ignored")
+        if new.homeassistant != self.config.homeassistant:
+            log.warning("reload: [homeassistant] changes need a restart; ignored")
         self.intake.limits = new.jobs
         self.intake.numbers = number_policies(new, self.channels)
         self.verifier.reconfigure(new.security)
@@ -395,6 +410,7 @@ class Gateway:
                 "store": self.config.store,
                 "node": self.config.node,
                 "metrics": self.config.metrics,
+                "homeassistant": self.config.homeassistant,
             }
         )
         self.scheduler.link_down_fallback_after = new.jobs.link_down_fallback_after

@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from prometheus_client import (
@@ -24,8 +24,11 @@ from prometheus_client import (
     Info,
     PlatformCollector,
     ProcessCollector,
+    disable_created_metrics,
     generate_latest,
 )
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 from pydantic import BaseModel, ConfigDict, Field
 
 from .channel import Attempt, Channel, Limits, Outcome
@@ -34,11 +37,21 @@ from .errors import PermanentError, TemporaryError
 
 log = logging.getLogger("gateway.metrics")
 
+# Without this every counter and histogram also exposes a `<name>_created` series (its start
+# time as a float): twice the series, and dashboards that match `plp_gateway_.*` see both.
+disable_created_metrics()  # type: ignore[no-untyped-call]
+
 NAMESPACE = "plp_gateway"
 # From a quick SMTP hand-off (tens of ms) to a voice call that rings and plays (minutes).
 SEND_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 TTS_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 GATEWAY_STATES = ("starting", "ready", "degraded", "conflict", "stopping")
+# Fields of a channel's health report that are running totals since the process started: a
+# Prometheus counter (`rate()` copes with the reset at a restart). The others are gauges.
+COUNTER_FIELDS = (
+    "sent", "connects", "failures", "submitted", "throttled", "unknown_events",
+    "syntheses", "cache_hits", "fallbacks",
+)  # fmt: skip
 
 ScrapeHook = Callable[["Metrics"], None]
 
@@ -105,8 +118,8 @@ class Metrics:
         )
         self.queue_depth = Gauge(
             "queue_depth",
-            "Deliveries waiting per channel and priority.",
-            ["channel", "priority"],
+            "Deliveries waiting per channel, priority and state (ready; delayed: not yet due).",
+            ["channel", "priority", "state"],
             namespace=NAMESPACE,
             registry=r,
         )
@@ -159,16 +172,12 @@ class Metrics:
             namespace=NAMESPACE,
             registry=r,
         )
-        self.link_stat = Gauge(
-            "link_stat",
-            "Numeric fields of each link's health (counters and gauges the channel reports).",
-            ["link", "stat"],
-            namespace=NAMESPACE,
-            registry=r,
-        )
+        # Each link's numeric health fields: counters as counters, gauges as gauges.
+        self.link_health = _LinkHealth()
+        r.register(self.link_health)
         self._links: dict[str, str] = {}
         self._tts_seen: dict[str, float] = {}
-        self._queues: set[tuple[str, str]] = set()
+        self._queues: set[tuple[str, str, str]] = set()
         self._hooks: list[ScrapeHook] = []
         self.set_state("degraded")
 
@@ -191,12 +200,12 @@ class Metrics:
     def retry(self, channel: str) -> None:
         self.retries.labels(channel).inc()
 
-    def set_queue_depths(self, depths: Mapping[tuple[str, str], int]) -> None:
-        """`{(channel, priority): waiting}`; pairs missing from `depths` read 0."""
-        for channel, priority in self._queues - set(depths):
-            self.queue_depth.labels(channel, priority).set(0)
-        for (channel, priority), n in depths.items():
-            self.queue_depth.labels(channel, priority).set(n)
+    def set_queue_depths(self, depths: Mapping[tuple[str, str, str], int]) -> None:
+        """`{(channel, priority, state): waiting}`; keys missing from `depths` read 0."""
+        for key in self._queues - set(depths):
+            self.queue_depth.labels(*key).set(0)
+        for key, n in depths.items():
+            self.queue_depth.labels(*key).set(n)
         self._queues |= set(depths)
 
     def set_link(self, link: str, state: str, up: bool) -> None:
@@ -219,27 +228,32 @@ class Metrics:
         state: str,
         links: Mapping[str, Mapping[str, object]],
         queues: Mapping[str, Mapping[str, int]],
+        waiting: Mapping[str, Mapping[tuple[str, str], int]] | None = None,
     ) -> None:
         """Take the health report the daemon publishes on MQTT (see `Gateway.links()`):
-        link states, numeric health fields, queue depths, and TTS counts found under a
-        channel's `tts` member (`syntheses`/`<engine>_syntheses`, `cache_hits`)."""
+        link states, numeric health fields, in-flight counts, and TTS counts found under a
+        channel's `tts` member (`syntheses`/`<engine>_syntheses`, `cache_hits`). `waiting`
+        gives the queue depths per channel as `{(priority, state): n}` (the health's `hot`,
+        `cold`, `delayed` mix priorities and a state)."""
         self.set_state(state)
         for link, health in links.items():
             link_state = str(health.get("state", "unknown"))
             self.set_link(link, link_state, link_state == "up")
-            for stat, value in _numbers(health):
-                self.link_stat.labels(link, stat).set(value)
             tts = health.get("tts")
             if isinstance(tts, Mapping):
                 self._tts_counts(tts)
-        depths: dict[tuple[str, str], int] = {}
+        self.link_health.update(links)
         for channel, depth in queues.items():
-            for key, n in depth.items():
-                if key == "inflight":
-                    self.inflight.labels(channel).set(n)
-                elif key in ("hot", "cold", "delayed"):
-                    depths[(channel, key)] = n
-        self.set_queue_depths(depths)
+            if "inflight" in depth:
+                self.inflight.labels(channel).set(depth["inflight"])
+        if waiting is not None:
+            self.set_queue_depths(
+                {
+                    (channel, priority, queue_state): n
+                    for channel, per_key in waiting.items()
+                    for (priority, queue_state), n in per_key.items()
+                }
+            )
 
     def _tts_counts(self, stats: Mapping[str, object]) -> None:
         # The voice channel keeps running totals; counters take the increase since last time.
@@ -277,8 +291,48 @@ class Metrics:
         return generate_latest(self.registry)
 
 
+class _LinkHealth(Collector):
+    """The numeric fields of each link's latest health report, collected at scrape time:
+    running totals as `plp_gateway_link_events_total{link, event}` (a counter), the others
+    (window in use, active calls, `since` timestamps ...) as `plp_gateway_link_stat{link,
+    stat}` (a gauge)."""
+
+    def __init__(self) -> None:
+        self._fields: dict[str, list[tuple[str, float]]] = {}
+
+    def update(self, links: Mapping[str, Mapping[str, object]]) -> None:
+        self._fields = {link: _numbers(health) for link, health in links.items()}
+
+    def collect(self) -> Iterator[Metric]:
+        events = CounterMetricFamily(
+            f"{NAMESPACE}_link_events",
+            "Running totals in each link's health report (sent, connects, failures ...).",
+            labels=["link", "event"],
+        )
+        stats = GaugeMetricFamily(
+            f"{NAMESPACE}_link_stat",
+            "Other numeric fields of each link's health report (window in use, calls ...).",
+            labels=["link", "stat"],
+        )
+        for link, fields in self._fields.items():
+            for name, value in fields:
+                family = events if is_counter_field(name) else stats
+                family.add_metric([link, name], value)
+        yield events
+        yield stats
+
+
+def is_counter_field(name: str) -> bool:
+    """Whether a flattened health field (`outcomes_busy`, `tts_espeak_syntheses`) is a
+    running total."""
+    return name.startswith("outcomes_") or any(
+        name == word or name.endswith("_" + word) for word in COUNTER_FIELDS
+    )
+
+
 def _numbers(health: Mapping[str, object], prefix: str = "") -> list[tuple[str, float]]:
-    """Numeric fields of a health mapping, nested ones as `outer_inner` (lists skipped)."""
+    """Numeric fields of a health mapping, nested ones as `outer_inner`; a list of named
+    mappings (an SMS channel's `binds`) as `<list>_<name>_<field>`, other lists skipped."""
     out: list[tuple[str, float]] = []
     for key, value in health.items():
         name = f"{prefix}{key}"
@@ -286,6 +340,10 @@ def _numbers(health: Mapping[str, object], prefix: str = "") -> list[tuple[str, 
             out.append((name, float(value)))
         elif isinstance(value, Mapping):
             out.extend(_numbers(value, name + "_"))
+        elif isinstance(value, list):
+            for item in value:
+                if isinstance(item, Mapping) and isinstance(item.get("name"), str):
+                    out.extend(_numbers(item, f"{name}_{item['name']}_"))
     return out
 
 

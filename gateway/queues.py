@@ -76,6 +76,14 @@ class ChannelQueue:
             "delayed": len(self._delayed),
         }
 
+    def waiting(self) -> dict[tuple[str, str], int]:
+        """`{(priority, state): n}`, state `ready` or `delayed` (a retry not yet due)."""
+        out = {(p.name.lower(), "ready"): len(items) for p, items in self._ready.items()}
+        out |= {(p.name.lower(), "delayed"): 0 for p in Priority}
+        for _, item in self._delayed:
+            out[(item.priority.name.lower(), "delayed")] += 1
+        return out
+
     def __len__(self) -> int:
         return sum(map(len, self._ready.values())) + len(self._delayed)
 

@@ -163,6 +163,10 @@ class Scheduler:
             for name, lane in self._lanes.items()
         }
 
+    def queue_waiting(self) -> dict[str, dict[tuple[str, str], int]]:
+        """Per channel `{(priority, state): n}` (for metrics; see `ChannelQueue.waiting`)."""
+        return {name: lane.queue.waiting() for name, lane in self._lanes.items()}
+
     def _spawn(self, coro: object) -> None:
         task: asyncio.Task[None] = asyncio.create_task(coro)  # type: ignore[arg-type]
         self._tasks.add(task)

@@ -25,6 +25,9 @@ async def http_get(port: int, path: str, method: str = "GET") -> tuple[int, dict
     return int(lines[0].split(" ")[1]), {k.lower(): v for k, v in headers.items()}, body
 
 
+R = ("state", "ready")
+
+
 def samples(text: bytes) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     out = {}
     for family in text_string_to_metric_families(text.decode()):
@@ -59,7 +62,11 @@ async def test_scrape_finds_the_operator_series(served: tuple[Metrics, MetricsSe
     metrics.reload(ok=False)
     metrics.set_link("smsc", "down", up=False)
     metrics.set_link("smsc", "up", up=True)
-    metrics.on_scrape(lambda m: m.set_queue_depths({("email", "hot"): 7, ("email", "cold"): 300}))
+    metrics.on_scrape(
+        lambda m: m.set_queue_depths(
+            {("email", "hot", "ready"): 7, ("email", "cold", "ready"): 300}
+        )
+    )
 
     status, headers, body = await http_get(server.port, "/metrics")
     assert status == 200
@@ -78,8 +85,8 @@ async def test_scrape_finds_the_operator_series(served: tuple[Metrics, MetricsSe
         ("plp_gateway_send_duration_seconds_count", (("channel", "email"),)): 1,
         ("plp_gateway_send_duration_seconds_bucket", (("channel", "email"), ("le", "0.05"))): 1,
         ("plp_gateway_send_duration_seconds_bucket", (("channel", "sms"), ("le", "1.0"))): 0,
-        ("plp_gateway_queue_depth", (("channel", "email"), ("priority", "hot"))): 7,
-        ("plp_gateway_queue_depth", (("channel", "email"), ("priority", "cold"))): 300,
+        ("plp_gateway_queue_depth", (("channel", "email"), ("priority", "hot"), R)): 7,
+        ("plp_gateway_queue_depth", (("channel", "email"), ("priority", "cold"), R)): 300,
         ("plp_gateway_link_up", (("link", "smsc"),)): 1,
         ("plp_gateway_link_state", (("link", "smsc"), ("state", "up"))): 1,
         ("plp_gateway_tts_syntheses_total", (("engine", "espeak-ng"),)): 1,
@@ -95,11 +102,11 @@ async def test_scrape_finds_the_operator_series(served: tuple[Metrics, MetricsSe
 
     # Queue depths refreshed at the next scrape; a pair that vanished reads 0.
     metrics._hooks.clear()
-    metrics.set_queue_depths({("email", "hot"): 1})
+    metrics.set_queue_depths({("email", "hot", "ready"): 1})
     _, _, body = await http_get(server.port, "/metrics")
     got = samples(body)
-    assert got[("plp_gateway_queue_depth", (("channel", "email"), ("priority", "hot")))] == 1
-    assert got[("plp_gateway_queue_depth", (("channel", "email"), ("priority", "cold")))] == 0
+    assert got[("plp_gateway_queue_depth", (("channel", "email"), ("priority", "hot"), R))] == 1
+    assert got[("plp_gateway_queue_depth", (("channel", "email"), ("priority", "cold"), R))] == 0
 
 
 async def test_other_paths_and_methods(served: tuple[Metrics, MetricsServer]) -> None:

@@ -49,10 +49,10 @@ async def test_endpoint_follows_a_job(
     assert value("attempts_total", channel="email", outcome="permanent") == 1
     assert value("retries_total", channel="email") == 1
     assert value("send_duration_seconds_count", channel="email") == 6
-    assert value("queue_depth", channel="email", priority="hot") == 0
+    assert value("queue_depth", channel="email", priority="hot", state="ready") == 0
     assert value("inflight", channel="email") == 0
     assert value("link_up", link="email") == 1
-    assert value("link_stat", link="email", stat="sent") == 4
+    assert value("link_events_total", link="email", event="sent") == 4
     assert value("state", state="ready") == 1
     assert value("config_reloads_total", result="ok") == 1
     assert after[("process_resident_memory_bytes", ())] > 0
