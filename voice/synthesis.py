@@ -161,7 +161,6 @@ class Synthesizer:
     def audio_paths(self, job: Job) -> set[Path]:
         """Every file `prepare(job)` may have made: per language, one per configured engine
         (a fallback engine makes its own file)."""
-        fmt = self._tts.format
         paths: set[Path] = set()
         for lang in _voice_langs(job):
             text = compose_text(job.message, lang, test=job.test)
@@ -170,16 +169,22 @@ class Synthesizer:
                 engine = self._engines.get(name)
                 if engine is None or engine.voice(lang) is None:
                     continue
-                stem = audio.audio_name(
-                    engine=engine.name,
-                    voice=engine.fingerprint(lang),
-                    lang=lang,
-                    text=spoken,
-                    fmt=fmt,
-                    profile=self._profile,
-                )
-                paths.add(self._dir / (stem + audio.EXTENSIONS[fmt]))
+                paths.add(self._audio_path(engine, lang, spoken))
         return paths
+
+    def _audio_path(self, engine: TtsEngine, lang: str, spoken: str) -> Path:
+        """Where `engine` puts (or put) the audio of `spoken`: the name is a hash of what
+        makes the sound, so the same text in the same voice is made once."""
+        fmt = self._tts.format
+        stem = audio.audio_name(
+            engine=engine.name,
+            voice=engine.fingerprint(lang),
+            lang=lang,
+            text=spoken,
+            fmt=fmt,
+            profile=self._profile,
+        )
+        return self._dir / (stem + audio.EXTENSIONS[fmt])
 
     async def forget(self, jobs: Collection[Job], keep: Collection[Job] = ()) -> int:
         """Delete the audio of purged `jobs`, except files that jobs in `keep` (still
@@ -283,15 +288,7 @@ class Synthesizer:
         self, engine: TtsEngine, voice: str, lang: str, spoken: str
     ) -> RenderedAudio:
         fmt = self._tts.format
-        stem = audio.audio_name(
-            engine=engine.name,
-            voice=engine.fingerprint(lang),
-            lang=lang,
-            text=spoken,
-            fmt=fmt,
-            profile=self._profile,
-        )
-        path = self._dir / (stem + audio.EXTENSIONS[fmt])
+        path = self._audio_path(engine, lang, spoken)
         size = await self._run(_size, path)
         if size is not None:  # made earlier (before a restart): no synthesis needed
             self._counts["cache_hits"] += 1
