@@ -8,6 +8,7 @@ was measured: a shared, loaded 2-core VM, with the load average and the date of 
 from __future__ import annotations
 
 import os
+import statistics
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -70,10 +71,13 @@ def bars(
     ax.invert_yaxis()  # first label on top
     if log:
         ax.set_xscale("log")
+    else:
+        ax.xaxis.set_major_formatter(lambda x, _: f"{x:,.0f}")
     for y, v in enumerate(numbers):
         ax.text(v, y, f" {v:,.0f}", va="center", fontsize=8)
     ax.set_xlabel(f"{unit}{' (log scale)' if log else ''}")
-    ax.set_xlim(right=max(numbers) * (4 if log else 1.18))
+    ax.set_xlim(right=max(numbers) * (4 if log else 1.15))
+    ax.grid(axis="x", alpha=0.3)
     ax.tick_params(axis="y", labelsize=8)
     return _save(fig, path, title, note)
 
@@ -90,7 +94,7 @@ def distributions(
             continue
         n = len(ordered)
         shares = [(i + 1) / n for i in range(n)]
-        p50 = ordered[(n - 1) // 2]
+        p50 = statistics.median(ordered)  # as the scripts print it
         p99 = ordered[min(n - 1, int(n * 0.99))]
         ax.step(
             ordered,
@@ -120,4 +124,35 @@ def progress(
     ax.set_ylabel(unit)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
+    return _save(fig, path, title, note)
+
+
+def in_progress(
+    path: Path,
+    title: str,
+    intervals: Sequence[tuple[float, float]],
+    limit: int,
+    note: str,
+) -> Path:
+    """How many (start, end) intervals overlap over time, against `limit` (e.g. calls in
+    progress against the channels allowed); times in seconds, from the first start."""
+    fig, ax = _figure()
+    if intervals:
+        origin = min(start for start, _ in intervals)
+        changes = sorted(
+            [(start - origin, 1) for start, _ in intervals]
+            + [(end - origin, -1) for _, end in intervals]
+        )
+        times, counts, current = [0.0], [0], 0
+        for t, step in changes:
+            current += step
+            times.append(t)
+            counts.append(current)
+        ax.step(times, counts, where="post", label="in progress")
+    ax.axhline(limit, color="tab:red", linestyle="--", linewidth=1, label=f"limit {limit}")
+    ax.set_xlabel("seconds after the first call")
+    ax.set_ylabel("calls")
+    ax.set_ylim(0, limit * 1.2)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower center")
     return _save(fig, path, title, note)

@@ -5,6 +5,7 @@ rejections, a clean stop and a kill) validates against the schema of its topic."
 
 from __future__ import annotations
 
+import functools
 import json
 import subprocess
 import sys
@@ -151,18 +152,20 @@ async def test_every_payload_of_a_run_with_every_channel_validates(
     replier = {"ref": "m-2", "phone": "+32470555552", "lang": "nl", "channels": ["sms"]}
     job = email_job("schemas-a", [caller, replier], channels=["email", "sms", "voice"])
     job["voice"] = {"ack": True}
-    await observer.publish_job(sign(job, "dispatch-1", KEY, now))
+    signed = sign(job, "dispatch-1", KEY, now)
+    await observer.publish_job(signed)
     await smsc.wait(lambda s: s["counters"].get("accepted", 0) >= 2)
     await smsc.ctl("mo", source=replier["phone"], text="OK")
     await smsc.ctl("mo", source="+32470999999", text="wrong number")
     await observer.wait_job("schemas-a", "done", timeout=60)
 
     # Jobs that wait for a call back, cancelled signed, with a reason, and empty.
+    def retrying(job_id: str) -> bool:
+        return any(e["state"] == "retrying" for e in observer.events(job_id))
+
     for job_id in ("schemas-b", "schemas-c", "schemas-d"):
         await observer.publish_job(voice_job(job_id, [member(2, 3)], priority="cold"))
-        await observer.wait(
-            lambda j=job_id: any(e["state"] == "retrying" for e in observer.events(j)), 30
-        )
+        await observer.wait(functools.partial(retrying, job_id))
     await observer.publish(
         "plp/jobs/schemas-b/cancel",
         json.dumps(sign_cancel("schemas-b", "dispatch-1", KEY, now, "fausse alerte")),
@@ -179,7 +182,8 @@ async def test_every_payload_of_a_run_with_every_channel_validates(
     await publish_bad("plp/jobs", b"not json")
     forged = sign(email_job("schemas-forged", [caller]), "dispatch-1", b"k" * 32, now)
     await observer.publish_job(forged)
-    await observer.wait(lambda: len(observer.rejections()) >= 4)
+    await observer.publish_job(signed)
+    await observer.wait(lambda: len(observer.rejections()) >= 5)
     await observer.wait_job("schemas-bad", "rejected")
 
     assert proc.terminate() == 0
@@ -196,7 +200,7 @@ async def test_every_payload_of_a_run_with_every_channel_validates(
     assert any("sig" in j for j in by_name["job"])
     assert {s["state"] for s in by_name["job-status"]} >= {"done", "cancelled", "rejected"}
     codes = {e["code"] for r in by_name["rejected"] for e in r["errors"]}
-    assert codes >= {"unknown_job", "invalid_value", "invalid_json", "bad_signature"}
+    assert codes >= {"unknown_job", "invalid_value", "invalid_json", "bad_signature", "replayed"}
 
 
 async def test_every_payload_of_a_batched_run_and_a_killed_gateway_validates(
