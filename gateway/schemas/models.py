@@ -9,8 +9,11 @@ from pydantic import BaseModel, ConfigDict, Field, RootModel
 from pydantic.json_schema import SkipJsonSchema
 
 from ..domain import DeliveryState, JobState
-from ..jobs import JOB_ID_PATTERN, ChannelName, Lang, job_json_schema
+from ..jobs import ChannelName, Lang, job_json_schema
 from ..signing import _NONCE_RE, _TS_RE, ALG, VERSION
+
+# The job id rule, as the job's own schema spells it (one source for every payload).
+JOB_ID_PATTERN: str = job_json_schema()["properties"]["id"]["pattern"]
 
 # The job and its status name the job `id`; every other payload names it `job_id`. Both are
 # a contract (renaming either would break integrators), so each schema says which it uses.
