@@ -107,7 +107,7 @@ class JobStatus(_Closed):
     updated_at: str = Time
     expires_at: str = Time
     finished_at: str | None = Field(pattern=RFC3339_MS, description="null until it ends")
-    reason: str | None = Field(description="why it ended early, e.g. `cancelled: <reason>`; or null")
+    reason: str | None = Field(description="why it ended early (`cancelled: <reason>`), or null")
 
 
 class RejectedJobStatus(_Closed):
