@@ -1,7 +1,7 @@
 """Benchmark: a 10,000-recipient e-mail job through a real broker, gateway and SMTP server.
 
 Prints MQTT publish -> first e-mail latency and sustained throughput.
-Run: .venv/bin/python -m bench.bench_email [--recipients 10000] [--concurrency 8]
+Run: .venv/bin/python -m bench.bench_email [--recipients 10000] [--concurrency 8] [--plot DIR]
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from tests.fixtures import (  # noqa: E402
 )
 
 
-async def run(n: int, concurrency: int) -> None:
+async def run(n: int, concurrency: int, plot: Path | None = None) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         (work / "broker").mkdir()
@@ -37,11 +37,13 @@ async def run(n: int, concurrency: int) -> None:
         smtp = SmtpServer()
         smtp.start()
         first: list[float] = []
+        accepted: list[float] = []  # when each e-mail's DATA arrived (for --plot)
         orig = smtp.handler.handle_DATA
 
         async def stamp(server: object, session: object, envelope: object) -> str:
             if not first:
                 first.append(time.perf_counter())
+            accepted.append(time.perf_counter())
             return await orig(server, session, envelope)
 
         smtp.handler.handle_DATA = stamp  # type: ignore[method-assign]
@@ -70,6 +72,17 @@ async def run(n: int, concurrency: int) -> None:
             print(f"all e-mails accepted  {t_end - t0:.2f} s")
             print(f"throughput            {n / (t_end - first[0]):.0f} e-mails/s (after the first)")
             print(f"job status 'done'     {t_done - t0:.2f} s after publish")
+            if plot is not None:
+                from bench import plots
+
+                plots.progress(
+                    plot / "email_progress.png",
+                    f"E-mail: a {n:,}-recipient job, {concurrency} SMTP connections, "
+                    f"{n / (t_end - first[0]):.0f} e-mails/s",
+                    {"e-mails accepted by aiosmtpd": [t - t0 for t in accepted]},
+                    "e-mails accepted",
+                    plots.machine_note(f"bench_email --recipients {n} --concurrency {concurrency}"),
+                )
         finally:
             gw.stop()
             smtp.stop()
@@ -80,8 +93,9 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--recipients", type=int, default=10_000)
     parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--plot", type=Path, metavar="DIR", help="write PNG plots there")
     args = parser.parse_args()
-    asyncio.run(run(args.recipients, args.concurrency))
+    asyncio.run(run(args.recipients, args.concurrency, args.plot))
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ one-recipient hot alerts, one after another. Prints publish -> submit_sm at the 
 p90, max) and the cold submits that reached the SMSC in between; the reference is the same
 hot alerts with no cold work. Targets: p50 <= 50 ms, p90 <= 100 ms.
 Run: .venv/bin/python -m bench.bench_hot_overtakes [--cold 20000] [--hot 20] [--rate 50]
+     [--plot DIR]
 """
 
 from __future__ import annotations
@@ -66,7 +67,8 @@ def report(label: str, results: list[tuple[float, int]]) -> None:
 async def main_async(args: argparse.Namespace) -> None:
     sms = {"window": args.window, "rate": args.rate}
     async with stack((), sms, "each") as (broker, sim, obs):
-        report("no cold work (reference)", await hot_alerts(broker, sim, args.hot, "ref"))
+        reference = await hot_alerts(broker, sim, args.hot, "ref")
+        report("no cold work (reference)", reference)
         await sim.ctl("reset")
         cold = sms_job("cold", members(args.cold), priority="cold")
         await obs.publish("plp/jobs", json.dumps(cold))
@@ -80,6 +82,23 @@ async def main_async(args: argparse.Namespace) -> None:
               f"(bind rate {args.rate:g}, window {args.window})")  # fmt: skip
         await obs.publish("plp/jobs/cold/cancel", json.dumps({"reason": "bench over"}))
         await obs.wait_job("cold", "cancelled", timeout=120)
+    if args.plot is not None:
+        from bench import plots
+
+        plots.distributions(
+            args.plot / "hot_overtakes.png",
+            "Hot SMS alerts: MQTT publish -> submit_sm, alone and during a cold job",
+            {
+                "no cold work (reference)": [r[0] * 1000 for r in reference],
+                f"during a {args.cold:,}-member cold job at {args.rate:g}/s": [
+                    r[0] * 1000 for r in results
+                ],
+            },
+            "ms",
+            plots.machine_note(
+                f"bench_hot_overtakes --cold {args.cold} --hot {args.hot} --rate {args.rate:g}"
+            ),
+        )
 
 
 def main() -> None:
@@ -88,6 +107,7 @@ def main() -> None:
     parser.add_argument("--hot", type=int, default=20)
     parser.add_argument("--rate", type=float, default=50.0)
     parser.add_argument("--window", type=int, default=50)
+    parser.add_argument("--plot", type=Path, metavar="DIR", help="write PNG plots there")
     asyncio.run(main_async(parser.parse_args()))
 
 

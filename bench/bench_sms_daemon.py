@@ -3,6 +3,7 @@
 Prints MQTT publish -> first submit_sm latency (p50, p99 over repeated single-recipient jobs),
 and the sustained submit_sm/s of a 10,000-recipient job as the SMSC sees it.
 Run: .venv/bin/python -m bench.bench_sms_daemon [--recipients 10000] [--window 50] [--singles 200]
+     [--kannel] [--plot DIR]
 """
 
 from __future__ import annotations
@@ -110,7 +111,8 @@ def cpu_report(before: list[int], after: list[int]) -> str:
     return f"busy {(total - idle - delta[7]) / total:.0%}, steal {delta[7] / total:.0%}"
 
 
-async def run(n: int, window: int, singles: int, events: str) -> float:
+async def run(n: int, window: int, singles: int, events: str) -> tuple[float, list[float]]:
+    """The sustained submit_sm/s of the big job, and the single jobs' latencies (ms)."""
     async with stack((), {"window": window}, events) as (broker, sim, obs):
         cpu0 = cpu_times()
         lat = await single_latencies(broker, sim, singles)
@@ -141,7 +143,7 @@ async def run(n: int, window: int, singles: int, events: str) -> float:
     print(f"job 'done' (all receipts)   {t_done - t0:.2f} s after publish")
     print(f"duplicates at the SMSC      {stats['duplicates']}")
     print(f"CPU during the job          {cpu_report(cpu1, cpu2)}")
-    return float((n - 1) / (last - first))
+    return float((n - 1) / (last - first)), lat_ms
 
 
 def main() -> None:
@@ -152,6 +154,7 @@ def main() -> None:
     parser.add_argument("--events", choices=["each", "batch", "both"], default="both")
     parser.add_argument("--kannel", action="store_true", help="also run Kannel, same simulator")
     parser.add_argument("--throttle-seconds", type=float, default=20.0, help="0 = skip")
+    parser.add_argument("--plot", type=Path, metavar="DIR", help="write PNG plots there")
     args = parser.parse_args()
     asyncio.run(main_async(args))
 
@@ -181,13 +184,59 @@ async def main_async(args: argparse.Namespace) -> None:
     if args.throttle_seconds > 0:
         await throttled(args.throttle_seconds)
     ours: dict[str, float] = {}
+    latencies: dict[str, list[float]] = {}
     for events in ("each", "batch") if args.events == "both" else (args.events,):
         print(f"# gateway daemon, delivery_events = {events}")
-        ours[events] = await run(args.recipients, args.window, args.singles, events)
-    if not args.kannel:
-        return
+        ours[events], latencies[events] = await run(
+            args.recipients, args.window, args.singles, events
+        )
+    kannel: dict[str, float] = {}
+    if args.kannel:
+        kannel = await kannel_runs(args, ours)
+    if args.plot is not None:
+        plot(args, ceiling, ours, latencies, kannel)
+
+
+def plot(
+    args: argparse.Namespace,
+    ceiling: float,
+    ours: dict[str, float],
+    latencies: dict[str, list[float]],
+    kannel: dict[str, float],
+) -> None:
+    from bench import plots
+
+    command = "bench_sms_daemon " + " ".join(
+        f"--{k.replace('_', '-')} {v}" for k, v in (
+            ("recipients", args.recipients), ("window", args.window), ("singles", args.singles)
+        )
+    ) + (" --kannel" if args.kannel else "")  # fmt: skip
+    note = plots.machine_note(command)
+    values = {f"gateway, events {e}": v for e, v in ours.items()}
+    values |= {f"Kannel 1.4.5, {label.split(' (')[0]}": v for label, v in kannel.items()}
+    values["simulator ceiling (raw client)"] = ceiling
+    plots.bars(
+        args.plot / "sms_throughput.png",
+        f"SMS: a {args.recipients:,}-recipient job, submit_sm/s seen by the SMSC simulator",
+        values,
+        "submit_sm/s",
+        note,
+        highlight=[k for k in values if k.startswith("gateway")],
+    )
+    plots.distributions(
+        args.plot / "sms_latency.png",
+        "SMS: MQTT publish -> first submit_sm, one-recipient hot jobs",
+        {f"events {e}": v for e, v in latencies.items()},
+        "ms",
+        note,
+    )
+
+
+async def kannel_runs(args: argparse.Namespace, ours: dict[str, float]) -> dict[str, float]:
+    """Kannel against the same simulator, in three set-ups: submit_sm/s per set-up."""
     from bench.bench_sms_kannel import run_kannel
 
+    out: dict[str, float] = {}
     with tempfile.TemporaryDirectory() as tmp:
         sim = SmscProcess(Path(tmp), "--receipt-delay", "0")
         sim.start()
@@ -205,8 +254,10 @@ async def main_async(args: argparse.Namespace) -> None:
                 )  # fmt: skip
                 ratios = ", ".join(f"{e}: {v / k:.2f}" for e, v in ours.items())
                 print(f"Kannel sendsms, {label}: {k:,.0f} submit_sm/s; gateway / Kannel = {ratios}")
+                out[label] = k
         finally:
             sim.stop()
+    return out
 
 
 if __name__ == "__main__":

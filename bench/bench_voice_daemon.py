@@ -8,6 +8,7 @@ AMI simulator as a process, real espeak-ng audio).
    jobs (each a new text, so each includes its synthesis) and (`--cached`) with the same text.
 
 Run: .venv/bin/python -m bench.bench_voice_daemon [--members 1000 --channels 30 --jobs 50]
+     [--plot DIR]
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -105,10 +107,36 @@ async def run(args: argparse.Namespace) -> None:
                     f"p50 {statistics.median(values):.0f} ms, p99 {percentile(values, 0.99):.0f}"
                     f" ms, max {max(values):.0f} ms (n={len(values)})"
                 )
+            if args.plot is not None:
+                plot(args, record, {"new text": cold, "same text": warm})
         finally:
             gw.stop()
             sim.stop()
             broker.stop()
+
+
+def plot(
+    args: argparse.Namespace, record: list[dict[str, Any]], latencies: dict[str, list[float]]
+) -> None:
+    from bench import plots
+
+    note = plots.machine_note(
+        f"bench_voice_daemon --members {args.members} --channels {args.channels} --jobs {args.jobs}"
+    )
+    plots.in_progress(
+        args.plot / "voice_calls.png",
+        f"Voice: a {args.members:,}-member job, {args.call_seconds:g} s calls, calls in progress",
+        [(float(e["start"]), float(e["end"])) for e in record],
+        args.channels,
+        note,
+    )
+    plots.distributions(
+        args.plot / "voice_latency.png",
+        "Voice: MQTT publish -> Originate, one-member jobs (new text: with its synthesis)",
+        latencies,
+        "ms",
+        note,
+    )
 
 
 def main() -> None:
@@ -117,6 +145,7 @@ def main() -> None:
     parser.add_argument("--channels", type=int, default=30)
     parser.add_argument("--call-seconds", type=float, default=3.0)
     parser.add_argument("--jobs", type=int, default=50, help="single-recipient jobs per series")
+    parser.add_argument("--plot", type=Path, metavar="DIR", help="write PNG plots there")
     asyncio.run(run(parser.parse_args()))
 
 

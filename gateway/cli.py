@@ -14,7 +14,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from . import __version__
+from . import (
+    __version__,
+    schemas,  # light: the models are imported only to print a schema
+)
 from .config import Config, UnreadSecret, load_config, load_config_deferring_secrets
 from .domain import Job
 from .errors import ConfigError
@@ -94,9 +97,11 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 
 def cmd_schema(args: argparse.Namespace) -> int:
-    from .jobs import job_json_schema
-
-    print(json.dumps(job_json_schema(), indent=2, ensure_ascii=False))
+    if args.list:
+        for entry in schemas.CATALOGUE:
+            print(f"{entry.name:<15} {entry.topic:<38} {entry.summary}")
+        return 0
+    sys.stdout.write(schemas.render(args.name))
     return 0
 
 
@@ -243,7 +248,23 @@ def parser() -> argparse.ArgumentParser:
     )
     chk.set_defaults(func=cmd_check_config)
 
-    sch = sub.add_parser("schema", help="print the job JSON Schema")
+    sch = sub.add_parser(
+        "schema",
+        help="print the JSON Schema of an MQTT payload (default: the job)",
+        description="Print the JSON Schema (draft 2020-12) of a payload the gateway reads or "
+        "writes on MQTT; docs/schemas/ holds the same files.",
+    )
+    sch.add_argument(
+        "name",
+        nargs="?",
+        default=schemas.DEFAULT,
+        choices=schemas.NAMES,
+        metavar="NAME",
+        help=f"the payload: {', '.join(schemas.NAMES)} (default: %(default)s)",
+    )
+    sch.add_argument(
+        "--list", action="store_true", help="list the payloads with their topics and exit"
+    )
     sch.set_defaults(func=cmd_schema)
 
     snd = sub.add_parser("send", help="publish a job and follow it until it is done")
