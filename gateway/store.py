@@ -371,6 +371,18 @@ class Store:
         row = self.job_row(job_id)
         return None if row is None else (row, self.counts(job_id))
 
+    def member_states(self, job_id: str) -> list[tuple[str, DeliveryState]]:
+        """(member ref, state) of each delivery: what per-member counts are made of."""
+        rows = self._db.execute("SELECT ref, state FROM deliveries WHERE job_id=?", (job_id,))
+        return [(r["ref"], DeliveryState(r["state"])) for r in rows]
+
+    def recent_jobs(self, limit: int) -> list[JobRow]:
+        """The latest jobs, newest first (the status page)."""
+        rows = self._db.execute(
+            "SELECT * FROM jobs ORDER BY created_at DESC LIMIT ?", (limit,)
+        ).fetchall()
+        return [row_to_job(r) for r in rows]
+
     def deliveries(self, job_id: str) -> list[DeliveryRow]:
         rows = self._db.execute(
             "SELECT * FROM deliveries WHERE job_id=? ORDER BY rindex, channel", (job_id,)
