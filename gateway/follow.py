@@ -339,9 +339,7 @@ async def _follow(
             return code
         out.finish(progress, code)
         if code is Exit.STOPPED:
-            print(
-                f"job {progress.job_id}: still running after {timeout:.0f}s", file=sys.stderr
-            )
+            print(f"job {progress.job_id}: still running after {timeout:.0f}s", file=sys.stderr)
         return code
 
 
@@ -351,9 +349,7 @@ async def _tick(out: Output, progress: Progress) -> None:
         await asyncio.sleep(out.interval)
 
 
-async def _receive(
-    client: aiomqtt.Client, topics: Topics, progress: Progress, out: Output
-) -> Exit:
+async def _receive(client: aiomqtt.Client, topics: Topics, progress: Progress, out: Output) -> Exit:
     async for msg in client.messages:
         try:
             body = json.loads(msg.payload) if isinstance(msg.payload, bytes) else {}
