@@ -145,7 +145,8 @@ async function refresh(){
     const body=document.getElementById('jobs-body');
     body.replaceChildren(...s.jobs.map(jobRow));
     document.getElementById('updated').textContent=s.time;
-  }catch(e){}
+    document.body.dataset.live='1';
+  }catch(e){document.body.dataset.live='0'}
 }
 function cell(text,cls){const td=document.createElement('td');td.textContent=text;
   if(cls)td.className=cls;return td}
@@ -164,7 +165,7 @@ function jobRow(j){
   tr.appendChild(cell(String(m.pending),'pending'));
   tr.dataset.job=j.id;return tr;
 }
-setInterval(refresh,1000);
+refresh();setInterval(refresh,1000);
 """
 
 
@@ -207,7 +208,7 @@ def render_page(s: Mapping[str, Any]) -> str:
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width,initial-scale=1">'
-        f"<title>{escape(title)}</title><style>{CSS}{PAGE_CSS}</style></head><body>\n"
+        f'<title>{escape(title)}</title><style>{CSS}{PAGE_CSS}</style></head><body data-live="">\n'
         f"<h1>{escape(title)} {_state(s['state']).replace('<span', '<span id=gateway-state', 1)}"
         "</h1>\n"
         f'<p class="note">updated <span id="updated">{escape(s["time"])}</span> (UTC)</p>\n'
