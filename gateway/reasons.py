@@ -62,6 +62,12 @@ TEXTS: dict[str, tuple[str, str, str, str]] = {
         "Nachricht konnte nicht vorbereitet werden",
         "the message could not be prepared",
     ),
+    "channel_disabled": (
+        "canal désactivé sur cette passerelle",
+        "kanaal uitgeschakeld op deze gateway",
+        "Kanal auf diesem Gateway deaktiviert",
+        "channel disabled on this gateway",
+    ),
     # addresses
     "missing_email": (
         "pas d'adresse e-mail",
