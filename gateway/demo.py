@@ -96,20 +96,6 @@ def start_voice(workdir: Path) -> tuple[SimulatorProcess, str]:
     return sim, toml
 
 
-def member_summary(config_path: Path, job_id: str) -> None:
-    """Per member, not per delivery: a member reached by e-mail whose SMS failed is reached."""
-    from .report import members_line, read_report
-    from .store import Store
-
-    store = Store(load_config(config_path).store.path)
-    try:
-        report = read_report(store, job_id)
-    finally:
-        store.close()
-    if report is not None:
-        print(f"\ndemo: {members_line(report.counts)}")
-
-
 def voice_summary(config_path: Path, job_id: str) -> None:
     """Who acknowledged the call by pressing 1 (masked numbers, as on MQTT)."""
     from .privacy import mask_phone
@@ -274,7 +260,6 @@ def run_demo(workdir: Path) -> int:
         rc = asyncio.run(_drill(config, job, smsc))
         print()
         print_report(config, job["id"])
-        member_summary(config_path, job["id"])
         voice_summary(config_path, job["id"])
         print(f"\ndemo: {sink.count} e-mails in {workdir / 'mail'}")
         stats = asyncio.run(smsc.ctl("stats"))

@@ -101,7 +101,7 @@ class Progress:
         if not_reached:
             parts[0] += f", {not_reached} not reached"
         for channel, n in sorted(self.channels().items()):
-            shown = " ".join(f"{k} {v}" for k, v in n.items() if v or k != "cancelled")
+            shown = ", ".join(f"{k} {v}" for k, v in n.items() if v) or "-"
             parts.append(f"{channel}: {shown}")
         parts.append(f"{self.elapsed():.1f} s")
         return " | ".join(parts)

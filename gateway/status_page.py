@@ -13,7 +13,9 @@ HTML-escaped; members appear by ref and masked address only.
 from __future__ import annotations
 
 import json
+import logging
 import re
+import sqlite3
 import time
 from collections.abc import Callable, Mapping
 from html import escape
@@ -21,6 +23,7 @@ from typing import Any
 from urllib.parse import parse_qs, unquote
 
 from .async_store import AsyncStore
+from .errors import StoreError
 from .jobs import JOB_ID_PATTERN
 from .outcomes import count_members
 from .reasons import LANGS
@@ -28,6 +31,8 @@ from .report import read_report
 from .report_html import CSS, local_time, render_html
 from .status import iso
 from .store import Store
+
+log = logging.getLogger("gateway.status_page")
 
 Response = tuple[str, str, bytes]  # HTTP status, content type, body
 HTML = "text/html; charset=utf-8"
@@ -53,6 +58,13 @@ class StatusPage:
 
     async def handle(self, target: str) -> Response | None:
         """The response for a request target (path and query), or None: not ours."""
+        try:
+            return await self._handle(target)
+        except (StoreError, sqlite3.Error) as exc:
+            log.warning("status page: the store could not answer: %r", exc)
+            return "503 Service Unavailable", "text/plain", b"store unavailable\n"
+
+    async def _handle(self, target: str) -> Response | None:
         path, _, query = target.partition("?")
         if path == "/":
             return "200 OK", HTML, render_page(await self.snapshot()).encode()
