@@ -106,20 +106,19 @@ def member_status(states: Iterable[DeliveryState]) -> MemberStatus:
     return MemberStatus.PENDING
 
 
-def count_members(states: Iterable[tuple[str, DeliveryState]]) -> MemberCounts:
-    """Counts from (member ref, delivery state) pairs, one pair per delivery."""
-    per_member: dict[str, list[DeliveryState]] = {}
-    for ref, state in states:
-        per_member.setdefault(ref, []).append(state)
-    return _counts(member_status(s) for s in per_member.values())
+def count_state_sets(sets: Iterable[tuple[Iterable[DeliveryState], int]]) -> MemberCounts:
+    """Counts from (a member's delivery states, how many members have them) pairs, as
+    `Store.member_state_sets` groups them."""
+    return _counts((member_status(states), n) for states, n in sets)
 
 
-def _counts(statuses: Iterable[MemberStatus]) -> MemberCounts:
+def _counts(statuses: Iterable[MemberStatus | tuple[MemberStatus, int]]) -> MemberCounts:
     n = dict.fromkeys(MemberStatus, 0)
     total = 0
-    for status in statuses:
-        n[status] += 1
-        total += 1
+    for item in statuses:
+        status, k = item if isinstance(item, tuple) else (item, 1)
+        n[status] += k
+        total += k
     return MemberCounts(
         total=total,
         reached=n[MemberStatus.REACHED] + n[MemberStatus.ACKNOWLEDGED],

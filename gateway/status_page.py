@@ -25,7 +25,7 @@ from urllib.parse import parse_qs, unquote
 from .async_store import AsyncStore
 from .errors import StoreError
 from .jobs import JOB_ID_PATTERN
-from .outcomes import count_members
+from .outcomes import count_state_sets
 from .reasons import LANGS
 from .report import read_report
 from .report_html import CSS, local_time, render_html
@@ -122,7 +122,7 @@ def _recent_jobs(store: Store, limit: int) -> list[dict[str, Any]]:
                 "priority": row.priority.label,
                 "created_at": iso(row.created_at),
                 "created": local_time(row.created_at),
-                "members": count_members(store.member_states(row.id)).as_dict(),
+                "members": count_state_sets(store.member_state_sets(row.id)).as_dict(),
             }
         )
     return out

@@ -8,11 +8,14 @@ from __future__ import annotations
 import csv
 import io
 import os
+import random
 import subprocess
 import sys
 from pathlib import Path
 
 from gateway.demo import sample_job
+from gateway.domain import DeliveryState
+from gateway.outcomes import Delivery, count_state_sets, member_counts, members
 from gateway.reasons import TEXTS, describe, table_key
 from tests.browser import dump_dom, needs_chromium, screenshot
 from tests.conftest import GatewayFactory
@@ -85,6 +88,9 @@ async def test_report_of_the_demo_job(
     pairs = [(r["ref"], r["channel"]) for r in rows]
     assert len(pairs) == len(set(pairs)) == 60  # one row per member and channel
     assert {r["member"] for r in rows} == {"reached", "acknowledged"}
+    # The report and the retained status count members the same way.
+    per_member = {r["ref"]: r["member"] for r in rows}
+    assert sum(s == "acknowledged" for s in per_member.values()) == acked
     assert all(r["updated_at"].endswith("Z") for r in rows)
     landline = next(r for r in rows if r["ref"] == "m-0010" and r["channel"] == "sms")
     assert landline["reason"] == "number_not_allowed"
@@ -94,6 +100,20 @@ async def test_report_of_the_demo_job(
     assert "members: reached 20 of 20" in result.stdout
 
     assert _cli("report", "no-such-job", "-c", config).returncode == 1
+
+
+def test_member_counts_from_state_sets_agree_with_member_outcomes() -> None:
+    rng = random.Random(15)
+    deliveries = [
+        Delivery(f"m-{i}", channel, "-", rng.choice(list(DeliveryState)))
+        for i in range(300)
+        for channel in rng.sample(["email", "sms", "voice"], rng.randint(1, 3))
+    ]
+    sets: dict[frozenset[DeliveryState], int] = {}
+    for m in members(deliveries):
+        key = frozenset(d.state for d in m.deliveries)
+        sets[key] = sets.get(key, 0) + 1
+    assert count_state_sets(sets.items()) == member_counts(members(deliveries))
 
 
 def test_every_reason_code_has_a_text_in_each_language() -> None:
