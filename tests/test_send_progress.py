@@ -37,10 +37,12 @@ def _run(argv: list[str]) -> subprocess.CompletedProcess[str]:
     )
 
 
-def _run_in_pty(argv: list[str], timeout: float = 120) -> tuple[int, str]:
+def _run_in_pty(
+    argv: list[str], timeout: float = 120, term: str = "xterm-256color"
+) -> tuple[int, str]:
     """Run `argv` with a pseudo-terminal as its stdout; all it wrote, and its exit status."""
     master, slave = pty.openpty()
-    env = _env(TERM="xterm-256color", COLUMNS="160", LINES="50")
+    env = _env(TERM=term, COLUMNS="160", LINES="50")
     proc = subprocess.Popen(argv, stdout=slave, stderr=slave, stdin=slave, env=env, cwd=ROOT)
     os.close(slave)
     chunks: list[bytes] = []
@@ -103,6 +105,12 @@ def test_send_on_a_pipe_prints_plain_lines(
     )
     assert lines[-1].startswith("job send-pipe done: reached 19/20, 1 not reached | email:")
     assert len(lines) < 20 + 15  # the table, a header, a few progress lines
+
+    # A dumb terminal gets the same plain lines.
+    code, raw = _run_in_pty(_send(proc.config, email_job("send-dumb", members(3)), tmp_path),
+                            term="dumb")  # fmt: skip
+    assert code == 0 and "\x1b" not in raw, raw
+    assert "job send-dumb done: reached 3/3 | email: delivered 3" in raw
 
 
 def test_send_json_and_quiet_for_scripts(
