@@ -1,5 +1,5 @@
-"""`plp-gateway` command line: run, check-config, send, sign, status, purge, schema, simulate,
-tts, demo, init."""
+"""`plp-gateway` command line: run, check-config, send, sign, status, report, purge, schema,
+simulate, tts, demo, init."""
 
 from __future__ import annotations
 
@@ -110,7 +110,8 @@ def _job_from_args(args: argparse.Namespace) -> dict[str, Any]:
         data: dict[str, Any] = json.loads(Path(args.file).read_text(encoding="utf-8"))
         return data
     if not args.text or not args.to:
-        raise SystemExit("send: give a job file, or --text LANG=TEXT and --to ADDRESS")
+        print("send: give a job file, or --text LANG=TEXT and --to ADDRESS", file=sys.stderr)
+        raise SystemExit(2)
     message = dict(t.split("=", 1) for t in args.text)
     recipients = []
     for i, to in enumerate(args.to):
@@ -129,6 +130,14 @@ def _job_from_args(args: argparse.Namespace) -> dict[str, Any]:
     return job
 
 
+SEND_EXIT_CODES = (
+    "Exit status: 0 the job ended and every member was reached on some channel; 1 it ended "
+    "and some members were not reached; 2 bad usage or configuration; 3 the gateway "
+    "rejected the job; 4 stopped following before the job ended (--timeout, or the output "
+    "was closed, e.g. `| head`)."
+)
+
+
 def cmd_send(args: argparse.Namespace) -> int:
     from .follow import follow_job
 
@@ -143,7 +152,10 @@ def cmd_send(args: argparse.Namespace) -> int:
         from .signing import sign
 
         job = sign(job, kid, config.security.key_bytes()[kid], datetime.now(UTC))
-    return asyncio.run(follow_job(config, job, follow=not args.no_follow, timeout=args.timeout))
+    mode = "json" if args.json else "quiet" if args.quiet else "auto"
+    return asyncio.run(
+        follow_job(config, job, follow=not args.no_follow, timeout=args.timeout, mode=mode)
+    )
 
 
 def cmd_sign(args: argparse.Namespace) -> int:
@@ -157,6 +169,14 @@ def cmd_status(args: argparse.Namespace) -> int:
 
     config, _unread = _load_without_secrets(args.config)
     return print_report(config, args.job_id, as_json=args.json)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .report import write_report
+
+    config, _unread = _load_without_secrets(args.config)
+    output = Path(args.output) if args.output else None
+    return write_report(config, args.job_id, args.format, output, args.lang)
 
 
 def cmd_purge(args: argparse.Namespace) -> int:
@@ -267,7 +287,14 @@ def parser() -> argparse.ArgumentParser:
     )
     sch.set_defaults(func=cmd_schema)
 
-    snd = sub.add_parser("send", help="publish a job and follow it until it is done")
+    snd = sub.add_parser(
+        "send",
+        help="publish a job and follow it until it is done",
+        description="Publish a job and follow it live: members reached on any channel, per "
+        "channel delivered, acknowledged, failed and retrying, then a table of every member. "
+        "On a pipe or a dumb terminal, plain lines.",
+        epilog=SEND_EXIT_CODES,
+    )
     snd.add_argument("file", nargs="?", help="job JSON file")
     snd.add_argument("--config", "-c", default=DEFAULT_CONFIG, help=_CONFIG_HELP)
     snd.add_argument("--id", help="job id (default: the file's, else a new cli-... id)")
@@ -298,6 +325,18 @@ def parser() -> argparse.ArgumentParser:
     snd.add_argument("--ttl", type=float, help="seconds after which the job expires")
     snd.add_argument("--test", action="store_true", help="mark the job as a drill")
     snd.add_argument("--no-follow", action="store_true", help="publish the job and return at once")
+    out = snd.add_mutually_exclusive_group()
+    out.add_argument(
+        "--quiet",
+        "-q",
+        action="store_true",
+        help="print nothing; the exit status tells the outcome",
+    )
+    out.add_argument(
+        "--json",
+        action="store_true",
+        help="print one JSON object at the end (counts and every member), for scripts",
+    )
     snd.add_argument(
         "--timeout",
         type=float,
@@ -317,6 +356,31 @@ def parser() -> argparse.ArgumentParser:
     st.add_argument("--config", "-c", default=DEFAULT_CONFIG, help=_CONFIG_HELP)
     st.add_argument("--json", action="store_true", help="print the report as JSON")
     st.set_defaults(func=cmd_status)
+
+    rep = sub.add_parser(
+        "report",
+        help="a job's report for people: HTML (one file to open or mail) or CSV",
+        description="Write a job's per-member report from the store: who was reached, on which "
+        "channel and when, who confirmed, and why the others were not, in plain words. "
+        "Exit status: 0 written, 1 no such job, 2 no store or bad configuration.",
+    )
+    rep.add_argument("job_id", help="the job's id, as published")
+    rep.add_argument("--config", "-c", default=DEFAULT_CONFIG, help=_CONFIG_HELP)
+    rep.add_argument(
+        "--format",
+        choices=["html", "csv"],
+        default="html",
+        help="html: one self-contained page; csv: one row per member and channel "
+        "(default: %(default)s)",
+    )
+    rep.add_argument("-o", "--output", metavar="FILE", help="write here (default: standard output)")
+    rep.add_argument(
+        "--lang",
+        choices=["fr", "nl", "de", "en"],
+        default="en",
+        help="language of the texts and reasons (default: %(default)s)",
+    )
+    rep.set_defaults(func=cmd_report)
 
     pg = sub.add_parser("purge", help="delete finished jobs past retention now")
     pg.add_argument("--config", "-c", default=DEFAULT_CONFIG, help=_CONFIG_HELP)

@@ -31,6 +31,7 @@ from .scheduler import Scheduler
 from .sdnotify import Notifier, Watchdog
 from .signing import Verifier
 from .status import StatusPublisher, Topics, dumps, iso
+from .status_page import StatusPage
 from .store import Store
 
 log = logging.getLogger("gateway.daemon")
@@ -248,6 +249,11 @@ class Gateway:
         if self.metrics is None:
             return
         server = MetricsServer.from_config(self.metrics, self.config.metrics)
+        server.pages = StatusPage(
+            self.store,
+            lambda: (self.state(), self.links(), self.scheduler.queue_depths()),
+            self.config.node,
+        )
         try:
             await server.start()
         except OSError as exc:

@@ -12,7 +12,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any
+from typing import Any, Protocol
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -395,14 +395,27 @@ class MeteredChannel:
         return self.inner.health()
 
 
+class Pages(Protocol):
+    """Serves the other paths (the status page): (status, content type, body) or None."""
+
+    async def handle(self, target: str) -> tuple[str, str, bytes] | None: ...
+
+
 class MetricsServer:
     """Serves `GET /metrics` over HTTP/1.1 on asyncio; `start()` binds, `stop()` closes."""
 
     REQUEST_TIMEOUT = 5.0
     MAX_REQUEST = 8192
 
-    def __init__(self, metrics: Metrics, host: str = "127.0.0.1", port: int = 9464) -> None:
+    def __init__(
+        self,
+        metrics: Metrics,
+        host: str = "127.0.0.1",
+        port: int = 9464,
+        pages: Pages | None = None,
+    ) -> None:
         self.metrics = metrics
+        self.pages = pages  # the status page (gateway/status_page.py): other paths than /metrics
         self.host = host
         self.port = port
         self._server: asyncio.Server | None = None
@@ -437,9 +450,15 @@ class MetricsServer:
             head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), self.REQUEST_TIMEOUT)
             request_line = head.split(b"\r\n", 1)[0].decode("latin-1")
             method, _, rest = request_line.partition(" ")
-            path = rest.partition(" ")[0].partition("?")[0]
+            target = rest.partition(" ")[0]
+            path = target.partition("?")[0]
+            page = None
+            if method in ("GET", "HEAD") and path != "/metrics" and self.pages is not None:
+                page = await self.pages.handle(target)
             if method not in ("GET", "HEAD"):
                 status, ctype, body = "405 Method Not Allowed", "text/plain", b"GET only\n"
+            elif page is not None:
+                status, ctype, body = page
             elif path == "/metrics":
                 status, ctype, body = "200 OK", CONTENT_TYPE_LATEST, self.metrics.render()
             elif path == "/":
@@ -448,7 +467,8 @@ class MetricsServer:
                 status, ctype, body = "404 Not Found", "text/plain", b"not found\n"
             writer.write(
                 f"HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\n"
-                f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
+                f"Content-Length: {len(body)}\r\nConnection: close\r\n"
+                "Cache-Control: no-store\r\nX-Content-Type-Options: nosniff\r\n\r\n".encode()
             )
             if method != "HEAD":
                 writer.write(body)

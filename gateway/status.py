@@ -18,6 +18,7 @@ from typing import Any, Protocol
 
 from . import __version__
 from .async_store import AsyncStore
+from .outcomes import count_state_sets
 from .privacy import address_hash
 from .rows import Change
 
@@ -178,7 +179,10 @@ class StatusPublisher:
             self._wake.set()
 
     async def publish_job(self, job_id: str) -> None:
-        found = await self._store.run(self._store.store.job_with_counts, job_id)
+        store = self._store.store
+        found, states = await self._store.run(
+            lambda: (store.job_with_counts(job_id), store.member_state_sets(job_id))
+        )
         if found is None:
             return
         row, counts = found
@@ -193,6 +197,7 @@ class StatusPublisher:
             "counts": counts,
             "totals": totals,
             "deliveries": sum(totals.values()),
+            "members": count_state_sets(states).as_dict(),
             "created_at": iso(row.created_at),
             "updated_at": iso(row.updated_at),
             "expires_at": iso(row.expires_at),

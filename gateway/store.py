@@ -371,6 +371,23 @@ class Store:
         row = self.job_row(job_id)
         return None if row is None else (row, self.counts(job_id))
 
+    def member_state_sets(self, job_id: str) -> list[tuple[frozenset[DeliveryState], int]]:
+        """How many members have each set of delivery states (gateway.outcomes counts them):
+        grouped here, as a 100,000-member job would be 300,000 rows to Python."""
+        rows = self._db.execute(
+            "SELECT states, count(*) AS n FROM (SELECT group_concat(DISTINCT state) AS states"
+            " FROM deliveries WHERE job_id=? GROUP BY rindex) GROUP BY states",
+            (job_id,),
+        )
+        return [(frozenset(map(DeliveryState, r["states"].split(","))), r["n"]) for r in rows]
+
+    def recent_jobs(self, limit: int) -> list[JobRow]:
+        """The latest jobs, newest first (the status page)."""
+        rows = self._db.execute(
+            "SELECT * FROM jobs ORDER BY created_at DESC LIMIT ?", (limit,)
+        ).fetchall()
+        return [row_to_job(r) for r in rows]
+
     def deliveries(self, job_id: str) -> list[DeliveryRow]:
         rows = self._db.execute(
             "SELECT * FROM deliveries WHERE job_id=? ORDER BY rindex, channel", (job_id,)
