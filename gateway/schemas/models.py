@@ -92,6 +92,17 @@ class Cancel(RootModel[SignedCancel | UnsignedCancel]):
 StateCounts = dict[DeliveryState, int]
 
 
+class MemberCounts(_Closed):
+    """Members, not deliveries: a member is reached when any channel delivered to them
+    (gateway/outcomes.py); acknowledged ones are reached and confirmed."""
+
+    total: int = Field(ge=0)
+    reached: int = Field(ge=0, description="delivered or acknowledged on some channel")
+    acknowledged: int = Field(ge=0, description="confirmed (pressed 1, replied by SMS)")
+    not_reached: int = Field(ge=0, description="every delivery ended without reaching them")
+    pending: int = Field(ge=0, description="not reached yet, still being tried")
+
+
 class JobStatus(_Closed):
     """Retained on <prefix>/jobs/<id>/status; coalesced to one per `job_status_interval`."""
 
@@ -103,6 +114,7 @@ class JobStatus(_Closed):
     counts: dict[ChannelName, StateCounts] = Field(description="deliveries per channel, state")
     totals: StateCounts = Field(description="deliveries per state, all channels")
     deliveries: int = Field(ge=0, description="number of deliveries (member x channel)")
+    members: MemberCounts
     created_at: str = Time
     updated_at: str = Time
     expires_at: str = Time
