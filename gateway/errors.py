@@ -46,3 +46,8 @@ class LinkDown(TemporaryError, ConnectionError):
 
 class StoreError(GatewayError):
     """The durable store failed."""
+
+
+class InvalidJobId(GatewayError, ValueError):
+    """A job id that breaks the id rule (gateway.job_id) reached a place that builds a topic
+    or a path from it."""

@@ -10,6 +10,7 @@ from typing import Any
 import aiomqtt
 
 from .config import Config
+from .job_id import valid_job_id
 from .mqtt import tls_parameters
 from .status import Topics
 
@@ -43,6 +44,9 @@ async def follow_job(
 ) -> int:
     topics = Topics(config.mqtt.topic_prefix, config.node)
     job_id = str(job.get("id"))
+    if not valid_job_id(job_id):
+        print("the job id breaks the id rule (docs/security.md)", file=sys.stderr)
+        return 2
     async with _client(config) as client:
         if follow:
             await client.subscribe(topics.job_status(job_id), qos=1)
