@@ -21,7 +21,15 @@ from typing import Annotated, Any, Literal
 
 import phonenumbers
 from email_validator import EmailNotValidError, validate_email
-from pydantic import AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+)
 from pydantic_core import PydanticCustomError
 
 from .config import JobsConfig
@@ -160,10 +168,16 @@ _CODE_MAP = {
 }
 
 
-def _errors_from(exc: ValidationError, prefix: tuple[int | str, ...] = ()) -> list[JobErrorItem]:
+def _errors_from(
+    exc: ValidationError, prefix: tuple[int | str, ...] = (), offset: int = 0
+) -> list[JobErrorItem]:
+    """Our errors from pydantic's; `prefix` and `offset` place a slice of a list in the job."""
     items = []
     for err in exc.errors(include_url=False, include_input=False):
-        loc = prefix + tuple(p for p in err["loc"] if p != "[key]")
+        loc = tuple(p for p in err["loc"] if p != "[key]")
+        if offset and loc and isinstance(loc[0], int):
+            loc = (loc[0] + offset, *loc[1:])
+        loc = prefix + loc
         code = _CODE_MAP.get(err["type"], err["type"])
         if err["type"] == "literal_error" and "[key]" in err["loc"]:
             code = "unknown_language" if loc and loc[0] in ("message", "subject") else code
@@ -206,7 +220,7 @@ def parse_job(
     now: datetime | None = None,
     phone_region: str = "BE",
 ) -> tuple[Job, JobIn]:
-    """Validate raw bytes into a Job. Raises JobRejected with every problem found."""
+    """Validate raw bytes into a Job. Raises JobRejected with the problems found."""
     now = now or datetime.now(UTC)
     if len(payload) > limits.max_payload_bytes:
         raise JobRejected(
@@ -263,32 +277,52 @@ def read_job(payload: bytes, limits: JobsConfig) -> dict[str, Any]:
 
 
 def _oversized(data: dict[str, Any]) -> JobErrorItem | None:
-    """The first object or list but `$.recipients` with more than MAX_MEMBERS members: each
-    member could cost a validation error, and their number is bounded only by the payload."""
-    stack: list[tuple[tuple[int | str, ...], Any]] = [((), data)]
-    while stack:
-        loc, value = stack.pop()
-        if len(value) > MAX_MEMBERS and loc != ("recipients",):
-            return JobErrorItem(
-                _json_path(loc), "too_many_items", f"{len(value)} members > limit {MAX_MEMBERS}"
-            )
-        members = value.items() if isinstance(value, dict) else enumerate(value)
-        stack.extend(((*loc, k), v) for k, v in members if isinstance(v, dict | list))
+    """The first object or list with more than MAX_MEMBERS members among those pydantic
+    looks into member by member (one error each): the job, its message, subject, channels,
+    voice and fallback, each recipient and its channels. Anything deeper than the schema is
+    one type error, whatever its size; the recipients are counted against max_recipients."""
+    places: list[tuple[tuple[int | str, ...], Any]] = [((), data)]
+    places += [((k,), data.get(k)) for k in ("message", "subject", "channels", "voice", "fallback")]
+    recipients = data.get("recipients")
+    if isinstance(recipients, list):
+        # No allocation per member: a 100,000-member loop that allocates wakes the collector.
+        for i, member in enumerate(recipients):
+            if isinstance(member, dict) and (
+                len(member) > MAX_MEMBERS or _size(member.get("channels")) > MAX_MEMBERS
+            ):
+                places += [
+                    (("recipients", i), member),
+                    (("recipients", i, "channels"), member.get("channels")),
+                ]
+                break
+    for loc, value in places:
+        if _size(value) > MAX_MEMBERS:
+            detail = f"{_size(value)} members > limit {MAX_MEMBERS}"
+            return JobErrorItem(_json_path(loc), "too_many_items", detail)
     return None
 
 
+def _size(value: Any) -> int:
+    return len(value) if isinstance(value, dict | list) else 0
+
+
+_RECIPIENT_LIST = TypeAdapter(list[RecipientIn])
+_SLICE = 256  # members validated at a time: pydantic holds every error of a slice
+
+
 def _recipients(items: list[Any]) -> tuple[list[RecipientIn], list[JobErrorItem], int]:
-    """Validate members one by one: the first MAX_ERRORS errors are kept, all are counted."""
+    """Validate members by slices: the first MAX_ERRORS errors are kept, all are counted,
+    and pydantic never holds the errors of more than one slice (100,000 at once: 200 MB)."""
     checked: list[RecipientIn] = []
     errors: list[JobErrorItem] = []
     total = 0
-    for i, item in enumerate(items):
+    for start in range(0, len(items), _SLICE):
         try:
-            checked.append(RecipientIn.model_validate(item))
+            checked += _RECIPIENT_LIST.validate_python(items[start : start + _SLICE])
         except ValidationError as exc:
             total += exc.error_count()
             if len(errors) < MAX_ERRORS:
-                errors += _errors_from(exc, ("recipients", i))
+                errors += _errors_from(exc, ("recipients",), start)
     return checked, errors[:MAX_ERRORS], total
 
 

@@ -93,7 +93,7 @@ def _bad_id(rng: random.Random, i: int) -> bytes:
 
 
 def _bad_number(rng: random.Random, i: int) -> bytes:
-    number = rng.choice(BAD_NUMBERS)
+    number: str | None = rng.choice(BAD_NUMBERS)
     job = _job(i)
     place = rng.randrange(5)
     if place == 0:
