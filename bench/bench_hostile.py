@@ -2,7 +2,7 @@
 
 `memory` (default): three 16 MB hostile jobs, then one hot single-recipient job; prints the
 gateway's peak RSS (VmHWM from /proc) and how long after the three the hot job's e-mail was
-delivered. Shapes: `recipients` (1.2 M invalid recipients: the issue's payload), `bounded` (100,000
+delivered. Shapes: `recipients` (2 M invalid recipients, the kind of payload the issue measured), `bounded` (100,000
 invalid recipients with long fields: the most validation work under every bound) and `values`
 (as many objects as the value bound lets through: the most memory json builds).
 `soak`: the fuzz test's generator with other seeds, bounded in count and time.
