@@ -5,7 +5,7 @@ machine-readable errors (JSON path, code, message). Per-recipient address proble
 reject a job: they fail that recipient's delivery on that channel.
 
 Work and memory are bounded before any per-item work: the payload is read by
-`gateway.payload.read_json` (size of its value count, depth, numbers), the recipients are
+`gateway.payload.read_json` (its count of values, depth, numbers), the recipients are
 counted before one is validated, no other object or list may be large, and a rejection lists
 at most MAX_ERRORS errors (and how many there were).
 """
@@ -312,7 +312,7 @@ _SLICE = 256  # members validated at a time: pydantic holds every error of a sli
 
 def _recipients(items: list[Any]) -> tuple[list[RecipientIn], list[JobErrorItem], int]:
     """Validate members by slices: the first MAX_ERRORS errors are kept, all are counted,
-    and pydantic never holds the errors of more than one slice (100,000 at once: 200 MB)."""
+    and pydantic never holds the errors of more than one slice (900,000 at once took 200 MB)."""
     checked: list[RecipientIn] = []
     errors: list[JobErrorItem] = []
     total = 0
