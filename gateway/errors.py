@@ -57,3 +57,8 @@ class LinkUnavailable(NotSent, LinkDown):
 
 class StoreError(GatewayError):
     """The durable store failed."""
+
+
+class InvalidJobId(GatewayError, ValueError):
+    """A job id that breaks the id rule (gateway.job_id) reached a place that builds a topic
+    or a path from it."""

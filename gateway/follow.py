@@ -26,6 +26,7 @@ from rich.table import Table
 from rich.text import Text
 
 from .config import Config
+from .job_id import valid_job_id
 from .mqtt import tls_parameters
 from .outcomes import (
     CHANNEL_COLUMNS,
@@ -312,6 +313,10 @@ async def _follow(
     config: Config, job: dict[str, Any], out: Output, follow: bool, timeout: float
 ) -> int:
     topics = Topics(config.mqtt.topic_prefix, config.node)
+    job_id = str(job.get("id"))
+    if not valid_job_id(job_id):
+        print("the job id breaks the id rule (docs/security.md)", file=sys.stderr)
+        return 2
     progress = Progress(job)
     async with _client(config) as client:
         if follow:

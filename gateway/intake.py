@@ -18,8 +18,10 @@ from .async_store import AsyncStore
 from .config import JobsConfig
 from .domain import JobState
 from .errors import StoreError
-from .jobs import JobErrorItem, JobRejected, content_hash, parse_job
+from .job_id import valid_job_id
+from .jobs import JobErrorItem, JobRejected, content_hash, parse_job, read_job
 from .numbers import NumberPolicy
+from .payload import display
 from .privacy import scrub
 from .rows import AddResult
 from .scheduler import Scheduler
@@ -88,14 +90,18 @@ class Intake:
                 await self._job(payload)
             else:
                 job_id = self._topics.cancel_job_id(topic)
-                if job_id is not None:
+                if job_id is not None and not valid_job_id(job_id):
+                    # No job can have it: answered without a look in the store.
+                    error = JobErrorItem("topic", "invalid_format", "the job id breaks the id rule")
+                    self._reject([error], None, topic)
+                elif job_id is not None:
                     await self._cancel(job_id, payload, topic, message.retain)
         except StoreError:
             # Not acknowledged: the broker delivers it again on the next session.
-            log.exception("store failure while handling a message on %s", topic)
+            log.exception("store failure while handling a message on %s", display(topic))
             raise
         except Exception:
-            log.exception("unexpected error while handling a message on %s", topic)
+            log.exception("unexpected error while handling a message on %s", display(topic))
             self._reject(
                 [JobErrorItem("$", "internal_error", "the gateway failed on it")], None, topic
             )
@@ -107,15 +113,22 @@ class Intake:
                 await self._store.run(self._store.store.remember_nonces, seen)
         self._ack(message)
 
-    def _reject(self, errors: list[JobErrorItem], job_id: str | None, topic: str) -> None:
+    def _reject(
+        self, errors: list[JobErrorItem], job_id: str | None, topic: str, total: int = 0
+    ) -> None:
         self.counters["rejected"] += 1
+        # Both come from outside: an id that breaks the id rule is not repeated, a topic
+        # (a cancel's) is escaped, so that neither can forge a log line or a terminal.
+        job_id = job_id if valid_job_id(job_id) else None
+        topic = display(topic, 300)
         log.warning(
             "rejected payload on %s (job %s): %s",
             topic,
             job_id or "-",
             ", ".join(f"{e.path} {e.code}" for e in errors[:5]),
         )
-        self._status.rejected([e.as_dict() for e in errors], job_id, topic)
+        total = max(total, len(errors))
+        self._status.rejected([e.as_dict() for e in errors], job_id, topic, total)
 
     async def _job(self, payload: bytes) -> None:
         topic = self._topics.jobs
@@ -125,6 +138,8 @@ class Intake:
             size = len(payload)
             if self.check is not None and size <= self.limits.max_payload_bytes:
                 # (An oversize payload is left to the parser's size check, unread.)
+                # Read within bounds first: the check parses the payload too.
+                await _sized(size, read_job, payload, self.limits)
                 payload = await _sized(size, self.check.check, payload)
             job, _ = await _sized(
                 size,
@@ -140,7 +155,7 @@ class Intake:
             self._reject([JobErrorItem("sig", exc.reason, exc.detail)], exc.job_id, topic)
             return
         except JobRejected as rej:
-            self._reject(rej.errors, rej.job_id, topic)
+            self._reject(rej.errors, rej.job_id, topic, rej.total)
             if rej.job_id is not None:
                 known = await self._store.run(self._store.store.job_row, rej.job_id)
                 if known is None:  # never overwrite the status of a job that was accepted

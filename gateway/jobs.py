@@ -3,34 +3,71 @@
 `parse_job()` turns raw MQTT bytes into a domain `Job` or raises `JobRejected` with a list of
 machine-readable errors (JSON path, code, message). Per-recipient address problems do not
 reject a job: they fail that recipient's delivery on that channel.
+
+Work and memory are bounded before any per-item work: the payload is read by
+`gateway.payload.read_json` (its count of values, depth, numbers), the recipients are
+counted before one is validated, no other object or list may be large, and a rejection lists
+at most MAX_ERRORS errors (and how many there were).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Mapping, Set
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import phonenumbers
 from email_validator import EmailNotValidError, validate_email
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+)
+from pydantic_core import PydanticCustomError
 
 from .config import JobsConfig
 from .domain import Job, Priority, Recipient
+from .job_id import JOB_ID_PATTERN, valid_job_id
 from .numbers import NumberPolicy, kind_of
+from .payload import PayloadError, read_json
 from .privacy import pseudonymous_ref
 
 Lang = Literal["fr", "nl", "de", "en"]
 ChannelName = Literal["email", "sms", "voice"]
-JOB_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"
+MAX_ERRORS = 20  # errors listed on jobs/rejected; `errors_total` counts them all
+MAX_MEMBERS = 64  # members of any object or list of a job but `recipients` (a job needs <= 8)
+SUBJECT_LENGTH = 250
+
+# Characters refused at intake (docs/security.md, "Hostile payloads"): C0 controls (a text may
+# hold line feeds and tabs), DEL, C1 controls and the bidi embeddings, overrides and isolates
+# that make a text read otherwise than it is; in one-line fields (e-mail subject, spoken
+# names) also line and paragraph separators: they would split a mail header.
+_UNSAFE_IN_TEXT = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+_UNSAFE_IN_LINE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
 REF_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$"
 
 
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+def _datetime_text(value: Any) -> Any:
+    # JSON has no datetime: a string in RFC 3339 (never a number taken as a Unix time).
+    if not isinstance(value, str):
+        raise PydanticCustomError("datetime_type", "Input should be an RFC 3339 string")
+    return value
+
+
+# Parsed from a string although the model is strict: jobs are validated from parsed JSON.
+JsonDatetime = Annotated[AwareDatetime, Field(strict=False), BeforeValidator(_datetime_text)]
 
 
 class VoiceOptions(_Model):
@@ -61,10 +98,12 @@ class JobIn(_Model):
     priority: Literal["hot", "cold"]
     test: bool = Field(False, description="a drill: every message says it is a test")
     message: dict[Lang, str] = Field(min_length=1, description="one text per language")
-    subject: dict[Lang, str] = Field(default_factory=dict, description="e-mail subject")
+    subject: dict[Lang, Annotated[str, Field(max_length=SUBJECT_LENGTH)]] = Field(
+        default_factory=dict, description="e-mail subject, one line"
+    )
     channels: list[ChannelName] = Field(min_length=1)
     recipients: list[RecipientIn] = Field(min_length=1)
-    expires_at: AwareDatetime | None = None
+    expires_at: JsonDatetime | None = None
     ttl: float | None = Field(None, gt=0, description="seconds; instead of expires_at")
     voice: VoiceOptions | None = None
     fallback: dict[ChannelName, ChannelName] = Field(
@@ -90,18 +129,30 @@ class JobErrorItem:
 
 
 class JobRejected(Exception):
-    """A payload that cannot become a job. `job_id` is set when one could be read."""
+    """A payload that cannot become a job: its first MAX_ERRORS errors and `total`.
+    `job_id` is set when an id that keeps the id rule could be read."""
 
-    def __init__(self, errors: list[JobErrorItem], job_id: str | None = None) -> None:
-        self.errors = errors
+    def __init__(
+        self, errors: list[JobErrorItem], job_id: str | None = None, total: int | None = None
+    ) -> None:
+        self.errors = errors[:MAX_ERRORS]
+        self.total = max(total or 0, len(errors))
         self.job_id = job_id
-        super().__init__("; ".join(f"{e.path}: {e.code}" for e in errors))
+        super().__init__("; ".join(f"{e.path}: {e.code}" for e in self.errors))
+
+
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
 
 
 def _json_path(loc: tuple[int | str, ...]) -> str:
     path = "$"
     for part in loc:
-        path += f"[{part}]" if isinstance(part, int) else f".{part}"
+        if isinstance(part, int):
+            path += f"[{part}]"
+        elif _NAME.fullmatch(part):
+            path += f".{part}"
+        else:  # a member name from outside: escaped and cut, it goes to logs and MQTT
+            path += f"[{json.dumps(part[:64])}]"
     return path
 
 
@@ -119,10 +170,16 @@ _CODE_MAP = {
 }
 
 
-def _errors_from(exc: ValidationError) -> list[JobErrorItem]:
+def _errors_from(
+    exc: ValidationError, prefix: tuple[int | str, ...] = (), offset: int = 0
+) -> list[JobErrorItem]:
+    """Our errors from pydantic's; `prefix` and `offset` place a slice of a list in the job."""
     items = []
-    for err in exc.errors(include_url=False):
+    for err in exc.errors(include_url=False, include_input=False):
         loc = tuple(p for p in err["loc"] if p != "[key]")
+        if offset and loc and isinstance(loc[0], int):
+            loc = (loc[0] + offset, *loc[1:])
+        loc = prefix + loc
         code = _CODE_MAP.get(err["type"], err["type"])
         if err["type"] == "literal_error" and "[key]" in err["loc"]:
             code = "unknown_language" if loc and loc[0] in ("message", "subject") else code
@@ -134,26 +191,9 @@ def _errors_from(exc: ValidationError) -> list[JobErrorItem]:
     return items
 
 
-def _peek_id(payload: bytes) -> str | None:
-    try:
-        data = json.loads(payload)
-    except (ValueError, UnicodeDecodeError):
-        return None
-    if isinstance(data, dict):
-        value = data.get("id")
-        if (
-            isinstance(value, str)
-            and len(value) <= 128
-            and value.isprintable()
-            and " " not in value
-        ):
-            return value
-    return None
-
-
 def content_hash(payload: bytes) -> str:
     """Hash of the job's meaning, not its bytes: re-sends with other key order still match."""
-    canonical = json.dumps(json.loads(payload), sort_keys=True, separators=(",", ":"))
+    canonical = json.dumps(read_json(payload), sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
@@ -216,15 +256,97 @@ def parse_job(
             ],
             None,
         )
-    job_id = _peek_id(payload)
+    data = read_job(payload, limits)
+    job_id = data["id"] if valid_job_id(data.get("id")) else None
+    oversized = _oversized(data)
+    if oversized is not None:
+        raise JobRejected([oversized], job_id)
+    errors: list[JobErrorItem] = []
+    total = 0
+    recipients = data.get("recipients")
+    if isinstance(recipients, list):
+        if len(recipients) > limits.max_recipients:
+            # At once: validating a million members only to refuse them is the attack.
+            detail = f"{len(recipients)} recipients > limit {limits.max_recipients}"
+            raise JobRejected([JobErrorItem("$.recipients", "too_many_recipients", detail)], job_id)
+        checked, errors, total = _recipients(recipients)
+        # When some failed, any valid member stands in for the list: its errors are counted.
+        data = {**data, "recipients": checked if not total else [RecipientIn()]}
     try:
-        spec = JobIn.model_validate_json(payload, strict=True)
+        spec = JobIn.model_validate(data)
     except ValidationError as exc:
-        raise JobRejected(_errors_from(exc), job_id) from None
+        errors = _errors_from(exc)[:MAX_ERRORS] + errors
+        total += exc.error_count()
+    if total:
+        raise JobRejected(errors, job_id, total)
     errors = _semantic_errors(spec, limits, enabled_channels, now)
     if errors:
         raise JobRejected(errors, spec.id)
     return _to_domain(spec, limits, now, phone_region, numbers or {}), spec
+
+
+def read_job(payload: bytes, limits: JobsConfig) -> dict[str, Any]:
+    """The payload as a JSON object, read within bounds, or JobRejected."""
+    # A job of max_recipients members needs about 12 values each, its texts a few more (the
+    # commas in them count too): beyond that the payload is refused before it is parsed.
+    max_values = 16 * limits.max_recipients + 4 * limits.max_text_length + 1000
+    try:
+        data = read_json(payload, max_values)
+    except PayloadError as exc:
+        raise JobRejected([JobErrorItem("$", exc.code, exc.detail)]) from None
+    if not isinstance(data, dict):
+        raise JobRejected([JobErrorItem("$", "not_an_object", "a job is a JSON object")])
+    return data
+
+
+def _oversized(data: dict[str, Any]) -> JobErrorItem | None:
+    """The first object or list with more than MAX_MEMBERS members among those pydantic
+    looks into member by member (one error each): the job, its message, subject, channels,
+    voice and fallback, each recipient and its channels. Anything deeper than the schema is
+    one type error, whatever its size; the recipients are counted against max_recipients."""
+    places: list[tuple[tuple[int | str, ...], Any]] = [((), data)]
+    places += [((k,), data.get(k)) for k in ("message", "subject", "channels", "voice", "fallback")]
+    recipients = data.get("recipients")
+    if isinstance(recipients, list):
+        # No allocation per member: a 100,000-member loop that allocates wakes the collector.
+        for i, member in enumerate(recipients):
+            if isinstance(member, dict) and (
+                len(member) > MAX_MEMBERS or _size(member.get("channels")) > MAX_MEMBERS
+            ):
+                places += [
+                    (("recipients", i), member),
+                    (("recipients", i, "channels"), member.get("channels")),
+                ]
+                break
+    for loc, value in places:
+        if _size(value) > MAX_MEMBERS:
+            detail = f"{_size(value)} members > limit {MAX_MEMBERS}"
+            return JobErrorItem(_json_path(loc), "too_many_items", detail)
+    return None
+
+
+def _size(value: Any) -> int:
+    return len(value) if isinstance(value, dict | list) else 0
+
+
+_RECIPIENT_LIST = TypeAdapter(list[RecipientIn])
+_SLICE = 256  # members validated at a time: pydantic holds every error of a slice
+
+
+def _recipients(items: list[Any]) -> tuple[list[RecipientIn], list[JobErrorItem], int]:
+    """Validate members by slices: the first MAX_ERRORS errors are kept, all are counted,
+    and pydantic never holds the errors of more than one slice (900,000 at once took 200 MB)."""
+    checked: list[RecipientIn] = []
+    errors: list[JobErrorItem] = []
+    total = 0
+    for start in range(0, len(items), _SLICE):
+        try:
+            checked += _RECIPIENT_LIST.validate_python(items[start : start + _SLICE])
+        except ValidationError as exc:
+            total += exc.error_count()
+            if len(errors) < MAX_ERRORS:
+                errors += _errors_from(exc, ("recipients",), start)
+    return checked, errors[:MAX_ERRORS], total
 
 
 def _semantic_errors(
@@ -250,6 +372,15 @@ def _semantic_errors(
                     f"{len(text)} characters > limit {limits.max_text_length}",
                 )
             )
+        else:
+            errors += _characters(f"$.message.{lang}", text, _UNSAFE_IN_TEXT)
+    for lang, line in spec.subject.items():
+        errors += _characters(f"$.subject.{lang}", line, _UNSAFE_IN_LINE)
+    if spec.voice is not None:
+        for name in ("plp_name", "code_word"):
+            value = getattr(spec.voice, name)
+            if value is not None:
+                errors += _characters(f"$.voice.{name}", value, _UNSAFE_IN_LINE)
     if len(set(spec.channels)) != len(spec.channels):
         errors.append(JobErrorItem("$.channels", "duplicate_channel", "a channel is listed twice"))
     for ch in spec.channels:
@@ -270,7 +401,13 @@ def _semantic_errors(
             )
     if spec.expires_at is not None and spec.ttl is not None:
         errors.append(JobErrorItem("$.ttl", "conflict", "give expires_at or ttl, not both"))
-    expires = _expiry(spec, limits, now)
+    try:
+        expires = _expiry(spec, limits, now)
+    except OverflowError:
+        # ttl 1e300, or expires_at 0001-01-01 / 9999-12-31 with an offset: not a UTC time.
+        path = "$.expires_at" if spec.expires_at is not None else "$.ttl"
+        errors.append(JobErrorItem(path, "out_of_range", "beyond the dates a job can have"))
+        return errors
     if expires <= now:
         errors.append(JobErrorItem("$.expires_at", "expired", "the job expired before it arrived"))
     elif expires - now > timedelta(seconds=limits.max_ttl):
@@ -293,10 +430,19 @@ def _semantic_errors(
             errors.append(
                 JobErrorItem(f"$.recipients[{i}].channels", "duplicate_channel", "listed twice")
             )
-        if len(errors) > 100:
-            errors.append(JobErrorItem("$", "too_many_errors", "stopped after 100 errors"))
-            break
     return errors
+
+
+def _characters(path: str, text: str, unsafe: re.Pattern[str]) -> list[JobErrorItem]:
+    found = unsafe.search(text)
+    if found is None:
+        return []
+    char = f"U+{ord(found.group()):04X}"
+    return [
+        JobErrorItem(
+            path, "invalid_characters", f"{char} at character {found.start()} is not allowed"
+        )
+    ]
 
 
 def _expiry(spec: JobIn, limits: JobsConfig, now: datetime) -> datetime:

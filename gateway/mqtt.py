@@ -262,7 +262,17 @@ class MqttLink:
     ) -> list[tuple[Outgoing, paho.MQTTMessageInfo]]:
         sent: list[tuple[Outgoing, paho.MQTTMessageInfo]] = []
         for i, m in enumerate(batch):
-            info = mqtt_adapter.publish(client, m.topic, m.payload, m.qos, m.retain)
+            try:
+                info = mqtt_adapter.publish(client, m.topic, m.payload, m.qos, m.retain)
+            except ValueError as exc:
+                # paho refuses this one message (a wildcard or bad UTF-8 in its topic, an
+                # oversize payload): it is dropped, the writer and the others go on.
+                log.error(
+                    "MQTT publication dropped, paho refused it: %s (topic of %d characters)",
+                    exc,
+                    len(m.topic),
+                )
+                continue
             if info.rc != paho.MQTT_ERR_SUCCESS:
                 self._requeue([o for o, inf in sent if not inf.is_published()] + batch[i:])
                 raise aiomqtt.MqttError(f"publish failed: {paho.error_string(info.rc)}")

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import GatewayError
+from .payload import read_json
 from .security_config import SecurityConfig
 
 ALG = "hmac-sha256"
@@ -259,6 +260,11 @@ def _parse_sig(sig: object) -> tuple[str, str, str, str, datetime, bytes]:
     return alg, kid, ts, nonce, signed_at, raw_mac
 
 
+#: A cancel is `{"cancel", "reason", "sig": {6 members}}`: a few values. Anything far larger
+#: is read as no JSON at all (refused when signatures are required).
+CANCEL_MAX_VALUES = 64
+
+
 @dataclass(frozen=True)
 class CancelRequest:
     """An accepted cancel: dispatch's free-text reason (None when it gave none)."""
@@ -271,8 +277,8 @@ def parse_cancel(payload: bytes) -> CancelRequest:
     """An unsigned cancel as accepted when signatures are not required: empty, or any
     payload; a `reason` string is kept when it is a JSON object with one."""
     try:
-        body = json.loads(payload) if payload.strip() else None
-    except ValueError:
+        body = read_json(payload, CANCEL_MAX_VALUES) if payload.strip() else None
+    except ValueError:  # PayloadError too: bounded depth, size and numbers
         body = None
     if isinstance(body, dict) and isinstance(body.get("reason"), str):
         return CancelRequest(body["reason"])
@@ -365,8 +371,8 @@ class Verifier:
         so a cancel signed for one job cannot be replayed onto another job's topic.
         """
         try:
-            body = json.loads(payload) if payload.strip() else None
-        except ValueError:
+            body = read_json(payload, CANCEL_MAX_VALUES) if payload.strip() else None
+        except ValueError:  # PayloadError too: bounded depth, size and numbers
             body = None
         if not isinstance(body, dict):
             if self.require:

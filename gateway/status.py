@@ -18,6 +18,7 @@ from typing import Any, Protocol
 
 from . import __version__
 from .async_store import AsyncStore
+from .job_id import checked_job_id
 from .outcomes import count_state_sets
 from .privacy import address_hash
 from .rows import Change
@@ -57,14 +58,16 @@ class Topics:
         self.health = f"{prefix}/gateway/{node}/health"
         self.inbound_sms = f"{prefix}/inbound/sms"
 
+    # A job's topics are built only from an id that keeps the id rule (InvalidJobId else):
+    # one topic level under <prefix>/jobs/, never a wildcard, never another job's subtree.
     def job_status(self, job_id: str) -> str:
-        return f"{self.prefix}/jobs/{job_id}/status"
+        return f"{self.prefix}/jobs/{checked_job_id(job_id)}/status"
 
     def job_deliveries(self, job_id: str) -> str:
-        return f"{self.prefix}/jobs/{job_id}/deliveries"
+        return f"{self.prefix}/jobs/{checked_job_id(job_id)}/deliveries"
 
     def job_delivery_batches(self, job_id: str) -> str:
-        return f"{self.prefix}/jobs/{job_id}/deliveries/batch"
+        return f"{self.prefix}/jobs/{checked_job_id(job_id)}/deliveries/batch"
 
     def cancel_job_id(self, topic: str) -> str | None:
         parts = topic.split("/")
@@ -232,11 +235,19 @@ class StatusPublisher:
         self._publish(self.topics.job_status(job_id), b"", qos=1, retain=True)
         self._job_states.pop(job_id, None)
 
-    def rejected(self, errors: list[Mapping[str, str]], job_id: str | None, topic: str) -> None:
+    def rejected(
+        self,
+        errors: list[Mapping[str, str]],
+        job_id: str | None,
+        topic: str,
+        errors_total: int | None = None,
+    ) -> None:
         payload = {
             "job_id": job_id,
             "topic": topic,
             "errors": list(errors),
+            # `errors` lists the first errors only (gateway.jobs.MAX_ERRORS).
+            "errors_total": len(errors) if errors_total is None else errors_total,
             "node": self.topics.node,
             "time": iso(time.time()),
         }

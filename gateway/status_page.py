@@ -24,7 +24,7 @@ from urllib.parse import parse_qs, unquote
 
 from .async_store import AsyncStore
 from .errors import StoreError
-from .jobs import JOB_ID_PATTERN
+from .job_id import JOB_ID_PATTERN
 from .outcomes import count_state_sets
 from .reasons import LANGS
 from .report import read_report
