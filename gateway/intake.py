@@ -19,7 +19,7 @@ from .config import JobsConfig
 from .domain import JobState
 from .errors import StoreError
 from .job_id import valid_job_id
-from .jobs import JobErrorItem, JobRejected, content_hash, parse_job, read_job
+from .jobs import JobErrorItem, JobRejected, content_hash, one_line, parse_job, read_job
 from .numbers import NumberPolicy
 from .payload import display
 from .privacy import scrub
@@ -222,7 +222,7 @@ class Intake:
         reason = "cancelled"
         if request.reason is not None:
             # Free text from dispatch goes to the store and MQTT: no numbers in it.
-            reason = f"cancelled: {scrub(request.reason[:200])}"
+            reason = f"cancelled: {scrub(one_line(request.reason[:200]))}"
         try:
             row = await self._store.run(self._store.store.job_row, job_id)
         except StoreError:

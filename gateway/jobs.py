@@ -52,6 +52,15 @@ SUBJECT_LENGTH = 250
 # names) also line and paragraph separators: they would split a mail header.
 _UNSAFE_IN_TEXT = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
 _UNSAFE_IN_LINE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+
+
+def one_line(text: str) -> str:
+    """Free text from outside (a cancel's reason) made one safe line: control, line-break and
+    bidi characters become spaces. For text the gateway keeps and shows, not for alerts
+    (an alert with them is refused, never changed)."""
+    return _UNSAFE_IN_LINE.sub(" ", text)
+
+
 REF_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$"
 
 
@@ -167,6 +176,11 @@ _CODE_MAP = {
     "too_short": "too_short",
     "too_long": "too_long",
     "string_too_long": "too_long",
+    # A number outside its allowed range (`ttl: -5`, `voice.repeat: 9`).
+    "greater_than": "out_of_range",
+    "greater_than_equal": "out_of_range",
+    "less_than": "out_of_range",
+    "less_than_equal": "out_of_range",
 }
 
 

@@ -44,6 +44,8 @@ def codes(payload: bytes, limits: JobsConfig | None = None) -> list[tuple[str, s
             ("$.expires_at", "expired"),
         ),
         (json.dumps(job(channels=["fax"])).encode(), ("$.channels[0]", "invalid_value")),
+        (json.dumps(job(ttl=-5)).encode(), ("$.ttl", "out_of_range")),
+        (json.dumps(job(voice={"repeat": 9})).encode(), ("$.voice.repeat", "out_of_range")),
     ],
 )
 def test_each_bad_payload_has_a_precise_error(payload: bytes, expected: tuple[str, str]) -> None:

@@ -119,6 +119,25 @@ async def test_cancels_with_hostile_ids_are_answered(
     assert_alive(proc)
 
 
+async def test_a_cancel_reason_is_kept_as_one_safe_line(
+    gateway: GatewayFactory, observer: Observer, smtp: SmtpServer
+) -> None:
+    """A cancel's free-text reason reaches the retained status and the logs: no terminal
+    escape, line break or bidi override from outside goes with it."""
+    proc = gateway()
+    # The member's server says "try later" for a while: the job is still running.
+    pending = job("cancel-reason", ttl=600)
+    address = pending["recipients"][0]["email"]
+    smtp.script.replies[address] = ["451 4.3.0 try later"] * 1000
+    await observer.publish_job(pending)
+    await observer.wait(lambda: smtp.handler.attempts.get(address, 0) >= 1, timeout=30)
+    reason = "fin\x1b[31m\nde l'alerte \u202eevil\u2028ok"
+    await observer.publish("plp/jobs/cancel-reason/cancel", json.dumps({"reason": reason}).encode())
+    status = await observer.wait_job("cancel-reason", "cancelled", timeout=30)
+    assert status["reason"] == "cancelled: fin [31m de l'alerte  evil ok"
+    assert "\x1b" not in proc.log() and "\u202e" not in proc.log()
+
+
 def test_topics_refuse_an_id_that_breaks_the_rule() -> None:
     topics = Topics("plp", "test")
     assert topics.job_status("zone5344-2026:01.a_b") == "plp/jobs/zone5344-2026:01.a_b/status"
