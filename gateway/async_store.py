@@ -1,6 +1,6 @@
 """The store from the event loop: every call on one dedicated thread, hot-path writes batched.
 
-`AsyncStore.run(fn, ...)` runs a `Store` method on the store's thread. `Batched` is an async
+`AsyncStore.run(fn, ...)` runs a store method on the store's thread. `Batched` is an async
 front to one set-based store method; every `Batched` of one `WriteBatch` shares its
 transactions: the claims, sends, receipts and retries that arrive while one transaction is
 being written all go into the next one.
@@ -13,7 +13,8 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Generic, ParamSpec, TypeVar
 
-from .store import Call, Store
+from .store_contract import StoreContract
+from .store_tx import Call
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -80,7 +81,7 @@ class Batched(Generic[T]):
 
     `batch(calls)` runs on the store's thread with the calls (args, kwargs) gathered and
     returns one result (or exception) per call, in order: a set-based store method
-    (`Store.claim_batch`) or `functools.partial(Store.many, method)`.
+    (`StoreContract.claim_batch`) or `functools.partial(Store.many, method)`.
     """
 
     def __init__(
@@ -97,7 +98,7 @@ class Batched(Generic[T]):
 class AsyncStore:
     """Runs every store call on one dedicated thread so the event loop never waits on disk."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: StoreContract) -> None:
         self.store = store
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store")
 

@@ -73,10 +73,13 @@ def cmd_check_config(args: argparse.Namespace) -> int:
                 problem = f"{secret.reason}; `run` needs it (`check-config --strict` checks it)"
             print(f"{args.file}: {secret.key}: warning: {problem}", file=sys.stderr)
         unchecked = f", {len(unread)} secrets not checked here" if unread else ""
+    from .store import describe
+
     channels = [n for n in ("email", "sms", "voice") if getattr(config, n).enabled]
+    backend = "sqlite" if config.store.url is None else "postgresql"
     print(
-        f"{args.file}: OK (node {config.node}, channels: {', '.join(channels) or 'none'}"
-        f"{unchecked if not args.strict else ''})"
+        f"{args.file}: OK (node {config.node}, channels: {', '.join(channels) or 'none'},"
+        f" store: {backend} {describe(config.store)}{unchecked if not args.strict else ''})"
     )
     return 0
 
@@ -143,12 +146,12 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_purge(args: argparse.Namespace) -> int:
-    from .store import Store
+    from .store import open_store
 
     config, _unread = _load_without_secrets(args.config)
     days = args.older_than_days if args.older_than_days is not None else config.store.retention_days
     cutoff = time.time() - days * 86400
-    store = Store(config.store.path)
+    store = open_store(config.store)
     try:
         voice_jobs = store.voice_jobs(cutoff) if config.voice.enabled else ([], [])
         n = store.purge(cutoff)

@@ -30,7 +30,7 @@ from .scheduler import Scheduler
 from .sdnotify import Notifier, Watchdog
 from .signing import Verifier
 from .status import StatusPublisher, Topics, dumps, iso
-from .store import Store
+from .store import open_store
 
 log = logging.getLogger("gateway.daemon")
 
@@ -73,7 +73,7 @@ class Gateway:
         self._reload_requested = asyncio.Event()
         self._health_changed = asyncio.Event()
         self.reports: Reports = asyncio.Queue()
-        self.store = AsyncStore(Store(config.store.path))
+        self.store = AsyncStore(open_store(config.store))
         self.link = MqttLink(
             config.mqtt,
             config.client_id,

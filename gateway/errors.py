@@ -57,3 +57,13 @@ class LinkUnavailable(NotSent, LinkDown):
 
 class StoreError(GatewayError):
     """The durable store failed."""
+
+
+class StoreUnavailable(StoreError, ConnectionError):
+    """The store's server cannot be reached (PostgreSQL restarting, network cut): the store
+    reconnects and runs the transaction again, for `[store] reconnect_timeout` at most."""
+
+
+class SchemaTooNew(StoreError):
+    """The store was written by a newer gateway (a higher schema version): refused, never
+    downgraded."""

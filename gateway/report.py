@@ -6,18 +6,24 @@ import json
 from datetime import UTC, datetime
 
 from .config import Config
-from .store import Store
+from .errors import StoreError
+from .store import describe, open_store
 
 
 def print_report(config: Config, job_id: str, *, as_json: bool = False) -> int:
-    if not config.store.path.exists():
-        print(f"no store at {config.store.path}")
+    where = describe(config.store)
+    if config.store.url is None and not config.store.path.exists():
+        print(f"no store at {where}")
         return 2
-    store = Store(config.store.path)
+    try:
+        store = open_store(config.store)
+    except StoreError as exc:
+        print(f"cannot open the store at {where}: {exc}")
+        return 2
     try:
         row = store.job_row(job_id)
         if row is None:
-            print(f"no job {job_id} in {config.store.path}")
+            print(f"no job {job_id} in {where}")
             return 1
         rows = store.deliveries(job_id)
         counts = store.counts(job_id)
