@@ -209,12 +209,14 @@ class SqlStore(Retention):
     def set_job_state(self, job_id: str, state: JobState, reason: str | None = None) -> bool:
         now = time.time()
         changed: int = self._read(
-            lambda: self._db.execute(
-                "UPDATE jobs SET state=?, updated_at=?, reason=COALESCE(?, reason),"
-                " finished_at=CASE WHEN ?=1 THEN ? ELSE finished_at END"
-                " WHERE id=? AND state NOT IN ('done','cancelled','expired','rejected')",
-                (state.value, now, reason, int(state.final), now, job_id),
-            ).rowcount
+            lambda: (
+                self._db.execute(
+                    "UPDATE jobs SET state=?, updated_at=?, reason=COALESCE(?, reason),"
+                    " finished_at=CASE WHEN ?=1 THEN ? ELSE finished_at END"
+                    " WHERE id=? AND state NOT IN ('done','cancelled','expired','rejected')",
+                    (state.value, now, reason, int(state.final), now, job_id),
+                ).rowcount
+            )
         )
         return changed > 0
 
@@ -233,6 +235,7 @@ class SqlStore(Retention):
 
     def job_with_counts(self, job_id: str) -> tuple[JobRow, dict[str, dict[str, int]]] | None:
         """The job and its delivery counts per channel and state (one trip for a status)."""
+
         def read() -> tuple[JobRow, dict[str, dict[str, int]]] | None:
             row = self.job_row(job_id)
             return None if row is None else (row, self.counts(job_id))

@@ -80,9 +80,7 @@ def _finish_jobs(out: list[Any], last: dict[str, int], finish: FinishJob, now: f
             out[i] = (known, Change(change.delivery, change.old_state, finished))
 
 
-def claim(
-    db: Db, ids: Sequence[int], now: float
-) -> list[Change | Exception | None]:
+def claim(db: Db, ids: Sequence[int], now: float) -> list[Change | Exception | None]:
     """queued/retrying -> sending for each id, counting the attempt; None when it is no
     longer pending (claimed already, cancelled...)."""
     rows = rows_by_id(db, ids)

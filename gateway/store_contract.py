@@ -52,9 +52,7 @@ class StoreContract(Protocol):
 
     def counts(self, job_id: str) -> dict[str, dict[str, int]]: ...
 
-    def job_with_counts(
-        self, job_id: str
-    ) -> tuple[JobRow, dict[str, dict[str, int]]] | None: ...
+    def job_with_counts(self, job_id: str) -> tuple[JobRow, dict[str, dict[str, int]]] | None: ...
 
     def close_job(
         self, job_id: str, state: JobState, delivery_state: DeliveryState, reason: str

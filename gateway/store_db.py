@@ -181,7 +181,10 @@ class PostgresDb:
             extra["password"] = self._password
         try:
             conn = psycopg.connect(
-                self._url, autocommit=True, row_factory=dict_row, application_name="plp-gateway",
+                self._url,
+                autocommit=True,
+                row_factory=dict_row,
+                application_name="plp-gateway",
                 **extra,
             )
         except psycopg.Error as exc:

@@ -87,9 +87,11 @@ class Retention(Transactions):
 
     def purge_orphan_receipts(self, older_than: float) -> int:
         return self._read(
-            lambda: self._db.execute(
-                "DELETE FROM orphan_receipts WHERE received_at < ?", (older_than,)
-            ).rowcount
+            lambda: (
+                self._db.execute(
+                    "DELETE FROM orphan_receipts WHERE received_at < ?", (older_than,)
+                ).rowcount
+            )
         )
 
     def purge(self, finished_before: float) -> int:
