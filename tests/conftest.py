@@ -43,14 +43,23 @@ GatewayFactory = Callable[..., GatewayProcess]
 
 
 @pytest.fixture
-def gateway(tmp_path: Path, broker: Mosquitto, smtp: SmtpServer) -> Iterator[GatewayFactory]:
+def gateway_store_url() -> str | None:
+    """The `gateway` fixture's `[store] url`: none (SQLite); a test module overrides it to run
+    the daemon on PostgreSQL (tests/test_restart_recovery.py)."""
+    return None
+
+
+@pytest.fixture
+def gateway(
+    tmp_path: Path, broker: Mosquitto, smtp: SmtpServer, gateway_store_url: str | None
+) -> Iterator[GatewayFactory]:
     """Start the gateway (e-mail enabled) as a process: `gateway(extra_toml="")`."""
     started: list[GatewayProcess] = []
 
     def start(
         extra: str = "", wait_ready: bool = True, env: dict[str, str] | None = None
     ) -> GatewayProcess:
-        config = gateway_config(tmp_path, broker, smtp, extra)
+        config = gateway_config(tmp_path, broker, smtp, extra, store_url=gateway_store_url)
         proc = GatewayProcess(config, tmp_path)
         offset = len(proc.log())
         proc.start(env)
