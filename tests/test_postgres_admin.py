@@ -1,0 +1,60 @@
+"""The admin commands on a PostgreSQL store (`[store] url`, here from the environment): the
+daemon runs a job, `check-config`, `status` and `purge` read the same database, and the URL's
+password appears nowhere."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import GatewayFactory
+from tests.fixtures import ROOT, Observer, SmtpServer, email_job, members
+
+PASSWORD = "s3cret-pw"
+
+
+@pytest.fixture
+def gateway_store_url(pg_url: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    # The daemon reads the URL, password included, from the environment (a secret).
+    monkeypatch.setenv("PLP_TEST_STORE_URL", pg_url.replace("://plp@", f"://plp:{PASSWORD}@"))
+    return "env:PLP_TEST_STORE_URL"
+
+
+def plp_gateway(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "gateway", *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        check=False,
+        timeout=60,
+    )
+
+
+async def test_check_config_status_and_purge_on_postgresql(
+    gateway: GatewayFactory, observer: Observer, smtp: SmtpServer
+) -> None:
+    proc = gateway()
+    await observer.publish_job(email_job("pg-admin-1", members(2)))
+    await observer.wait_job("pg-admin-1", "done")
+    assert proc.terminate() == 0
+    config = str(proc.config)
+
+    checked = plp_gateway("check-config", config)
+    assert checked.returncode == 0, checked.stderr
+    assert "store: postgresql postgresql://plp:***@127.0.0.1:" in checked.stdout
+
+    status = plp_gateway("status", "pg-admin-1", "--config", config)
+    assert status.returncode == 0, status.stdout + status.stderr
+    assert "state done" in status.stdout and "m-00001" in status.stdout
+
+    purge = plp_gateway("purge", "--config", config, "--older-than-days", "0")
+    assert purge.returncode == 0, purge.stderr
+    assert purge.stdout.startswith("purged 1 finished jobs"), purge.stdout
+    gone = plp_gateway("status", "pg-admin-1", "--config", config)
+    assert gone.returncode == 1 and "no job pg-admin-1 in postgresql://plp:***@" in gone.stdout
+
+    everything = checked.stdout + status.stdout + purge.stdout + gone.stdout + proc.log()
+    assert PASSWORD not in everything
