@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import sys
 import time
 import uuid
@@ -15,7 +16,7 @@ from typing import Any
 
 from .config import Config, UnreadSecret, load_config, load_config_deferring_secrets
 from .domain import Job
-from .errors import ConfigError
+from .errors import ConfigError, SchemaTooNew
 from .exit_codes import ExitCode
 from .logs import setup_logging
 from .secret import service_only
@@ -53,7 +54,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     setup_logging(config.log.level, config.log.format)
 
     async def main() -> int:
-        return await Gateway(config, Path(args.config)).run()
+        try:
+            gateway = Gateway(config, Path(args.config))
+        except SchemaTooNew as exc:
+            # Written by a newer gateway: restarting this one would not help.
+            logging.getLogger("gateway").error("cannot start: %s", exc)
+            return ExitCode.CONFIG
+        return await gateway.run()
 
     return asyncio.run(main())
 

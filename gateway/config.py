@@ -90,7 +90,7 @@ class StoreConfig(Section):
     password: Secret | None = None  # PostgreSQL's password, when not in the URL
     connect_timeout: float = Field(10.0, gt=0, description="seconds to open a connection")
     reconnect_timeout: float = Field(
-        30.0, gt=0, description="seconds store calls wait for a lost PostgreSQL to come back"
+        60.0, gt=0, description="seconds store calls wait for a lost PostgreSQL to come back"
     )
     retention_days: float = Field(30, gt=0)
     purge_interval: float = Field(3600, gt=0)

@@ -20,7 +20,7 @@ class PostgresStore(SqlStore):
         *,
         password: str | None = None,
         connect_timeout: float = 10.0,
-        reconnect_timeout: float = 30.0,
+        reconnect_timeout: float = 60.0,
     ) -> None:
         self.url = safe_url(url)
         super().__init__(PostgresDb(url, password, connect_timeout), reconnect_timeout)

@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 
 
 class Transactions:
-    def __init__(self, db: Db, reconnect_timeout: float = 30.0) -> None:
+    def __init__(self, db: Db, reconnect_timeout: float = 60.0) -> None:
         self._db = db
         self._in_tx = False
         self._reconnect_timeout = reconnect_timeout

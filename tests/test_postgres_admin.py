@@ -6,9 +6,12 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 
 import pytest
 
+from gateway.exit_codes import ExitCode
+from gateway.store_pg import PostgresStore
 from tests.conftest import GatewayFactory
 from tests.fixtures import ROOT, Observer, SmtpServer, email_job, members
 
@@ -58,3 +61,19 @@ async def test_check_config_status_and_purge_on_postgresql(
 
     everything = checked.stdout + status.stdout + purge.stdout + gone.stdout + proc.log()
     assert PASSWORD not in everything
+
+
+async def test_a_store_from_a_newer_gateway_stops_the_daemon_at_start(
+    gateway: GatewayFactory, gateway_store_url: str, pg_url: str
+) -> None:
+    store = PostgresStore(pg_url)
+    store.atomically(
+        lambda: store._db.execute("INSERT INTO schema_version VALUES (?, ?)", (7, time.time()))
+    )
+    store.close()
+    proc = gateway(wait_ready=False)
+    assert proc.proc is not None and proc.proc.wait(30) == ExitCode.CONFIG
+    assert (
+        "cannot start: the postgresql store is at schema version 7, newer than this gateway"
+        " knows (1)" in proc.log()
+    )
