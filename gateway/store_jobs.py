@@ -1,0 +1,247 @@
+"""Jobs in the store: a job and its deliveries written in one durable transaction, read back,
+closed (cancel, expiry), and a member's fallback delivery."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from .domain import DeliveryState, Job, JobState, Priority, Recipient
+from .errors import StoreError
+from .privacy import mask_address
+from .rows import (
+    AddResult,
+    Change,
+    DeliveryRow,
+    JobRow,
+    address_for,
+    job_from_row,
+    job_to_body,
+    row_to_delivery,
+    row_to_job,
+)
+from .store_retention import Retention
+
+PENDING = ("queued", "sending", "retrying")
+
+
+class Jobs(Retention):
+    # -- jobs ---------------------------------------------------------------------------
+    def add_job(
+        self,
+        job: Job,
+        content_hash: str,
+        enabled_channels: frozenset[str],
+        now: float | None = None,
+    ) -> tuple[AddResult, list[DeliveryRow]]:
+        """Store a job and its deliveries in one durable transaction."""
+        now = now or time.time()
+
+        def work() -> tuple[AddResult, list[DeliveryRow]]:
+            existing = self._db.execute(
+                "SELECT content_hash FROM jobs WHERE id = ?", (job.id,)
+            ).fetchone() or self._tombstone(job.id)
+            if existing is not None:
+                same = existing["content_hash"] == content_hash
+                return (AddResult.DUPLICATE if same else AddResult.CONFLICT), []
+            self._db.execute(
+                "INSERT INTO jobs(id, content_hash, priority, test, state, body, created_at,"
+                " updated_at, expires_at) VALUES (?,?,?,?,?,?,?,?,?)",
+                (
+                    job.id,
+                    content_hash,
+                    int(job.priority),
+                    int(job.test),
+                    JobState.ACCEPTED.value,
+                    job_to_body(job),
+                    now,
+                    now,
+                    job.expires_at.timestamp(),
+                ),
+            )
+            rows = []
+            for r in job.recipients:
+                for channel in r.channels:
+                    rows.append(self._insert_delivery(job.id, r, channel, enabled_channels, now))
+            return AddResult.NEW, rows
+
+        result: tuple[AddResult, list[DeliveryRow]] = self._tx(work, durable=True)
+        return result
+
+    def _insert_delivery(
+        self,
+        job_id: str,
+        r: Recipient,
+        channel: str,
+        enabled: frozenset[str],
+        now: float,
+        fallback_of: int | None = None,
+    ) -> DeliveryRow:
+        address, problem = address_for(r, channel)
+        if problem is None and channel not in enabled:
+            problem = "channel_disabled"
+        state = DeliveryState.QUEUED if problem is None else DeliveryState.FAILED
+        masked = mask_address(address) if address else "-"
+        row = self._db.execute(
+            "INSERT INTO deliveries(job_id, rindex, ref, channel, address, masked, lang, state,"
+            " last_error, fallback_of, created_at, updated_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)"
+            " RETURNING *",
+            (
+                job_id,
+                r.index,
+                r.ref,
+                channel,
+                address,
+                masked,
+                r.lang,
+                state.value,
+                problem,
+                fallback_of,
+                now,
+                now,
+            ),
+        ).fetchone()
+        return row_to_delivery(row)
+
+    def add_fallback(
+        self, delivery_id: int, channel: str, enabled: frozenset[str]
+    ) -> DeliveryRow | None:
+        """A new delivery on `channel` for the member of a failed delivery, unless one exists."""
+
+        def work() -> DeliveryRow | None:
+            d = self._delivery(delivery_id)
+            exists = self._db.execute(
+                "SELECT 1 FROM deliveries WHERE job_id=? AND rindex=? AND channel=?",
+                (d.job_id, d.rindex, channel),
+            ).fetchone()
+            acked = self._db.execute(
+                "SELECT 1 FROM deliveries WHERE job_id=? AND rindex=? AND state='acknowledged'",
+                (d.job_id, d.rindex),
+            ).fetchone()
+            if exists or acked:
+                return None
+            job = self.job(d.job_id)
+            if job is None:
+                return None
+            row = self._insert_delivery(
+                d.job_id, job.recipients[d.rindex], channel, enabled, time.time(), delivery_id
+            )
+            self._db.execute(
+                "UPDATE jobs SET state='running', finished_at=NULL WHERE id=? AND state='done'",
+                (d.job_id,),
+            )
+            return row
+
+        result: DeliveryRow | None = self._tx(work)
+        return result
+
+    def _job_record(self, job_id: str) -> Any:
+        return self._read(
+            lambda: self._db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        )
+
+    def job(self, job_id: str) -> Job | None:
+        r = self._job_record(job_id)
+        return job_from_row(r) if r is not None else None
+
+    def job_row(self, job_id: str) -> JobRow | None:
+        r = self._job_record(job_id)
+        return row_to_job(r) if r is not None else None
+
+    def active_jobs(self) -> list[JobRow]:
+        rows = self._read(
+            lambda: self._db.execute(
+                "SELECT * FROM jobs WHERE state IN ('accepted', 'running') ORDER BY created_at"
+            ).fetchall()
+        )
+        return [row_to_job(r) for r in rows]
+
+    def set_job_state(self, job_id: str, state: JobState, reason: str | None = None) -> bool:
+        now = time.time()
+        changed: int = self._read(
+            lambda: (
+                self._db.execute(
+                    "UPDATE jobs SET state=?, updated_at=?, reason=COALESCE(?, reason),"
+                    " finished_at=CASE WHEN ?=1 THEN ? ELSE finished_at END"
+                    " WHERE id=? AND state NOT IN ('done','cancelled','expired','rejected')",
+                    (state.value, now, reason, int(state.final), now, job_id),
+                ).rowcount
+            )
+        )
+        return changed > 0
+
+    def counts(self, job_id: str) -> dict[str, dict[str, int]]:
+        out: dict[str, dict[str, int]] = {}
+        rows = self._read(
+            lambda: self._db.execute(
+                "SELECT channel, state, count(*) AS n FROM deliveries WHERE job_id=?"
+                " GROUP BY channel, state",
+                (job_id,),
+            ).fetchall()
+        )
+        for r in rows:
+            out.setdefault(r["channel"], {})[r["state"]] = r["n"]
+        return out
+
+    def job_with_counts(self, job_id: str) -> tuple[JobRow, dict[str, dict[str, int]]] | None:
+        """The job and its delivery counts per channel and state (one trip for a status)."""
+
+        def read() -> tuple[JobRow, dict[str, dict[str, int]]] | None:
+            row = self.job_row(job_id)
+            return None if row is None else (row, self.counts(job_id))
+
+        return self._read(read)
+
+    def deliveries(self, job_id: str) -> list[DeliveryRow]:
+        rows = self._read(
+            lambda: self._db.execute(
+                "SELECT * FROM deliveries WHERE job_id=? ORDER BY rindex, channel", (job_id,)
+            ).fetchall()
+        )
+        return [row_to_delivery(r) for r in rows]
+
+    def pending_deliveries(self) -> list[tuple[DeliveryRow, Priority]]:
+        """Every delivery still owed an attempt, for the scheduler after a (re)start."""
+        rows = self._read(
+            lambda: self._db.execute(
+                "SELECT d.*, j.priority AS jprio FROM deliveries d JOIN jobs j ON j.id = d.job_id"
+                " WHERE d.state IN ('queued','sending','retrying')"
+                " AND j.state IN ('accepted','running') ORDER BY d.id"
+            ).fetchall()
+        )
+        return [(row_to_delivery(r), Priority(r["jprio"])) for r in rows]
+
+    # -- delivery transitions ---------------------------------------------------------
+    def _delivery(self, delivery_id: int) -> DeliveryRow:
+        r = self._db.execute("SELECT * FROM deliveries WHERE id=?", (delivery_id,)).fetchone()
+        if r is None:
+            raise StoreError(f"no delivery {delivery_id}")
+        return row_to_delivery(r)
+
+    def delivery(self, delivery_id: int) -> DeliveryRow:
+        return self._read(lambda: self._delivery(delivery_id))
+
+    def close_job(
+        self, job_id: str, state: JobState, delivery_state: DeliveryState, reason: str
+    ) -> list[Change]:
+        """Cancel or expire a job: every pending delivery gets `delivery_state`."""
+        now = time.time()
+
+        def work() -> list[Change]:
+            rows = self._db.execute(
+                "SELECT * FROM deliveries WHERE job_id=? AND state IN (?,?,?)",
+                (job_id, *PENDING),
+            ).fetchall()
+            changes = []
+            for r in rows:
+                d = row_to_delivery(r)
+                self._db.execute(
+                    "UPDATE deliveries SET state=?, updated_at=?, last_error=? WHERE id=?",
+                    (delivery_state.value, now, reason, d.id),
+                )
+                changes.append(Change(self._delivery(d.id), d.state, None))
+            self.set_job_state(job_id, state, reason)
+            return changes
+
+        result: list[Change] = self._tx(work)
+        return result
