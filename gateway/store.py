@@ -13,6 +13,7 @@ runs them on a dedicated worker thread); the records they return are in `gateway
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import sqlite3
 import time
@@ -63,6 +64,8 @@ __all__ = [
 FILE_MODE = 0o600
 
 _OPEN = ("queued", "sending", "retrying", "sent")
+
+log = logging.getLogger(__name__)
 
 
 class SqlStore(Jobs):
@@ -307,15 +310,21 @@ Store = SqliteStore
 
 def open_store(config: StoreConfig) -> SqlStore:
     """PostgreSQL when `[store] url` is set, else the SQLite file at `[store] path`."""
-    if config.url is None:
-        return SqliteStore(config.path)
+    store = SqliteStore(config.path) if config.url is None else _postgres(config)
+    log.info(
+        "store: %s %s, schema version %d", store.backend, describe(config), store.schema_version
+    )
+    return store
+
+
+def _postgres(config: StoreConfig) -> SqlStore:
     from .store_pg import PostgresStore
 
     for name, value in (("url", config.url), ("password", config.password)):
         if value is not None and is_reference(value):
             # An admin command outside the service (a systemd credential is not readable).
             raise StoreError(f"[store] {name} is a secret this command cannot read ({value})")
-
+    assert config.url is not None
     return PostgresStore(
         config.url,
         password=config.password,
