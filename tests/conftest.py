@@ -43,15 +43,15 @@ GatewayFactory = Callable[..., GatewayProcess]
 
 
 @pytest.fixture
-def gateway_store_url() -> str | None:
-    """The `gateway` fixture's `[store] url`: none (SQLite); a test module overrides it to run
-    the daemon on PostgreSQL (tests/test_restart_recovery.py)."""
-    return None
+def gateway_store_toml() -> str:
+    """More `[store]` keys for the `gateway` fixture: none (SQLite); a test module overrides
+    it to run the daemon on PostgreSQL (`url = ...`, tests/test_restart_recovery.py)."""
+    return ""
 
 
 @pytest.fixture
 def gateway(
-    tmp_path: Path, broker: Mosquitto, smtp: SmtpServer, gateway_store_url: str | None
+    tmp_path: Path, broker: Mosquitto, smtp: SmtpServer, gateway_store_toml: str
 ) -> Iterator[GatewayFactory]:
     """Start the gateway (e-mail enabled) as a process: `gateway(extra_toml="")`."""
     started: list[GatewayProcess] = []
@@ -59,7 +59,7 @@ def gateway(
     def start(
         extra: str = "", wait_ready: bool = True, env: dict[str, str] | None = None
     ) -> GatewayProcess:
-        config = gateway_config(tmp_path, broker, smtp, extra, store_url=gateway_store_url)
+        config = gateway_config(tmp_path, broker, smtp, extra, store=gateway_store_toml)
         proc = GatewayProcess(config, tmp_path)
         offset = len(proc.log())
         proc.start(env)

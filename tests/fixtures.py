@@ -181,7 +181,7 @@ def gateway_config(
     smtp: SmtpServer | None = None,
     extra: str = "",
     node: str = "test",
-    store_url: str | None = None,
+    store: str = "",
 ) -> Path:
     email = ""
     if smtp is not None:
@@ -197,7 +197,7 @@ def gateway_config(
         f'[mqtt]\nhost = "127.0.0.1"\nport = {broker.port}\ntopic_prefix = "plp"\n'
         "reconnect_initial_delay = 0.1\nreconnect_max_delay = 1.0\n"
         f'[store]\npath = "{workdir}/gateway.sqlite3"\n'
-        + (f'url = "{store_url}"\n' if store_url else "")
+        + store
         + "[status]\nhealth_interval = 5\njob_status_interval = 0.2\n"
         '[log]\nlevel = "DEBUG"\n' + email + extra
     )

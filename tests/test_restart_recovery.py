@@ -17,12 +17,17 @@ from tests.pg_fixtures import PostgresServer
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
-def gateway_store_url(request: pytest.FixtureRequest) -> str | None:
+def store_url(request: pytest.FixtureRequest) -> str | None:
     """The daemon's store: the SQLite file, then a fresh PostgreSQL database."""
     if request.param == "sqlite":
         return None
     url: str = request.getfixturevalue("pg_url")
     return url
+
+
+@pytest.fixture
+def gateway_store_toml(store_url: str | None) -> str:
+    return "" if store_url is None else f'url = "{store_url}"\n'
 
 
 def stored_jobs(tmp_path: Path, store_url: str | None, job_id: str) -> int:
@@ -93,14 +98,14 @@ async def test_broker_restart_during_a_job_loses_nothing(
 
 
 async def test_killed_between_receipt_and_commit_the_job_is_delivered_again(
-    gateway: GatewayFactory, observer: Observer, tmp_path: Path, gateway_store_url: str | None
+    gateway: GatewayFactory, observer: Observer, tmp_path: Path, store_url: str | None
 ) -> None:
     proc = gateway()
     job = email_job("crash-1", members(15_000), priority="cold")
     await observer.publish_job(job)
     proc.wait_log("job payload received")
     proc.kill()
-    stored = stored_jobs(tmp_path, gateway_store_url, "crash-1")
+    stored = stored_jobs(tmp_path, store_url, "crash-1")
     assert stored == 0, "killed before the commit: the job is not in the store"
 
     gateway()  # the broker re-delivers the unacknowledged job to the persistent session
@@ -117,10 +122,10 @@ async def test_postgresql_restart_during_a_job_loses_nothing(
     gateway: GatewayFactory,
     observer: Observer,
     smtp: SmtpServer,
-    gateway_store_url: str | None,
+    store_url: str | None,
     request: pytest.FixtureRequest,
 ) -> None:
-    if gateway_store_url is None:
+    if store_url is None:
         pytest.skip("PostgreSQL only (a SQLite file does not restart)")
     server: PostgresServer = request.getfixturevalue("postgres_server")
     smtp.script.delay = 0.01

@@ -1,6 +1,6 @@
-"""The admin commands on a PostgreSQL store (`[store] url`, here from the environment): the
-daemon runs a job, `check-config`, `status` and `purge` read the same database, and the URL's
-password appears nowhere."""
+"""The daemon on a PostgreSQL store (`[store] url`, here from the environment): the admin
+commands read the same database and the URL's password appears nowhere; a store from a newer
+gateway stops it; a PostgreSQL down for longer than `reconnect_timeout` loses no job."""
 
 from __future__ import annotations
 
@@ -14,15 +14,16 @@ from gateway.exit_codes import ExitCode
 from gateway.store_pg import PostgresStore
 from tests.conftest import GatewayFactory
 from tests.fixtures import ROOT, Observer, SmtpServer, email_job, members
+from tests.pg_fixtures import PostgresServer
 
 PASSWORD = "s3cret-pw"
 
 
 @pytest.fixture
-def gateway_store_url(pg_url: str, monkeypatch: pytest.MonkeyPatch) -> str:
+def gateway_store_toml(pg_url: str, monkeypatch: pytest.MonkeyPatch) -> str:
     # The daemon reads the URL, password included, from the environment (a secret).
     monkeypatch.setenv("PLP_TEST_STORE_URL", pg_url.replace("://plp@", f"://plp:{PASSWORD}@"))
-    return "env:PLP_TEST_STORE_URL"
+    return 'url = "env:PLP_TEST_STORE_URL"\nreconnect_timeout = 1\n'
 
 
 def plp_gateway(*args: str) -> subprocess.CompletedProcess[str]:
@@ -64,7 +65,7 @@ async def test_check_config_status_and_purge_on_postgresql(
 
 
 async def test_a_store_from_a_newer_gateway_stops_the_daemon_at_start(
-    gateway: GatewayFactory, gateway_store_url: str, pg_url: str
+    gateway: GatewayFactory, pg_url: str
 ) -> None:
     store = PostgresStore(pg_url)
     store.atomically(
@@ -77,3 +78,28 @@ async def test_a_store_from_a_newer_gateway_stops_the_daemon_at_start(
         "cannot start: the postgresql store is at schema version 7, newer than this gateway"
         " knows (1)" in proc.log()
     )
+
+
+async def test_a_job_that_arrives_while_postgresql_is_down_runs_once_it_is_back(
+    gateway: GatewayFactory,
+    observer: Observer,
+    smtp: SmtpServer,
+    postgres_server: PostgresServer,
+) -> None:
+    proc = gateway()
+    postgres_server.stop()
+    try:
+        await observer.publish_job(email_job("pg-down-1", members(3)))
+        # Past reconnect_timeout (1 s) the job fails to store: not acknowledged, the broker
+        # keeps it and hands it again to the gateway's next MQTT session, again and again.
+        proc.wait_log("store failure while handling a message on plp/jobs")
+    finally:
+        postgres_server.start()
+    proc.wait_log("store reconnected")
+    await observer.wait_job("pg-down-1", "done", timeout=60)
+    assert sorted(m.rcpts[0] for m in await smtp.await_for(lambda box: len(box) == 3)) == [
+        "member0@example.be",
+        "member1@example.be",
+        "member2@example.be",
+    ]
+    assert proc.proc is not None and proc.proc.poll() is None, "the gateway rode it out"
