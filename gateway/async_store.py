@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Generic, ParamSpec, TypeVar
 
+from .errors import StoreUnavailable
 from .store_contract import StoreContract
 from .store_tx import Call
 
@@ -101,10 +102,22 @@ class AsyncStore:
     def __init__(self, store: StoreContract) -> None:
         self.store = store
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store")
+        self._lost = asyncio.Event()
 
     async def run(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, lambda: fn(*args, **kwargs))
+        try:
+            return await loop.run_in_executor(self._executor, lambda: fn(*args, **kwargs))
+        except StoreUnavailable:
+            self._lost.set()
+            raise
+
+    async def watch(self) -> None:
+        """A daemon task: fails once a call found the store unavailable past its
+        `reconnect_timeout`. The gateway then stops (exit 1, systemd starts it again) and
+        resumes from the store at its next start; unstored jobs wait at the broker."""
+        await self._lost.wait()
+        raise StoreUnavailable("the store stayed unavailable past [store] reconnect_timeout")
 
     def close(self) -> None:
         self._executor.shutdown(wait=True)

@@ -430,6 +430,7 @@ class Gateway:
                 asyncio.create_task(self._health_loop(), name="health"),
                 asyncio.create_task(self._reports_loop(), name="reports"),
                 asyncio.create_task(self._purge_loop(), name="purge"),
+                asyncio.create_task(self.store.watch(), name="store"),
             ]
             self.watchdog.start()
             log.info(

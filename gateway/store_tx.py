@@ -30,6 +30,7 @@ class Transactions:
         self._db = db
         self._in_tx = False
         self._reconnect_timeout = reconnect_timeout
+        self._gave_up = False  # unavailable past the timeout: later calls fail fast
         self.schema_version = self._retrying(lambda: migrate(db))
 
     @property
@@ -44,8 +45,12 @@ class Transactions:
         deadline: float | None = None
         while True:
             try:
-                return fn()
+                result = fn()
+                self._gave_up = False
+                return result
             except StoreUnavailable as exc:
+                if deadline is None and self._gave_up:
+                    deadline = time.monotonic()  # one reconnect, no wait: the daemon is stopping
                 if deadline is None:
                     deadline = time.monotonic() + self._reconnect_timeout
                     log.warning(
@@ -58,18 +63,20 @@ class Transactions:
     def _reconnect(self, deadline: float, cause: StoreUnavailable) -> None:
         delay = 0.1
         while True:
-            if time.monotonic() >= deadline:
-                log.error("store still unavailable after %.0f s", self._reconnect_timeout)
-                raise cause
-            time.sleep(delay)
-            delay = min(delay * 2, 2.0)
             try:
                 self._db.reconnect()
             except StoreUnavailable as exc:
                 cause = exc
-                continue
-            log.warning("store reconnected")
-            return
+            else:
+                log.warning("store reconnected")
+                return
+            if time.monotonic() >= deadline:
+                if not self._gave_up:
+                    log.error("store still unavailable after %.0f s", self._reconnect_timeout)
+                self._gave_up = True
+                raise cause
+            time.sleep(delay)
+            delay = min(delay * 2, 2.0)
 
     def _read(self, fn: Callable[[], T]) -> T:
         """Reads outside a transaction (each statement on its own), retried on a lost link."""
