@@ -16,7 +16,7 @@ from typing import Any
 
 from .config import Config, UnreadSecret, load_config, load_config_deferring_secrets
 from .domain import Job
-from .errors import ConfigError, SchemaTooNew
+from .errors import ConfigError, SchemaTooNew, StoreError
 from .exit_codes import ExitCode
 from .logs import setup_logging
 from .secret import service_only
@@ -60,6 +60,9 @@ def cmd_run(args: argparse.Namespace) -> int:
             # Written by a newer gateway: restarting this one would not help.
             logging.getLogger("gateway").error("cannot start: %s", exc)
             return ExitCode.CONFIG
+        except StoreError as exc:  # e.g. PostgreSQL still down: systemd tries again
+            logging.getLogger("gateway").error("cannot start: %s", exc)
+            return ExitCode.FAILURE
         return await gateway.run()
 
     return asyncio.run(main())

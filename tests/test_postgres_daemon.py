@@ -1,7 +1,7 @@
 """The daemon on a PostgreSQL store (`[store] url`, here from the environment): the admin
 commands read the same database and the URL's password appears nowhere; a store from a newer
-gateway stops it; a PostgreSQL down for longer than `reconnect_timeout` stops the gateway
-(exit 1, for systemd to start it again) and loses no job."""
+gateway stops it; a PostgreSQL down for longer than `reconnect_timeout`, at start or later,
+stops the gateway (exit 1, for systemd to start it again) and loses no job."""
 
 from __future__ import annotations
 
@@ -105,3 +105,18 @@ async def test_a_job_that_arrives_while_postgresql_is_down_runs_once_it_is_back(
         "member1@example.be",
         "member2@example.be",
     ]
+
+
+def test_a_postgresql_down_at_start_fails_the_start_for_systemd_to_retry(
+    gateway: GatewayFactory, postgres_server: PostgresServer
+) -> None:
+    postgres_server.stop()
+    try:
+        proc = gateway(wait_ready=False)
+        assert proc.proc is not None and proc.proc.wait(60) == ExitCode.FAILURE
+    finally:
+        postgres_server.start()
+    log = proc.log()
+    assert "unavailable, waiting up to 1 s" in log
+    assert "cannot start: cannot connect to PostgreSQL" in log and "Traceback" not in log
+    assert PASSWORD not in log
