@@ -167,29 +167,38 @@ class PostgresDb:
     name = "postgresql"
 
     def __init__(self, url: str, password: str | None, connect_timeout: float) -> None:
-        self._url = url
-        self._password = password
-        self._timeout = connect_timeout
+        import psycopg  # here, not at module level: a SQLite gateway never loads it
+        from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+        self._psycopg = psycopg
+        self._Error = psycopg.Error
+        # What the URL does not say: a bounded connect, and keepalives so that a cut network
+        # ends a statement in about 30 s instead of the kernel's many minutes.
+        params: dict[str, Any] = {
+            "connect_timeout": max(1, int(connect_timeout)),
+            "application_name": "plp-gateway",
+            "keepalives": 1,
+            "keepalives_idle": 10,
+            "keepalives_interval": 5,
+            "keepalives_count": 3,
+            "tcp_user_timeout": 30_000,
+        }
+        if password is not None:
+            params["password"] = password
+        try:
+            params.update(conninfo_to_dict(url))
+        except psycopg.Error as exc:
+            raise StoreError(f"[store] url: {_safe(exc)}") from exc
+        self._conninfo = make_conninfo("", **params)
         self.conn: psycopg.Connection[Any] = self._connect()
 
     def _connect(self) -> psycopg.Connection[Any]:
-        import psycopg
         from psycopg.rows import dict_row
 
-        extra: dict[str, Any] = {"connect_timeout": max(1, int(self._timeout))}
-        if self._password is not None:
-            extra["password"] = self._password
         try:
-            conn = psycopg.connect(
-                self._url,
-                autocommit=True,
-                row_factory=dict_row,
-                application_name="plp-gateway",
-                **extra,
-            )
-        except psycopg.Error as exc:
+            return self._psycopg.connect(self._conninfo, autocommit=True, row_factory=dict_row)
+        except self._Error as exc:
             raise StoreUnavailable(f"cannot connect to PostgreSQL: {_safe(exc)}") from exc
-        return conn
 
     @property
     def broken(self) -> bool:
@@ -206,23 +215,19 @@ class PostgresDb:
         return StoreError(f"postgresql: {_safe(exc)}")
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> Cursor:
-        import psycopg
-
         try:
             return self.conn.execute(pg_sql(sql), _ints(params))
-        except psycopg.Error as exc:
+        except self._Error as exc:
             raise self._error(exc) from exc
 
     def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
-        import psycopg
-
         rows = [_ints(r) for r in rows]
         if not rows:
             return
         try:
             with self.conn.cursor() as cur:
                 cur.executemany(pg_sql(sql), rows)
-        except psycopg.Error as exc:
+        except self._Error as exc:
             raise self._error(exc) from exc
 
     def begin(self, durable: bool = False) -> None:
