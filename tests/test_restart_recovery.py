@@ -118,20 +118,16 @@ async def test_killed_between_receipt_and_commit_the_job_is_delivered_again(
     assert status["deliveries"] == 15_000
 
 
+@pytest.mark.parametrize("store_url", ["postgresql"], indirect=True)
 async def test_postgresql_restart_during_a_job_loses_nothing(
-    gateway: GatewayFactory,
-    observer: Observer,
-    smtp: SmtpServer,
-    store_url: str | None,
-    request: pytest.FixtureRequest,
+    gateway: GatewayFactory, observer: Observer, smtp: SmtpServer, postgres_server: PostgresServer
 ) -> None:
-    if store_url is None:
-        pytest.skip("PostgreSQL only (a SQLite file does not restart)")
-    server: PostgresServer = request.getfixturevalue("postgres_server")
+    server = postgres_server
     smtp.script.delay = 0.01
     proc = gateway()
     await observer.publish_job(email_job("pg-outage-1", members(200)))
     await smtp.await_for(lambda box: len(box) >= 30)
+    assert len(smtp.mailbox) < 200, "the job must still be running when PostgreSQL goes"
     server.restart(crash=True)  # like a crash: every connection cut, recovery at start
     proc.wait_log("store reconnected")
     # A job published after the restart is stored and run too.
