@@ -111,7 +111,9 @@ class PostgresServer:
         """A fresh, empty database; its URL."""
         name = f"t{next(self._names)}"
         with psycopg.connect(self.url("postgres"), autocommit=True) as conn:
-            conn.execute(f"CREATE DATABASE {name}")
+            # template0 accepts no connections: an autovacuum worker in template1 (after a
+            # crash restart) cannot make the copy fail with "being accessed by other users".
+            conn.execute(f"CREATE DATABASE {name} TEMPLATE template0")
         return self.url(name)
 
     def cleanup(self) -> None:
