@@ -1,6 +1,6 @@
 """The store from the event loop: every call on one dedicated thread, hot-path writes batched.
 
-`AsyncStore.run(fn, ...)` runs a `Store` method on the store's thread. `Batched` is an async
+`AsyncStore.run(fn, ...)` runs a store method on the store's thread. `Batched` is an async
 front to one set-based store method; every `Batched` of one `WriteBatch` shares its
 transactions: the claims, sends, receipts and retries that arrive while one transaction is
 being written all go into the next one.
@@ -13,7 +13,9 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Generic, ParamSpec, TypeVar
 
-from .store import Call, Store
+from .errors import StoreUnavailable
+from .store_contract import StoreContract
+from .store_tx import Call
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -80,7 +82,7 @@ class Batched(Generic[T]):
 
     `batch(calls)` runs on the store's thread with the calls (args, kwargs) gathered and
     returns one result (or exception) per call, in order: a set-based store method
-    (`Store.claim_batch`) or `functools.partial(Store.many, method)`.
+    (`StoreContract.claim_batch`) or `functools.partial(Store.many, method)`.
     """
 
     def __init__(
@@ -97,13 +99,25 @@ class Batched(Generic[T]):
 class AsyncStore:
     """Runs every store call on one dedicated thread so the event loop never waits on disk."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: StoreContract) -> None:
         self.store = store
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store")
+        self._lost = asyncio.Event()
 
     async def run(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, lambda: fn(*args, **kwargs))
+        try:
+            return await loop.run_in_executor(self._executor, lambda: fn(*args, **kwargs))
+        except StoreUnavailable:
+            self._lost.set()
+            raise
+
+    async def watch(self) -> None:
+        """A daemon task: fails once a call found the store unavailable past its
+        `reconnect_timeout`. The gateway then stops (exit 1, systemd starts it again) and
+        resumes from the store at its next start; unstored jobs wait at the broker."""
+        await self._lost.wait()
+        raise StoreUnavailable("the store stayed unavailable past [store] reconnect_timeout")
 
     def close(self) -> None:
         self._executor.shutdown(wait=True)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import sys
 import textwrap
 import time
@@ -20,7 +21,7 @@ from . import (
 )
 from .config import Config, UnreadSecret, load_config, load_config_deferring_secrets
 from .domain import Job
-from .errors import ConfigError
+from .errors import ConfigError, SchemaTooNew, StoreError
 from .exit_codes import ExitCode
 from .logs import setup_logging
 from .secret import service_only
@@ -68,7 +69,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     setup_logging(config.log.level, config.log.format)
 
     async def main() -> int:
-        return await Gateway(config, Path(args.config)).run()
+        try:
+            gateway = Gateway(config, Path(args.config))
+        except SchemaTooNew as exc:
+            # Written by a newer gateway: restarting this one would not help.
+            logging.getLogger("gateway").error("cannot start: %s", exc)
+            return ExitCode.CONFIG
+        except StoreError as exc:  # e.g. PostgreSQL still down: systemd tries again
+            logging.getLogger("gateway").error("cannot start: %s", exc)
+            return ExitCode.FAILURE
+        return await gateway.run()
 
     return asyncio.run(main())
 
@@ -88,10 +98,13 @@ def cmd_check_config(args: argparse.Namespace) -> int:
                 problem = f"{secret.reason}; `run` needs it (`check-config --strict` checks it)"
             print(f"{args.file}: {secret.key}: warning: {problem}", file=sys.stderr)
         unchecked = f", {len(unread)} secrets not checked here" if unread else ""
+    from .store import describe
+
     channels = [n for n in ("email", "sms", "voice") if getattr(config, n).enabled]
+    backend = "sqlite" if config.store.url is None else "postgresql"
     print(
-        f"{args.file}: OK (node {config.node}, channels: {', '.join(channels) or 'none'}"
-        f"{unchecked if not args.strict else ''})"
+        f"{args.file}: OK (node {config.node}, channels: {', '.join(channels) or 'none'},"
+        f" store: {backend} {describe(config.store)}{unchecked if not args.strict else ''})"
     )
     return 0
 
@@ -180,12 +193,12 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_purge(args: argparse.Namespace) -> int:
-    from .store import Store
+    from .store import open_store
 
     config, _unread = _load_without_secrets(args.config)
     days = args.older_than_days if args.older_than_days is not None else config.store.retention_days
     cutoff = time.time() - days * 86400
-    store = Store(config.store.path)
+    store = open_store(config.store)
     try:
         voice_jobs = store.voice_jobs(cutoff) if config.voice.enabled else ([], [])
         n = store.purge(cutoff)

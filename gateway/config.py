@@ -20,6 +20,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -31,7 +32,7 @@ from .channel import RetryPolicy
 from .errors import ConfigError
 from .homeassistant import HomeAssistantConfig, node_id_problem
 from .metrics import MetricsConfig
-from .secret import Secret, defer_secrets, deferred_secrets
+from .secret import Secret, defer_secrets, deferred_secrets, unresolved
 from .security_config import SecurityConfig as _SecurityConfig
 
 
@@ -85,8 +86,25 @@ class MqttConfig(Section):
 
 class StoreConfig(Section):
     path: Path = Path("/var/lib/plp-gateway/gateway.sqlite3")
+    # PostgreSQL instead of the SQLite file: "postgresql://user@host:5432/db?sslmode=verify-full"
+    # (a secret: literal, env: or file:, it may hold the password).
+    url: Secret | None = None
+    password: Secret | None = None  # PostgreSQL's password, when not in the URL
+    connect_timeout: float = Field(10.0, gt=0, description="seconds to open a connection")
+    reconnect_timeout: float = Field(
+        60.0, gt=0, description="seconds store calls wait for a lost PostgreSQL to come back"
+    )
     retention_days: float = Field(30, gt=0)
     purge_interval: float = Field(3600, gt=0)
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str | None, info: ValidationInfo) -> str | None:
+        if v is None or unresolved(v, info):
+            return v
+        if not v.startswith(("postgresql://", "postgres://")):
+            raise ValueError("must be a postgresql:// URL (SQLite is [store] path)")
+        return v
 
 
 class JobsConfig(Section):

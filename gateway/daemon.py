@@ -32,7 +32,7 @@ from .sdnotify import Notifier, Watchdog
 from .signing import Verifier
 from .status import StatusPublisher, Topics, dumps, iso
 from .status_page import StatusPage
-from .store import Store
+from .store import open_store
 
 log = logging.getLogger("gateway.daemon")
 
@@ -75,7 +75,7 @@ class Gateway:
         self._reload_requested = asyncio.Event()
         self._health_changed = asyncio.Event()
         self.reports: Reports = asyncio.Queue()
-        self.store = AsyncStore(Store(config.store.path))
+        self.store = AsyncStore(open_store(config.store))
         self.link = MqttLink(
             config.mqtt,
             config.client_id,
@@ -452,6 +452,7 @@ class Gateway:
                 asyncio.create_task(self._health_loop(), name="health"),
                 asyncio.create_task(self._reports_loop(), name="reports"),
                 asyncio.create_task(self._purge_loop(), name="purge"),
+                asyncio.create_task(self.store.watch(), name="store"),
             ]
             self.watchdog.start()
             log.info(

@@ -99,9 +99,9 @@ def start_voice(workdir: Path) -> tuple[SimulatorProcess, str]:
 def voice_summary(config_path: Path, job_id: str) -> None:
     """Who acknowledged the call by pressing 1 (masked numbers, as on MQTT)."""
     from .privacy import mask_phone
-    from .store import Store
+    from .store import open_store
 
-    store = Store(load_config(config_path).store.path)
+    store = open_store(load_config(config_path).store)
     try:
         rows = [d for d in store.deliveries(job_id) if d.channel == "voice"]
     finally:

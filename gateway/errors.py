@@ -62,3 +62,13 @@ class StoreError(GatewayError):
 class InvalidJobId(GatewayError, ValueError):
     """A job id that breaks the id rule (gateway.job_id) reached a place that builds a topic
     or a path from it."""
+
+
+class StoreUnavailable(StoreError, ConnectionError):
+    """The store's server cannot be reached (PostgreSQL restarting, network cut): the store
+    reconnects and runs the transaction again, for `[store] reconnect_timeout` at most."""
+
+
+class SchemaTooNew(StoreError):
+    """The store was written by a newer gateway (a higher schema version): refused, never
+    downgraded."""

@@ -14,11 +14,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from .config import Config
+from .errors import StoreError
 from .outcomes import Delivery, MemberCounts, MemberOutcome, member_counts, members
-from .reasons import describe
+from .reasons import describe as describe_reason
 from .rows import JobRow
 from .status import iso
-from .store import Store
+from .store import describe, open_store
+from .store_contract import StoreContract
 
 
 @dataclass(frozen=True)
@@ -28,7 +30,7 @@ class JobReport:
     counts: MemberCounts
 
 
-def read_report(store: Store, job_id: str) -> JobReport | None:
+def read_report(store: StoreContract, job_id: str) -> JobReport | None:
     row = store.job_row(job_id)
     if row is None:
         return None
@@ -58,7 +60,7 @@ def render_csv(report: JobReport, lang: str = "en") -> str:
                     d.state.value,
                     d.attempts,
                     d.reason or "",
-                    describe(d.reason, lang),
+                    describe_reason(d.reason, lang),
                     iso(d.time) or "",
                     m.status.value,
                     m.reached_by.channel if m.reached_by else "",
@@ -68,11 +70,16 @@ def render_csv(report: JobReport, lang: str = "en") -> str:
     return out.getvalue()
 
 
-def _open_store(config: Config) -> Store | None:
-    if not config.store.path.exists():
-        print(f"no store at {config.store.path}", file=sys.stderr)
+def _open_store(config: Config) -> StoreContract | None:
+    where = describe(config.store)
+    if config.store.url is None and not config.store.path.exists():
+        print(f"no store at {where}", file=sys.stderr)
         return None
-    return Store(config.store.path)
+    try:
+        return open_store(config.store)
+    except StoreError as exc:
+        print(f"cannot open the store at {where}: {exc}", file=sys.stderr)
+        return None
 
 
 def write_report(
@@ -89,7 +96,7 @@ def write_report(
     finally:
         store.close()
     if report is None:
-        print(f"no job {job_id} in {config.store.path}", file=sys.stderr)
+        print(f"no job {job_id} in {describe(config.store)}", file=sys.stderr)
         return 1
     text = render_html(report, lang) if fmt == "html" else render_csv(report, lang)
     if output is None:
@@ -102,14 +109,19 @@ def write_report(
 
 
 def print_report(config: Config, job_id: str, *, as_json: bool = False) -> int:
-    if not config.store.path.exists():
-        print(f"no store at {config.store.path}")
+    where = describe(config.store)
+    if config.store.url is None and not config.store.path.exists():
+        print(f"no store at {where}")
         return 2
-    store = Store(config.store.path)
+    try:
+        store = open_store(config.store)
+    except StoreError as exc:
+        print(f"cannot open the store at {where}: {exc}")
+        return 2
     try:
         row = store.job_row(job_id)
         if row is None:
-            print(f"no job {job_id} in {config.store.path}")
+            print(f"no job {job_id} in {where}")
             return 1
         rows = store.deliveries(job_id)
         counts = store.counts(job_id)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import sqlite3
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import Enum
@@ -16,6 +15,7 @@ from typing import Any
 
 from .domain import DeliveryState, Job, JobState, Priority, Recipient
 from .numbers import NUMBER_NOT_ALLOWED
+from .store_db import Row
 
 
 class AddResult(Enum):
@@ -65,7 +65,7 @@ class Change:
     job_finished: JobState | None = None
 
 
-def row_to_delivery(r: sqlite3.Row, **changes: Any) -> DeliveryRow:
+def row_to_delivery(r: Row, **changes: Any) -> DeliveryRow:
     """The row as a record; `changes` (field -> value) replace what the row says, for a row
     read just before an UPDATE that set them."""
     fields: dict[str, Any] = {
@@ -115,7 +115,7 @@ def updated_row(
     return dataclasses.replace(d, **changes)
 
 
-def row_to_job(r: sqlite3.Row) -> JobRow:
+def row_to_job(r: Row) -> JobRow:
     return JobRow(
         id=r["id"],
         priority=Priority(r["priority"]),
@@ -147,7 +147,7 @@ def job_to_body(job: Job) -> str:
     )
 
 
-def job_from_row(r: sqlite3.Row) -> Job:
+def job_from_row(r: Row) -> Job:
     # A recipient is 7 fields, and an 8th (the refused phone channels) only when there are any.
     body = json.loads(r["body"])
     return Job(

@@ -30,7 +30,7 @@ from .reasons import LANGS
 from .report import read_report
 from .report_html import CSS, local_time, render_html
 from .status import iso
-from .store import Store
+from .store_contract import StoreContract
 
 log = logging.getLogger("gateway.status_page")
 
@@ -112,7 +112,7 @@ class StatusPage:
         }
 
 
-def _recent_jobs(store: Store, limit: int) -> list[dict[str, Any]]:
+def _recent_jobs(store: StoreContract, limit: int) -> list[dict[str, Any]]:
     out = []
     for row in store.recent_jobs(limit):
         out.append(

@@ -1,417 +1,77 @@
-"""Durable state in SQLite (WAL): jobs, deliveries, provider ids, receipts.
+"""The durable state: jobs, deliveries, provider ids, receipts, in SQLite or PostgreSQL.
 
-Everything needed to resume after a crash is here. Methods are synchronous and must be
-called from one thread (`gateway.async_store.AsyncStore` runs them on a dedicated worker
-thread); the records they return are in `gateway.rows`. A job is
-committed with `synchronous=FULL` (it survives power loss before the broker gets its ack);
-delivery transitions use `NORMAL`, which survives a killed process.
+Everything needed to resume after a crash is here. `SqlStore` holds the store's logic, once,
+for both engines (`gateway.store_db` is the seam where they differ); `SqliteStore` (the
+default, one node, a WAL file at `[store] path`) and `gateway.store_pg.PostgresStore`
+(`[store] url`) only open their connection. `open_store` picks one from the configuration;
+`gateway.store_contract.StoreContract` names what the rest of the gateway may call.
+
+Methods are synchronous and must be called from one thread (`gateway.async_store.AsyncStore`
+runs them on a dedicated worker thread); the records they return are in `gateway.rows`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import sqlite3
 import time
-from collections.abc import Callable, Mapping, Sequence
-from datetime import UTC, datetime
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 from . import store_batches
 from .domain import (
     FINAL_DELIVERY_STATES,
     DeliveryState,
-    Job,
     JobState,
-    Priority,
-    Recipient,
     can_transition,
 )
 from .errors import StoreError
-from .privacy import mask_address
 from .rows import (
     AddResult,
     Change,
     DeliveryRow,
     JobRow,
-    address_for,
-    job_from_row,
-    job_to_body,
     row_to_delivery,
-    row_to_job,
     updated_row,
 )
-from .security_config import MAX_REPLAY_WINDOW
-from .signing import SeenNonce
+from .secret import is_reference
+from .store_db import SqliteDb
+from .store_jobs import PENDING, Jobs
+from .store_retention import TOMBSTONE_SECONDS
+from .store_tx import Call
 
-T = TypeVar("T")
-#: One call of a store method: (positional arguments, keyword arguments).
-Call = tuple[tuple[Any, ...], dict[str, Any]]
+if TYPE_CHECKING:
+    from .config import StoreConfig
 
-__all__ = ["AddResult", "Change", "DeliveryRow", "JobRow", "Store"]
-
-SCHEMA_VERSION = 1
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS jobs (
-    id TEXT PRIMARY KEY,
-    content_hash TEXT NOT NULL,
-    priority INTEGER NOT NULL,
-    test INTEGER NOT NULL,
-    state TEXT NOT NULL,
-    body TEXT NOT NULL,
-    created_at REAL NOT NULL,
-    updated_at REAL NOT NULL,
-    expires_at REAL NOT NULL,
-    finished_at REAL,
-    reason TEXT
-);
-CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state);
-CREATE TABLE IF NOT EXISTS deliveries (
-    id INTEGER PRIMARY KEY,
-    job_id TEXT NOT NULL REFERENCES jobs(id) ON DELETE CASCADE,
-    rindex INTEGER NOT NULL,
-    ref TEXT NOT NULL,
-    channel TEXT NOT NULL,
-    address TEXT,
-    masked TEXT NOT NULL,
-    lang TEXT NOT NULL,
-    state TEXT NOT NULL,
-    attempts INTEGER NOT NULL DEFAULT 0,
-    next_attempt_at REAL,
-    last_error TEXT,
-    detail TEXT,
-    provider_ids TEXT NOT NULL DEFAULT '[]',
-    possibly_sent INTEGER NOT NULL DEFAULT 0,
-    fallback_of INTEGER,
-    created_at REAL NOT NULL,
-    updated_at REAL NOT NULL,
-    UNIQUE (job_id, rindex, channel)
-);
-CREATE INDEX IF NOT EXISTS deliveries_job_state ON deliveries(job_id, state);
-CREATE INDEX IF NOT EXISTS deliveries_address ON deliveries(address);
-CREATE TABLE IF NOT EXISTS provider_ids (
-    channel TEXT NOT NULL,
-    provider_id TEXT NOT NULL,
-    delivery_id INTEGER NOT NULL REFERENCES deliveries(id) ON DELETE CASCADE,
-    state TEXT,
-    reason TEXT,
-    PRIMARY KEY (channel, provider_id)
-);
-CREATE INDEX IF NOT EXISTS provider_ids_delivery ON provider_ids(delivery_id);
--- What proves a job or a signature was seen, kept past purge for the replay window:
--- a nonce until the end of its window, a purged job's id and content hash (no personal data)
--- for TOMBSTONE_SECONDS.
-CREATE TABLE IF NOT EXISTS seen_nonces (
-    kid TEXT NOT NULL,
-    nonce TEXT NOT NULL,
-    expires_at REAL NOT NULL,
-    PRIMARY KEY (kid, nonce)
-);
-CREATE TABLE IF NOT EXISTS purged_jobs (
-    id TEXT PRIMARY KEY,
-    content_hash TEXT NOT NULL,
-    purged_at REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS retained_clears (
-    job_id TEXT PRIMARY KEY,
-    clear_after REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS orphan_receipts (
-    channel TEXT NOT NULL,
-    provider_id TEXT NOT NULL,
-    state TEXT NOT NULL,
-    reason TEXT,
-    received_at REAL NOT NULL,
-    PRIMARY KEY (channel, provider_id)
-);
-"""
-
-#: How long a purged job's id is remembered: the longest replay window a config may set, so a
-#: replay of a purged job is a duplicate whatever the window (and across reloads).
-TOMBSTONE_SECONDS = MAX_REPLAY_WINDOW
+__all__ = [
+    "TOMBSTONE_SECONDS",
+    "AddResult",
+    "Call",
+    "Change",
+    "DeliveryRow",
+    "JobRow",
+    "SqlStore",
+    "SqliteStore",
+    "Store",
+    "open_store",
+]
 
 #: The store and its `-wal`/`-shm` hold personal data: the service user only, whatever the
 #: umask (SQLite gives the companions the mode of the database file).
 FILE_MODE = 0o600
-_PURGEABLE = (
-    "state IN ('done','cancelled','expired','rejected')"
-    " AND finished_at IS NOT NULL AND finished_at < ?"
-)
 
-_PENDING = ("queued", "sending", "retrying")
 _OPEN = ("queued", "sending", "retrying", "sent")
 
+log = logging.getLogger(__name__)
 
-class Store:
-    def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._in_tx = False
-        try:
-            _private(path)
-            self._db = sqlite3.connect(
-                str(path), isolation_level=None, check_same_thread=False, timeout=30
-            )
-        except sqlite3.Error as exc:
-            raise StoreError(f"cannot open store {path}: {exc}") from exc
-        self._db.row_factory = sqlite3.Row
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute("PRAGMA foreign_keys=ON")
-        # Deleted rows (purged personal data) are overwritten with zeros, not left in free
-        # pages; the cost is a write of each freed page, only on delete.
-        self._db.execute("PRAGMA secure_delete=ON")
-        self._db.executescript(_SCHEMA)
-        self._db.execute(
-            "INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', ?)",
-            (str(SCHEMA_VERSION),),
-        )
-        for companion in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
-            with contextlib.suppress(FileNotFoundError):  # made 0644 by an older version
-                companion.chmod(FILE_MODE)
 
-    def close(self) -> None:
-        self._db.close()
-
-    # -- transactions ---------------------------------------------------------------
-    def _tx(self, fn: Callable[[], Any], durable: bool = False) -> Any:
-        if self._in_tx:  # part of a `many()` batch: its transaction commits everything
-            return fn()
-        if durable:
-            self._db.execute("PRAGMA synchronous=FULL")
-        try:
-            self._db.execute("BEGIN IMMEDIATE")
-            self._in_tx = True
-            try:
-                result = fn()
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            finally:
-                self._in_tx = False
-            self._db.execute("COMMIT")
-            return result
-        finally:
-            if durable:
-                self._db.execute("PRAGMA synchronous=NORMAL")
-
-    def atomically(self, fn: Callable[[], T]) -> T:
-        """`fn()` in one transaction: the store methods it calls commit together."""
-        result: T = self._tx(fn)
-        return result
-
-    def many(self, fn: Callable[..., T], calls: Sequence[Call]) -> list[T | Exception]:
-        """`fn(*args, **kwargs)` for each call, in one transaction (one commit for all).
-
-        Each call runs in its own savepoint: one that raises is undone alone and its
-        exception is returned in its place.
-        """
-
-        def work() -> list[T | Exception]:
-            out: list[T | Exception] = []
-            for args, kwargs in calls:
-                self._db.execute("SAVEPOINT one")
-                try:
-                    out.append(fn(*args, **kwargs))
-                except Exception as exc:
-                    self._db.execute("ROLLBACK TO one")
-                    out.append(exc)
-                self._db.execute("RELEASE one")
-            return out
-
-        result: list[T | Exception] = self._tx(work)
-        return result
-
-    # -- jobs ---------------------------------------------------------------------------
-    def add_job(
-        self,
-        job: Job,
-        content_hash: str,
-        enabled_channels: frozenset[str],
-        now: float | None = None,
-    ) -> tuple[AddResult, list[DeliveryRow]]:
-        """Store a job and its deliveries in one durable transaction."""
-        now = now or time.time()
-
-        def work() -> tuple[AddResult, list[DeliveryRow]]:
-            existing = self._db.execute(
-                "SELECT content_hash FROM jobs WHERE id = ?", (job.id,)
-            ).fetchone() or self._tombstone(job.id)
-            if existing is not None:
-                same = existing["content_hash"] == content_hash
-                return (AddResult.DUPLICATE if same else AddResult.CONFLICT), []
-            self._db.execute(
-                "INSERT INTO jobs(id, content_hash, priority, test, state, body, created_at,"
-                " updated_at, expires_at) VALUES (?,?,?,?,?,?,?,?,?)",
-                (
-                    job.id,
-                    content_hash,
-                    int(job.priority),
-                    int(job.test),
-                    JobState.ACCEPTED.value,
-                    job_to_body(job),
-                    now,
-                    now,
-                    job.expires_at.timestamp(),
-                ),
-            )
-            rows = []
-            for r in job.recipients:
-                for channel in r.channels:
-                    rows.append(self._insert_delivery(job.id, r, channel, enabled_channels, now))
-            return AddResult.NEW, rows
-
-        result: tuple[AddResult, list[DeliveryRow]] = self._tx(work, durable=True)
-        return result
-
-    def _insert_delivery(
-        self,
-        job_id: str,
-        r: Recipient,
-        channel: str,
-        enabled: frozenset[str],
-        now: float,
-        fallback_of: int | None = None,
-    ) -> DeliveryRow:
-        address, problem = address_for(r, channel)
-        if problem is None and channel not in enabled:
-            problem = "channel_disabled"
-        state = DeliveryState.QUEUED if problem is None else DeliveryState.FAILED
-        masked = mask_address(address) if address else "-"
-        cur = self._db.execute(
-            "INSERT INTO deliveries(job_id, rindex, ref, channel, address, masked, lang, state,"
-            " last_error, fallback_of, created_at, updated_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
-            (
-                job_id,
-                r.index,
-                r.ref,
-                channel,
-                address,
-                masked,
-                r.lang,
-                state.value,
-                problem,
-                fallback_of,
-                now,
-                now,
-            ),
-        )
-        row = self._db.execute("SELECT * FROM deliveries WHERE id = ?", (cur.lastrowid,)).fetchone()
-        return row_to_delivery(row)
-
-    def add_fallback(
-        self, delivery_id: int, channel: str, enabled: frozenset[str]
-    ) -> DeliveryRow | None:
-        """A new delivery on `channel` for the member of a failed delivery, unless one exists."""
-
-        def work() -> DeliveryRow | None:
-            d = self._delivery(delivery_id)
-            exists = self._db.execute(
-                "SELECT 1 FROM deliveries WHERE job_id=? AND rindex=? AND channel=?",
-                (d.job_id, d.rindex, channel),
-            ).fetchone()
-            acked = self._db.execute(
-                "SELECT 1 FROM deliveries WHERE job_id=? AND rindex=? AND state='acknowledged'",
-                (d.job_id, d.rindex),
-            ).fetchone()
-            if exists or acked:
-                return None
-            job = self.job(d.job_id)
-            if job is None:
-                return None
-            row = self._insert_delivery(
-                d.job_id, job.recipients[d.rindex], channel, enabled, time.time(), delivery_id
-            )
-            self._db.execute(
-                "UPDATE jobs SET state='running', finished_at=NULL WHERE id=? AND state='done'",
-                (d.job_id,),
-            )
-            return row
-
-        result: DeliveryRow | None = self._tx(work)
-        return result
-
-    def job(self, job_id: str) -> Job | None:
-        r = self._db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
-        return job_from_row(r) if r is not None else None
-
-    def job_row(self, job_id: str) -> JobRow | None:
-        r = self._db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
-        return row_to_job(r) if r is not None else None
-
-    def active_jobs(self) -> list[JobRow]:
-        rows = self._db.execute(
-            "SELECT * FROM jobs WHERE state IN ('accepted', 'running') ORDER BY created_at"
-        ).fetchall()
-        return [row_to_job(r) for r in rows]
-
-    def set_job_state(self, job_id: str, state: JobState, reason: str | None = None) -> bool:
-        now = time.time()
-        cur = self._db.execute(
-            "UPDATE jobs SET state=?, updated_at=?, reason=COALESCE(?, reason),"
-            " finished_at=CASE WHEN ? THEN ? ELSE finished_at END"
-            " WHERE id=? AND state NOT IN ('done','cancelled','expired','rejected')",
-            (state.value, now, reason, state.final, now, job_id),
-        )
-        return cur.rowcount > 0
-
-    def counts(self, job_id: str) -> dict[str, dict[str, int]]:
-        out: dict[str, dict[str, int]] = {}
-        for r in self._db.execute(
-            "SELECT channel, state, count(*) AS n FROM deliveries WHERE job_id=?"
-            " GROUP BY channel, state",
-            (job_id,),
-        ):
-            out.setdefault(r["channel"], {})[r["state"]] = r["n"]
-        return out
-
-    def job_with_counts(self, job_id: str) -> tuple[JobRow, dict[str, dict[str, int]]] | None:
-        """The job and its delivery counts per channel and state (one trip for a status)."""
-        row = self.job_row(job_id)
-        return None if row is None else (row, self.counts(job_id))
-
-    def member_state_sets(self, job_id: str) -> list[tuple[frozenset[DeliveryState], int]]:
-        """How many members have each set of delivery states (gateway.outcomes counts them):
-        grouped here, as a 100,000-member job would be 300,000 rows to Python."""
-        rows = self._db.execute(
-            "SELECT states, count(*) AS n FROM (SELECT group_concat(DISTINCT state) AS states"
-            " FROM deliveries WHERE job_id=? GROUP BY rindex) GROUP BY states",
-            (job_id,),
-        )
-        return [(frozenset(map(DeliveryState, r["states"].split(","))), r["n"]) for r in rows]
-
-    def recent_jobs(self, limit: int) -> list[JobRow]:
-        """The latest jobs, newest first (the status page)."""
-        rows = self._db.execute(
-            "SELECT * FROM jobs ORDER BY created_at DESC LIMIT ?", (limit,)
-        ).fetchall()
-        return [row_to_job(r) for r in rows]
-
-    def deliveries(self, job_id: str) -> list[DeliveryRow]:
-        rows = self._db.execute(
-            "SELECT * FROM deliveries WHERE job_id=? ORDER BY rindex, channel", (job_id,)
-        ).fetchall()
-        return [row_to_delivery(r) for r in rows]
-
-    def pending_deliveries(self) -> list[tuple[DeliveryRow, Priority]]:
-        """Every delivery still owed an attempt, for the scheduler after a (re)start."""
-        rows = self._db.execute(
-            "SELECT d.*, j.priority AS jprio FROM deliveries d JOIN jobs j ON j.id = d.job_id"
-            " WHERE d.state IN ('queued','sending','retrying')"
-            " AND j.state IN ('accepted','running') ORDER BY d.id"
-        ).fetchall()
-        return [(row_to_delivery(r), Priority(r["jprio"])) for r in rows]
-
-    # -- delivery transitions ---------------------------------------------------------
-    def _delivery(self, delivery_id: int) -> DeliveryRow:
-        r = self._db.execute("SELECT * FROM deliveries WHERE id=?", (delivery_id,)).fetchone()
-        if r is None:
-            raise StoreError(f"no delivery {delivery_id}")
-        return row_to_delivery(r)
-
-    def delivery(self, delivery_id: int) -> DeliveryRow:
-        return self._delivery(delivery_id)
+class SqlStore(Jobs):
+    """The store's logic on a `gateway.store_db.Db`, whichever engine is behind it: here
+    deliveries' transitions, the hot path's batches and receipts; jobs in `Jobs`
+    (gateway.store_jobs), purge and replay proofs in `Retention`, transactions below."""
 
     def _update(self, d: DeliveryRow, new: DeliveryState, now: float, **fields: Any) -> Change:
         sets = ["state=?", "updated_at=?"]
@@ -537,31 +197,6 @@ class Store:
         result: list[DeliveryRow] = self._tx(work)
         return result
 
-    def close_job(
-        self, job_id: str, state: JobState, delivery_state: DeliveryState, reason: str
-    ) -> list[Change]:
-        """Cancel or expire a job: every pending delivery gets `delivery_state`."""
-        now = time.time()
-
-        def work() -> list[Change]:
-            rows = self._db.execute(
-                "SELECT * FROM deliveries WHERE job_id=? AND state IN (?,?,?)",
-                (job_id, *_PENDING),
-            ).fetchall()
-            changes = []
-            for r in rows:
-                d = row_to_delivery(r)
-                self._db.execute(
-                    "UPDATE deliveries SET state=?, updated_at=?, last_error=? WHERE id=?",
-                    (delivery_state.value, now, reason, d.id),
-                )
-                changes.append(Change(self._delivery(d.id), d.state, None))
-            self.set_job_state(job_id, state, reason)
-            return changes
-
-        result: list[Change] = self._tx(work)
-        return result
-
     def acknowledge_member(self, job_id: str, rindex: int, except_id: int) -> list[Change]:
         """One state per member: an acknowledgement cancels their other pending deliveries."""
         now = time.time()
@@ -570,7 +205,7 @@ class Store:
             rows = self._db.execute(
                 "SELECT * FROM deliveries WHERE job_id=? AND rindex=? AND id<>?"
                 " AND state IN (?,?,?)",
-                (job_id, rindex, except_id, *_PENDING),
+                (job_id, rindex, except_id, *PENDING),
             ).fetchall()
             out = []
             for r in rows:
@@ -633,132 +268,78 @@ class Store:
             return None  # other parts still owe their receipt, or it is settled already
         return self._update(d, new, now, last_error=reason if new is DeliveryState.FAILED else None)
 
-    def purge_orphan_receipts(self, older_than: float) -> int:
-        cur = self._db.execute("DELETE FROM orphan_receipts WHERE received_at < ?", (older_than,))
-        return cur.rowcount
-
     def find_member_by_phone(self, phone: str, since: float) -> list[DeliveryRow]:
         """Recent deliveries to a phone number, newest first (to match an SMS reply)."""
-        rows = self._db.execute(
-            "SELECT * FROM deliveries WHERE address=? AND channel IN ('sms','voice')"
-            " AND updated_at >= ? ORDER BY updated_at DESC",
-            (phone, since),
-        ).fetchall()
+        rows = self._read(
+            lambda: self._db.execute(
+                "SELECT * FROM deliveries WHERE address=? AND channel IN ('sms','voice')"
+                " AND updated_at >= ? ORDER BY updated_at DESC",
+                (phone, since),
+            ).fetchall()
+        )
         return [row_to_delivery(r) for r in rows]
 
-    # -- retention ----------------------------------------------------------------------
-    def _queue_retained_clears(self, finished_before: float) -> None:
-        self._db.execute(
-            f"INSERT OR REPLACE INTO retained_clears SELECT id, 0 FROM jobs WHERE {_PURGEABLE}",  # noqa: S608
-            (finished_before,),
-        )
 
-    def note_rejected(self, job_ids: Sequence[str], clear_after: float) -> None:
-        """Statuses published for rejected jobs (not stored): cleared after `clear_after`."""
-        self._tx(
-            lambda: self._db.executemany(
-                "INSERT OR REPLACE INTO retained_clears(job_id, clear_after) VALUES (?, ?)",
-                [(job_id, clear_after) for job_id in job_ids],
+class SqliteStore(SqlStore):
+    """The embedded default: one SQLite file in WAL mode, for one node."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            _private(path)
+            conn = sqlite3.connect(
+                str(path), isolation_level=None, check_same_thread=False, timeout=30
             )
-        )
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open store {path}: {exc}") from exc
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        conn.execute("PRAGMA foreign_keys=ON")
+        # Deleted rows (purged personal data) are overwritten with zeros, not left in free
+        # pages; the cost is a write of each freed page, only on delete.
+        conn.execute("PRAGMA secure_delete=ON")
+        super().__init__(SqliteDb(conn))
+        for companion in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
+            with contextlib.suppress(FileNotFoundError):  # made 0644 by an older version
+                companion.chmod(FILE_MODE)
 
-    def due_retained_clears(self, now: float, limit: int = 1000) -> list[str]:
-        """Job ids whose retained status must be cleared now. A rejected id accepted later
-        (a corrected job) is not: its status is the job's own until it is purged."""
 
-        def work() -> list[str]:
-            self._db.execute("DELETE FROM retained_clears WHERE job_id IN (SELECT id FROM jobs)")
-            rows = self._db.execute(
-                "SELECT job_id FROM retained_clears WHERE clear_after <= ? LIMIT ?",
-                (now, limit),
-            ).fetchall()
-            return [r["job_id"] for r in rows]
+#: The SQLite store under its historical name (tests and tools that open a file).
+Store = SqliteStore
 
-        result: list[str] = self._tx(work)
-        return result
 
-    def retained_cleared(self, job_ids: Sequence[str]) -> None:
-        self._tx(
-            lambda: self._db.executemany(
-                "DELETE FROM retained_clears WHERE job_id = ?", [(i,) for i in job_ids]
-            )
-        )
+def open_store(config: StoreConfig) -> SqlStore:
+    """PostgreSQL when `[store] url` is set, else the SQLite file at `[store] path`."""
+    store = SqliteStore(config.path) if config.url is None else _postgres(config)
+    log.info(
+        "store: %s %s, schema version %d", store.backend, describe(config), store.schema_version
+    )
+    return store
 
-    def voice_jobs(self, finished_before: float) -> tuple[list[Job], list[Job]]:
-        """Jobs with voice deliveries: (those `purge(finished_before)` will delete, those
-        still running), to remove the audio of the first but not what the second use."""
-        with_voice = "id IN (SELECT job_id FROM deliveries WHERE channel = 'voice')"
-        purged = self._db.execute(
-            f"SELECT * FROM jobs WHERE {_PURGEABLE} AND {with_voice}",  # noqa: S608
-            (finished_before,),
-        ).fetchall()
-        if not purged:
-            return [], []  # the usual run: no running job's body read for nothing
-        running = self._db.execute(
-            f"SELECT * FROM jobs WHERE state IN ('accepted', 'running') AND {with_voice}"  # noqa: S608
-        ).fetchall()
-        return [job_from_row(r) for r in purged], [job_from_row(r) for r in running]
 
-    def purge(self, finished_before: float) -> int:
-        """Delete finished jobs (and with them every personal datum) older than the cutoff."""
+def _postgres(config: StoreConfig) -> SqlStore:
+    from .store_pg import PostgresStore
 
-        def work() -> int:
-            self._bury(finished_before)
-            # Each purged job's retained status goes from the broker too (the daemon clears it).
-            self._queue_retained_clears(finished_before)
-            cur = self._db.execute(
-                f"DELETE FROM jobs WHERE {_PURGEABLE}",  # noqa: S608
-                (finished_before,),
-            )
-            self.purge_orphan_receipts(finished_before)
-            self._forget_expired_proofs()
-            return cur.rowcount
+    for name, value in (("url", config.url), ("password", config.password)):
+        if value is not None and is_reference(value):
+            # An admin command outside the service (a systemd credential is not readable).
+            raise StoreError(f"[store] {name} is a secret this command cannot read ({value})")
+    assert config.url is not None
+    return PostgresStore(
+        config.url,
+        password=config.password,
+        connect_timeout=config.connect_timeout,
+        reconnect_timeout=config.reconnect_timeout,
+    )
 
-        result: int = self._tx(work)
-        if result:
-            # Copy the zeroed pages into the database and empty the WAL, whose old frames
-            # still hold the deleted rows.
-            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        return result
 
-    # -- proofs of what was seen (replays) -------------------------------------------------
-    def remember_nonces(self, seen: Sequence[SeenNonce]) -> None:
-        """Keep accepted signature nonces until their window ends (they outlive a restart)."""
-        self._tx(
-            lambda: self._db.executemany(
-                "INSERT OR REPLACE INTO seen_nonces(kid, nonce, expires_at) VALUES (?,?,?)",
-                [(s.kid, s.nonce, s.expires_at.timestamp()) for s in seen],
-            )
-        )
+def describe(config: StoreConfig) -> str:
+    """Where the store is, for messages: the file, or the URL without its password."""
+    if config.url is None:
+        return str(config.path)
+    from .store_pg import safe_url
 
-    def seen_nonces(self) -> list[SeenNonce]:
-        """The nonces whose window has not ended, for the verifier at start."""
-        rows = self._db.execute(
-            "SELECT kid, nonce, expires_at FROM seen_nonces WHERE expires_at >= ?", (time.time(),)
-        ).fetchall()
-        return [
-            SeenNonce(r["kid"], r["nonce"], datetime.fromtimestamp(r["expires_at"], UTC))
-            for r in rows
-        ]
-
-    def _tombstone(self, job_id: str) -> sqlite3.Row | None:
-        row: sqlite3.Row | None = self._db.execute(
-            "SELECT content_hash FROM purged_jobs WHERE id = ?", (job_id,)
-        ).fetchone()
-        return row
-
-    def _bury(self, finished_before: float) -> None:
-        """Before purging: remember the id and content hash of each job about to go."""
-        self._db.execute(
-            "INSERT OR REPLACE INTO purged_jobs(id, content_hash, purged_at)"  # noqa: S608
-            f" SELECT id, content_hash, ? FROM jobs WHERE {_PURGEABLE}",
-            (time.time(), finished_before),
-        )
-
-    def _forget_expired_proofs(self) -> None:
-        now = time.time()
-        self._db.execute("DELETE FROM seen_nonces WHERE expires_at < ?", (now,))
-        self._db.execute("DELETE FROM purged_jobs WHERE purged_at < ?", (now - TOMBSTONE_SECONDS,))
+    return safe_url(config.url)
 
 
 def _private(path: Path) -> None:

@@ -12,13 +12,13 @@ cannot merge).
 from __future__ import annotations
 
 import json
-import sqlite3
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
 from .domain import FINAL_DELIVERY_STATES, DeliveryState, JobState, can_transition
 from .errors import StoreError
 from .rows import Change, row_to_delivery
+from .store_db import Db, Row
 
 _CHUNK = 500  # bound variables per IN (...) list, far under SQLite's limit
 _CLAIMABLE = ("queued", "retrying")
@@ -44,9 +44,9 @@ def _marks(n: int) -> str:
     return ",".join("?" * n)
 
 
-def rows_by_id(db: sqlite3.Connection, ids: Iterable[int]) -> dict[int, sqlite3.Row]:
+def rows_by_id(db: Db, ids: Iterable[int]) -> dict[int, Row]:
     unique = list(dict.fromkeys(ids))
-    out: dict[int, sqlite3.Row] = {}
+    out: dict[int, Row] = {}
     for chunk in _chunks(unique):
         for r in db.execute(
             f"SELECT * FROM deliveries WHERE id IN ({_marks(len(chunk))})",  # noqa: S608
@@ -56,7 +56,7 @@ def rows_by_id(db: sqlite3.Connection, ids: Iterable[int]) -> dict[int, sqlite3.
     return out
 
 
-def _mark_running(db: sqlite3.Connection, job_ids: set[str], now: float) -> None:
+def _mark_running(db: Db, job_ids: set[str], now: float) -> None:
     for job_id in job_ids:
         db.execute(
             "UPDATE jobs SET state='running', updated_at=? WHERE id=? AND state='accepted'",
@@ -80,9 +80,7 @@ def _finish_jobs(out: list[Any], last: dict[str, int], finish: FinishJob, now: f
             out[i] = (known, Change(change.delivery, change.old_state, finished))
 
 
-def claim(
-    db: sqlite3.Connection, ids: Sequence[int], now: float
-) -> list[Change | Exception | None]:
+def claim(db: Db, ids: Sequence[int], now: float) -> list[Change | Exception | None]:
     """queued/retrying -> sending for each id, counting the attempt; None when it is no
     longer pending (claimed already, cancelled...)."""
     rows = rows_by_id(db, ids)
@@ -114,7 +112,7 @@ def claim(
 
 
 def record_sent(
-    db: sqlite3.Connection,
+    db: Db,
     items: Sequence[Sent],
     now: float,
     finish: FinishJob,
@@ -153,7 +151,9 @@ def record_sent(
         updates,
     )
     db.executemany(
-        "INSERT OR REPLACE INTO provider_ids(channel, provider_id, delivery_id) VALUES (?,?,?)",
+        "INSERT INTO provider_ids(channel, provider_id, delivery_id) VALUES (?,?,?)"
+        " ON CONFLICT (channel, provider_id) DO UPDATE"
+        " SET delivery_id=excluded.delivery_id, state=NULL, reason=NULL",
         pids,
     )
     _mark_running(db, jobs, now)
@@ -164,7 +164,7 @@ def record_sent(
 
 
 def _apply_early_receipts(
-    db: sqlite3.Connection,
+    db: Db,
     items: Sequence[Sent],
     out: list[list[Change] | Exception],
     now: float,
@@ -206,7 +206,7 @@ def _apply_early_receipts(
 
 
 def apply_receipts(
-    db: sqlite3.Connection,
+    db: Db,
     receipts: Sequence[ReceiptIn],
     now: float,
     finish: FinishJob,
@@ -246,7 +246,12 @@ def apply_receipts(
             bulk.append((i, receipt))
         else:
             single.append((i, receipt))
-    db.executemany("INSERT OR REPLACE INTO orphan_receipts VALUES (?,?,?,?,?)", orphans)
+    db.executemany(
+        "INSERT INTO orphan_receipts VALUES (?,?,?,?,?) ON CONFLICT (channel, provider_id)"
+        " DO UPDATE SET state=excluded.state, reason=excluded.reason,"
+        " received_at=excluded.received_at",
+        orphans,
+    )
     _settle(db, bulk, owner, out, now)
     for i, (channel, pid, state, reason) in single:
         out[i] = (True, apply_one(channel, pid, state, reason, now))
@@ -259,7 +264,7 @@ def apply_receipts(
 
 
 def _settle(
-    db: sqlite3.Connection,
+    db: Db,
     bulk: Sequence[tuple[int, ReceiptIn]],
     owner: dict[tuple[str, str], int],
     out: list[tuple[bool, Change | None]],

@@ -11,6 +11,9 @@ from tests.fixtures import GatewayProcess, Mosquitto, Observer, SmtpServer, gate
 from tests.sms_fixtures import SmscProcess
 from tests.voice_fixtures import AsteriskProcess
 
+# The session's PostgreSQL (`postgres_server`) and a fresh database per test (`pg_url`).
+pytest_plugins = ["tests.pg_fixtures"]
+
 
 @pytest.fixture
 def broker(tmp_path: Path) -> Iterator[Mosquitto]:
@@ -40,14 +43,23 @@ GatewayFactory = Callable[..., GatewayProcess]
 
 
 @pytest.fixture
-def gateway(tmp_path: Path, broker: Mosquitto, smtp: SmtpServer) -> Iterator[GatewayFactory]:
+def gateway_store_toml() -> str:
+    """More `[store]` keys for the `gateway` fixture: none (SQLite); a test module overrides
+    it to run the daemon on PostgreSQL (`url = ...`, tests/test_restart_recovery.py)."""
+    return ""
+
+
+@pytest.fixture
+def gateway(
+    tmp_path: Path, broker: Mosquitto, smtp: SmtpServer, gateway_store_toml: str
+) -> Iterator[GatewayFactory]:
     """Start the gateway (e-mail enabled) as a process: `gateway(extra_toml="")`."""
     started: list[GatewayProcess] = []
 
     def start(
         extra: str = "", wait_ready: bool = True, env: dict[str, str] | None = None
     ) -> GatewayProcess:
-        config = gateway_config(tmp_path, broker, smtp, extra)
+        config = gateway_config(tmp_path, broker, smtp, extra, store=gateway_store_toml)
         proc = GatewayProcess(config, tmp_path)
         offset = len(proc.log())
         proc.start(env)

@@ -181,6 +181,7 @@ def gateway_config(
     smtp: SmtpServer | None = None,
     extra: str = "",
     node: str = "test",
+    store: str = "",
 ) -> Path:
     email = ""
     if smtp is not None:
@@ -196,7 +197,8 @@ def gateway_config(
         f'[mqtt]\nhost = "127.0.0.1"\nport = {broker.port}\ntopic_prefix = "plp"\n'
         "reconnect_initial_delay = 0.1\nreconnect_max_delay = 1.0\n"
         f'[store]\npath = "{workdir}/gateway.sqlite3"\n'
-        "[status]\nhealth_interval = 5\njob_status_interval = 0.2\n"
+        + store
+        + "[status]\nhealth_interval = 5\njob_status_interval = 0.2\n"
         '[log]\nlevel = "DEBUG"\n' + email + extra
     )
     return path

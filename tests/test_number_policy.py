@@ -23,7 +23,7 @@ from gateway.numbers import (
     kind_of_e164,
     refusal,
 )
-from gateway.store import Store
+from gateway.store import SqlStore
 from sms.config import SmsNumberPolicy
 from tests.conftest import GatewayFactory
 from tests.fixtures import Observer
@@ -138,7 +138,9 @@ POLICIES = {"sms": SMS, "voice": VOICE}
 BOTH = frozenset({"sms", "voice"})
 
 
-def test_intake_refuses_per_channel_and_keeps_emergency_numbers_invalid(tmp_path: Path) -> None:
+def test_intake_refuses_per_channel_and_keeps_emergency_numbers_invalid(
+    any_store: SqlStore,
+) -> None:
     recipients: list[dict[str, Any]] = [
         {"ref": "premium", "phone": "0903 12 345"},  # national format, default region BE
         {"ref": "fixed", "phone": "02 555 12 34"},
@@ -163,7 +165,7 @@ def test_intake_refuses_per_channel_and_keeps_emergency_numbers_invalid(tmp_path
         short = by_ref[f"short-{n.lstrip('+')}"]
         assert (short.phone, short.phone_error) == (None, "invalid_phone")
 
-    store = Store(tmp_path / "gw.sqlite3")
+    store = any_store
     _, rows = store.add_job(job, "hash", BOTH)
     reasons = {(r.ref, r.channel): (r.state.value, r.last_error) for r in rows}
     assert reasons[("premium", "sms")] == ("failed", NUMBER_NOT_ALLOWED)

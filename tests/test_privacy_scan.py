@@ -21,7 +21,7 @@ from gateway.domain import DeliveryState, JobState
 from gateway.jobs import content_hash, parse_job
 from gateway.privacy import mask_phone, scrub
 from gateway.simulator_process import free_port
-from gateway.store import Store
+from gateway.store import SqlStore, Store
 from tests.conftest import GatewayFactory
 from tests.fixtures import (
     GatewayProcess,
@@ -359,8 +359,8 @@ async def test_retained_statuses_of_purged_and_rejected_jobs_are_cleared(
         proc.stop()
 
 
-def test_retained_clear_queue_spares_a_rejected_id_accepted_later(tmp_path: Path) -> None:
-    store = Store(tmp_path / "gw.sqlite3")
+def test_retained_clear_queue_spares_a_rejected_id_accepted_later(any_store: SqlStore) -> None:
+    store = any_store
     try:
         store.note_rejected(["fixed-1", "junk-2"], clear_after=100.0)
         assert store.due_retained_clears(now=50.0) == []

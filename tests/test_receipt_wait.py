@@ -4,10 +4,9 @@ SMS no longer keeps its job running; a receipt that comes later still applies.""
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 from gateway.domain import DeliveryState, JobState
-from gateway.store import Store
+from gateway.store import SqlStore
 from tests.conftest import GatewayFactory
 from tests.fixtures import Observer, members
 from tests.sms_fixtures import SmscProcess, sms_job
@@ -38,10 +37,10 @@ async def test_a_job_without_receipts_is_done_after_the_receipt_wait(
     assert final is not None and final["state"] == "done"
 
 
-def test_the_store_ends_a_job_only_when_every_sent_has_waited(tmp_path: Path) -> None:
+def test_the_store_ends_a_job_only_when_every_sent_has_waited(any_store: SqlStore) -> None:
     """Store level: pending work, a `sent` still within its wait, or a `sent` on a channel
     without a receipt wait keep the job running."""
-    store = Store(tmp_path / "gw.sqlite3")
+    store = any_store
     ids = new_job(store, "j", 3)
     claim(store, ids)
     t0 = time.time()

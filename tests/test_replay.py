@@ -18,7 +18,7 @@ from gateway.domain import DeliveryState, JobState
 from gateway.jobs import content_hash, parse_job
 from gateway.rows import AddResult
 from gateway.signing import SeenNonce, sign
-from gateway.store import TOMBSTONE_SECONDS, Store
+from gateway.store import TOMBSTONE_SECONDS, SqlStore
 from tests.conftest import GatewayFactory
 from tests.fixtures import ROOT, Observer, SmtpServer, email_job, members
 
@@ -76,7 +76,7 @@ async def test_a_signed_job_replayed_after_purge_and_restart_does_not_run_again(
 
 
 def test_purge_keeps_unexpired_nonces_and_purged_ids_for_the_window(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    any_store: SqlStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     payload = json.dumps(email_job("gone", members(2))).encode()
     job, _ = parse_job(payload, JobsConfig(), frozenset({"email"}))
@@ -84,7 +84,7 @@ def test_purge_keeps_unexpired_nonces_and_purged_ids_for_the_window(
     now = datetime.now(UTC)
     fresh = SeenNonce("dispatch-1", "fresh-nonce-0123456789", now + timedelta(seconds=60))
     old = SeenNonce("dispatch-1", "old-nonce-000123456789", now - timedelta(seconds=1))
-    store = Store(tmp_path / "gw.sqlite3")
+    store = any_store
     try:
         store.remember_nonces([fresh, old])
         store.add_job(job, content_hash(payload), frozenset({"email"}))

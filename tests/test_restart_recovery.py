@@ -1,4 +1,5 @@
-"""Nothing lost, nothing doubled: real processes killed and restarted, a broker restarted."""
+"""Nothing lost, nothing doubled: real processes killed and restarted, a broker restarted,
+PostgreSQL restarted. Every test runs the daemon on SQLite and on PostgreSQL."""
 
 from __future__ import annotations
 
@@ -7,8 +8,40 @@ import sqlite3
 from collections import Counter
 from pathlib import Path
 
+import psycopg
+import pytest
+
 from tests.conftest import GatewayFactory
 from tests.fixtures import Mosquitto, Observer, SmtpServer, email_job, members
+from tests.pg_fixtures import PostgresServer
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request: pytest.FixtureRequest) -> str | None:
+    """The daemon's store: the SQLite file, then a fresh PostgreSQL database."""
+    if request.param == "sqlite":
+        return None
+    url: str = request.getfixturevalue("pg_url")
+    return url
+
+
+@pytest.fixture
+def gateway_store_toml(store_url: str | None) -> str:
+    return "" if store_url is None else f'url = "{store_url}"\n'
+
+
+def stored_jobs(tmp_path: Path, store_url: str | None, job_id: str) -> int:
+    if store_url is None:
+        db = sqlite3.connect(tmp_path / "gateway.sqlite3")
+        try:
+            count: int = db.execute("SELECT count(*) FROM jobs WHERE id=?", (job_id,)).fetchone()[0]
+        finally:
+            db.close()
+        return count
+    with psycopg.connect(store_url) as conn:
+        row = conn.execute("SELECT count(*) FROM jobs WHERE id=%s", (job_id,)).fetchone()
+    assert row is not None
+    return int(row[0])
 
 
 async def test_kill_9_mid_job_then_restart_sends_each_email_once(
@@ -65,16 +98,14 @@ async def test_broker_restart_during_a_job_loses_nothing(
 
 
 async def test_killed_between_receipt_and_commit_the_job_is_delivered_again(
-    gateway: GatewayFactory, observer: Observer, tmp_path: Path
+    gateway: GatewayFactory, observer: Observer, tmp_path: Path, store_url: str | None
 ) -> None:
     proc = gateway()
     job = email_job("crash-1", members(15_000), priority="cold")
     await observer.publish_job(job)
     proc.wait_log("job payload received")
     proc.kill()
-    db = sqlite3.connect(tmp_path / "gateway.sqlite3")
-    stored = db.execute("SELECT count(*) FROM jobs WHERE id='crash-1'").fetchone()[0]
-    db.close()
+    stored = stored_jobs(tmp_path, store_url, "crash-1")
     assert stored == 0, "killed before the commit: the job is not in the store"
 
     gateway()  # the broker re-delivers the unacknowledged job to the persistent session
@@ -85,3 +116,25 @@ async def test_killed_between_receipt_and_commit_the_job_is_delivered_again(
     await observer.publish("plp/jobs/crash-1/cancel", json.dumps({"reason": "test over"}))
     status = await observer.wait_job("crash-1", "cancelled", timeout=60)
     assert status["deliveries"] == 15_000
+
+
+@pytest.mark.parametrize("store_url", ["postgresql"], indirect=True)
+async def test_postgresql_restart_during_a_job_loses_nothing(
+    gateway: GatewayFactory, observer: Observer, smtp: SmtpServer, postgres_server: PostgresServer
+) -> None:
+    server = postgres_server
+    smtp.script.delay = 0.01
+    proc = gateway()
+    await observer.publish_job(email_job("pg-outage-1", members(200)))
+    await smtp.await_for(lambda box: len(box) >= 30)
+    assert len(smtp.mailbox) < 200, "the job must still be running when PostgreSQL goes"
+    server.restart(crash=True)  # like a crash: every connection cut, recovery at start
+    proc.wait_log("store reconnected")
+    # A job published after the restart is stored and run too.
+    await observer.publish_job(email_job("pg-outage-2", members(5, domain="other.be")))
+    await observer.wait_job("pg-outage-1", "done", timeout=90)
+    await observer.wait_job("pg-outage-2", "done", timeout=90)
+    counts = Counter(m.rcpts[0] for m in smtp.mailbox)
+    assert len(counts) == 205 and max(counts.values()) == 1
+    status = observer.status("pg-outage-1")
+    assert status is not None and status["totals"] == {"delivered": 200}

@@ -4,14 +4,13 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
 from gateway.config import JobsConfig
 from gateway.domain import DeliveryState, JobState
 from gateway.jobs import parse_job
-from gateway.store import Call, Change, Store
+from gateway.store import Call, Change, SqlStore
 from tests.fixtures import members
 from tests.sms_fixtures import sms_job
 
@@ -21,28 +20,29 @@ FAILED = DeliveryState.FAILED
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Store:
-    return Store(tmp_path / "gw.sqlite3")
+def store(any_store: SqlStore) -> SqlStore:
+    """On SQLite and on PostgreSQL: the batches are part of the store contract."""
+    return any_store
 
 
-def new_job(store: Store, job_id: str, n: int) -> list[int]:
+def new_job(store: SqlStore, job_id: str, n: int) -> list[int]:
     raw = json.dumps(sms_job(job_id, members(n))).encode()
     job, _ = parse_job(raw, JobsConfig(), frozenset({"sms"}))
     _, rows = store.add_job(job, job_id, frozenset({"sms"}))
     return [r.id for r in rows]
 
 
-def job_state(store: Store, job_id: str) -> JobState:
+def job_state(store: SqlStore, job_id: str) -> JobState:
     row = store.job_row(job_id)
     assert row is not None
     return row.state
 
 
-def claim(store: Store, ids: list[int]) -> list[Change | Exception | None]:
+def claim(store: SqlStore, ids: list[int]) -> list[Change | Exception | None]:
     return store.claim_batch([((did,), {}) for did in ids])
 
 
-def sent(store: Store, items: list[tuple[int, list[str]]]) -> list[list[Change]]:
+def sent(store: SqlStore, items: list[tuple[int, list[str]]]) -> list[list[Change]]:
     calls: list[Call] = [((did, SENT, "sms", pids, None), {}) for did, pids in items]
     results = store.record_sent_batch(calls)
     assert all(isinstance(r, list) for r in results)
@@ -54,7 +54,7 @@ def claimed(result: Change | Exception | None) -> Change:
     return result
 
 
-def test_a_batch_of_claims_counts_each_attempt_once(store: Store) -> None:
+def test_a_batch_of_claims_counts_each_attempt_once(store: SqlStore) -> None:
     ids = new_job(store, "j", 3)
     results = claim(store, [ids[0], ids[1], ids[0]])
     first, second, again = results
@@ -67,14 +67,14 @@ def test_a_batch_of_claims_counts_each_attempt_once(store: Store) -> None:
     assert job_state(store, "j") is JobState.RUNNING
 
 
-def test_an_unknown_delivery_is_an_error_for_that_call_only(store: Store) -> None:
+def test_an_unknown_delivery_is_an_error_for_that_call_only(store: SqlStore) -> None:
     ids = new_job(store, "j", 1)
     results = claim(store, [999_999, ids[0]])
     assert isinstance(results[0], Exception)
     assert claimed(results[1])
 
 
-def test_sent_then_receipts_deliver_and_finish_the_job(store: Store) -> None:
+def test_sent_then_receipts_deliver_and_finish_the_job(store: SqlStore) -> None:
     ids = new_job(store, "j", 3)
     claim(store, ids)
     changes = sent(store, [(did, [f"m{did}"]) for did in ids])
@@ -87,7 +87,7 @@ def test_sent_then_receipts_deliver_and_finish_the_job(store: Store) -> None:
     assert store.counts("j") == {"sms": {"delivered": 3}}
 
 
-def test_a_receipt_before_the_submit_response_applies_when_it_is_recorded(store: Store) -> None:
+def test_a_receipt_before_the_submit_response_applies_when_it_is_recorded(store: SqlStore) -> None:
     ids = new_job(store, "j", 2)
     claim(store, ids)
     assert store.apply_receipts([("sms", "early", FAILED, "UNDELIV")]) == [(False, None)]
@@ -100,7 +100,7 @@ def test_a_receipt_before_the_submit_response_applies_when_it_is_recorded(store:
     assert store.apply_receipts([("sms", "early", DELIVERED, None)]) == [(True, None)]
 
 
-def test_a_long_message_is_delivered_only_when_every_part_is(store: Store) -> None:
+def test_a_long_message_is_delivered_only_when_every_part_is(store: SqlStore) -> None:
     ids = new_job(store, "j", 1)
     claim(store, ids)
     sent(store, [(ids[0], ["p1", "p2", "p3"])])
@@ -111,7 +111,7 @@ def test_a_long_message_is_delivered_only_when_every_part_is(store: Store) -> No
     assert change.job_finished is JobState.DONE
 
 
-def test_one_failed_part_fails_the_message_in_the_same_batch(store: Store) -> None:
+def test_one_failed_part_fails_the_message_in_the_same_batch(store: SqlStore) -> None:
     ids = new_job(store, "j", 2)
     claim(store, ids)
     sent(store, [(ids[0], ["a1", "a2"]), (ids[1], ["b1"])])

@@ -1,0 +1,116 @@
+"""The store contract: every store method the rest of the gateway calls, whatever the engine.
+
+`SqliteStore` and `PostgresStore` (one logic, `gateway.store.SqlStore`) implement it; the
+contract suite (tests/test_store_contract.py) runs every method on both. Methods are
+synchronous, called from the store's one thread (`gateway.async_store`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Protocol, TypeVar
+
+from .domain import DeliveryState, Job, JobState, Priority
+from .rows import AddResult, Change, DeliveryRow, JobRow
+from .signing import SeenNonce
+from .store_tx import Call
+
+T = TypeVar("T")
+
+
+class StoreContract(Protocol):
+    @property
+    def backend(self) -> str: ...
+
+    schema_version: int
+
+    def close(self) -> None: ...
+
+    # transactions
+    def atomically(self, fn: Callable[[], T]) -> T: ...
+
+    def many(self, fn: Callable[..., T], calls: Sequence[Call]) -> list[T | Exception]: ...
+
+    # jobs
+    def add_job(
+        self,
+        job: Job,
+        content_hash: str,
+        enabled_channels: frozenset[str],
+        now: float | None = None,
+    ) -> tuple[AddResult, list[DeliveryRow]]: ...
+
+    def add_fallback(
+        self, delivery_id: int, channel: str, enabled: frozenset[str]
+    ) -> DeliveryRow | None: ...
+
+    def job(self, job_id: str) -> Job | None: ...
+
+    def job_row(self, job_id: str) -> JobRow | None: ...
+
+    def active_jobs(self) -> list[JobRow]: ...
+
+    def counts(self, job_id: str) -> dict[str, dict[str, int]]: ...
+
+    def job_with_counts(self, job_id: str) -> tuple[JobRow, dict[str, dict[str, int]]] | None: ...
+
+    def member_state_sets(self, job_id: str) -> list[tuple[frozenset[DeliveryState], int]]: ...
+
+    def recent_jobs(self, limit: int) -> list[JobRow]: ...
+
+    def close_job(
+        self, job_id: str, state: JobState, delivery_state: DeliveryState, reason: str
+    ) -> list[Change]: ...
+
+    def transition_job_if_done(self, job_id: str) -> JobState | None: ...
+
+    def finish_receipt_waits(
+        self, waits: Mapping[str, float], now: float | None = None
+    ) -> list[tuple[str, int]]: ...
+
+    # deliveries
+    def deliveries(self, job_id: str) -> list[DeliveryRow]: ...
+
+    def delivery(self, delivery_id: int) -> DeliveryRow: ...
+
+    def pending_deliveries(self) -> list[tuple[DeliveryRow, Priority]]: ...
+
+    def transition(
+        self, delivery_id: int, new: DeliveryState, now: float | None = None, **fields: Any
+    ) -> Change | None: ...
+
+    def claim_batch(self, calls: Sequence[Call]) -> list[Change | Exception | None]: ...
+
+    def record_sent_batch(self, calls: Sequence[Call]) -> list[list[Change] | Exception]: ...
+
+    def recover_interrupted(self) -> list[DeliveryRow]: ...
+
+    def acknowledge_member(self, job_id: str, rindex: int, except_id: int) -> list[Change]: ...
+
+    def find_member_by_phone(self, phone: str, since: float) -> list[DeliveryRow]: ...
+
+    # receipts
+    def apply_receipts(
+        self, receipts: list[tuple[str, str, DeliveryState, str | None]]
+    ) -> list[tuple[bool, Change | None]]: ...
+
+    def apply_receipts_batch(
+        self, calls: Sequence[Call]
+    ) -> list[list[tuple[bool, Change | None]] | Exception]: ...
+
+    def purge_orphan_receipts(self, older_than: float) -> int: ...
+
+    # retention and replay proofs
+    def note_rejected(self, job_ids: Sequence[str], clear_after: float) -> None: ...
+
+    def due_retained_clears(self, now: float, limit: int = 1000) -> list[str]: ...
+
+    def retained_cleared(self, job_ids: Sequence[str]) -> None: ...
+
+    def voice_jobs(self, finished_before: float) -> tuple[list[Job], list[Job]]: ...
+
+    def purge(self, finished_before: float) -> int: ...
+
+    def remember_nonces(self, seen: Sequence[SeenNonce]) -> None: ...
+
+    def seen_nonces(self) -> list[SeenNonce]: ...

@@ -1,0 +1,293 @@
+"""Jobs in the store: a job and its deliveries written in one durable transaction, read back,
+closed (cancel, expiry), and a member's fallback delivery."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from .domain import DeliveryState, Job, JobState, Priority, Recipient
+from .errors import StoreError
+from .privacy import mask_address
+from .rows import (
+    AddResult,
+    Change,
+    DeliveryRow,
+    JobRow,
+    address_for,
+    job_from_row,
+    job_to_body,
+    row_to_delivery,
+    row_to_job,
+)
+from .store_retention import Retention
+
+PENDING = ("queued", "sending", "retrying")
+
+# One bit per delivery state, for grouping members by their set of states in SQL.
+_BITS = {state: 1 << i for i, state in enumerate(DeliveryState)}
+_STATE_BITS = (
+    "CASE state "
+    + " ".join(f"WHEN '{state.value}' THEN {bit}" for state, bit in _BITS.items())
+    + " ELSE 0 END"
+)
+
+
+def _states_of(mask: int) -> frozenset[DeliveryState]:
+    return frozenset(state for state, bit in _BITS.items() if mask & bit)
+
+
+class Jobs(Retention):
+    # -- jobs ---------------------------------------------------------------------------
+    def add_job(
+        self,
+        job: Job,
+        content_hash: str,
+        enabled_channels: frozenset[str],
+        now: float | None = None,
+    ) -> tuple[AddResult, list[DeliveryRow]]:
+        """Store a job and its deliveries in one durable transaction."""
+        now = now or time.time()
+
+        def work() -> tuple[AddResult, list[DeliveryRow]]:
+            existing = self._db.execute(
+                "SELECT content_hash FROM jobs WHERE id = ?", (job.id,)
+            ).fetchone() or self._tombstone(job.id)
+            if existing is not None:
+                same = existing["content_hash"] == content_hash
+                return (AddResult.DUPLICATE if same else AddResult.CONFLICT), []
+            self._db.execute(
+                "INSERT INTO jobs(id, content_hash, priority, test, state, body, created_at,"
+                " updated_at, expires_at) VALUES (?,?,?,?,?,?,?,?,?)",
+                (
+                    job.id,
+                    content_hash,
+                    int(job.priority),
+                    int(job.test),
+                    JobState.ACCEPTED.value,
+                    job_to_body(job),
+                    now,
+                    now,
+                    job.expires_at.timestamp(),
+                ),
+            )
+            params = [
+                _delivery_params(job.id, r, channel, enabled_channels, now)
+                for r in job.recipients
+                for channel in r.channels
+            ]
+            # One executemany and one read back, on both engines: 2-3x faster than an
+            # INSERT ... RETURNING per row on SQLite, one pipelined round trip on PostgreSQL.
+            # Ids grow in insertion order, so the rows come back in the recipients' order.
+            self._db.executemany(_INSERT_DELIVERY, params)
+            rows = self._db.execute(
+                "SELECT * FROM deliveries WHERE job_id=? ORDER BY id", (job.id,)
+            ).fetchall()
+            return AddResult.NEW, [row_to_delivery(row) for row in rows]
+
+        result: tuple[AddResult, list[DeliveryRow]] = self._tx(work, durable=True)
+        return result
+
+    def add_fallback(
+        self, delivery_id: int, channel: str, enabled: frozenset[str]
+    ) -> DeliveryRow | None:
+        """A new delivery on `channel` for the member of a failed delivery, unless one exists."""
+
+        def work() -> DeliveryRow | None:
+            d = self._delivery(delivery_id)
+            exists = self._db.execute(
+                "SELECT 1 FROM deliveries WHERE job_id=? AND rindex=? AND channel=?",
+                (d.job_id, d.rindex, channel),
+            ).fetchone()
+            acked = self._db.execute(
+                "SELECT 1 FROM deliveries WHERE job_id=? AND rindex=? AND state='acknowledged'",
+                (d.job_id, d.rindex),
+            ).fetchone()
+            if exists or acked:
+                return None
+            job = self.job(d.job_id)
+            if job is None:
+                return None
+            params = _delivery_params(
+                d.job_id, job.recipients[d.rindex], channel, enabled, time.time(), delivery_id
+            )
+            row = row_to_delivery(
+                self._db.execute(_INSERT_DELIVERY + " RETURNING *", params).fetchone()
+            )
+            self._db.execute(
+                "UPDATE jobs SET state='running', finished_at=NULL WHERE id=? AND state='done'",
+                (d.job_id,),
+            )
+            return row
+
+        result: DeliveryRow | None = self._tx(work)
+        return result
+
+    def _job_record(self, job_id: str) -> Any:
+        return self._read(
+            lambda: self._db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        )
+
+    def job(self, job_id: str) -> Job | None:
+        r = self._job_record(job_id)
+        return job_from_row(r) if r is not None else None
+
+    def job_row(self, job_id: str) -> JobRow | None:
+        r = self._job_record(job_id)
+        return row_to_job(r) if r is not None else None
+
+    def active_jobs(self) -> list[JobRow]:
+        rows = self._read(
+            lambda: self._db.execute(
+                "SELECT * FROM jobs WHERE state IN ('accepted', 'running') ORDER BY created_at"
+            ).fetchall()
+        )
+        return [row_to_job(r) for r in rows]
+
+    def set_job_state(self, job_id: str, state: JobState, reason: str | None = None) -> bool:
+        now = time.time()
+        changed: int = self._read(
+            lambda: (
+                self._db.execute(
+                    "UPDATE jobs SET state=?, updated_at=?, reason=COALESCE(?, reason),"
+                    " finished_at=CASE WHEN ?=1 THEN ? ELSE finished_at END"
+                    " WHERE id=? AND state NOT IN ('done','cancelled','expired','rejected')",
+                    (state.value, now, reason, int(state.final), now, job_id),
+                ).rowcount
+            )
+        )
+        return changed > 0
+
+    def counts(self, job_id: str) -> dict[str, dict[str, int]]:
+        out: dict[str, dict[str, int]] = {}
+        rows = self._read(
+            lambda: self._db.execute(
+                "SELECT channel, state, count(*) AS n FROM deliveries WHERE job_id=?"
+                " GROUP BY channel, state",
+                (job_id,),
+            ).fetchall()
+        )
+        for r in rows:
+            out.setdefault(r["channel"], {})[r["state"]] = r["n"]
+        return out
+
+    def job_with_counts(self, job_id: str) -> tuple[JobRow, dict[str, dict[str, int]]] | None:
+        """The job and its delivery counts per channel and state (one trip for a status)."""
+
+        def read() -> tuple[JobRow, dict[str, dict[str, int]]] | None:
+            row = self.job_row(job_id)
+            return None if row is None else (row, self.counts(job_id))
+
+        return self._read(read)
+
+    def member_state_sets(self, job_id: str) -> list[tuple[frozenset[DeliveryState], int]]:
+        """How many members have each set of delivery states (gateway.outcomes counts them):
+        grouped in the database, as a 100,000-member job would be 300,000 rows to Python.
+        A member's set is a bit mask (one bit per state), portable to both engines."""
+        rows = self._read(
+            lambda: self._db.execute(
+                f"SELECT mask, count(*) AS n FROM (SELECT SUM(DISTINCT {_STATE_BITS}) AS mask"  # noqa: S608
+                " FROM deliveries WHERE job_id=? GROUP BY rindex) AS m GROUP BY mask",
+                (job_id,),
+            ).fetchall()
+        )
+        return [(_states_of(int(r["mask"])), int(r["n"])) for r in rows]
+
+    def recent_jobs(self, limit: int) -> list[JobRow]:
+        """The latest jobs, newest first (the status page)."""
+        rows = self._read(
+            lambda: self._db.execute(
+                "SELECT * FROM jobs ORDER BY created_at DESC LIMIT ?", (limit,)
+            ).fetchall()
+        )
+        return [row_to_job(r) for r in rows]
+
+    def deliveries(self, job_id: str) -> list[DeliveryRow]:
+        rows = self._read(
+            lambda: self._db.execute(
+                "SELECT * FROM deliveries WHERE job_id=? ORDER BY rindex, channel", (job_id,)
+            ).fetchall()
+        )
+        return [row_to_delivery(r) for r in rows]
+
+    def pending_deliveries(self) -> list[tuple[DeliveryRow, Priority]]:
+        """Every delivery still owed an attempt, for the scheduler after a (re)start."""
+        rows = self._read(
+            lambda: self._db.execute(
+                "SELECT d.*, j.priority AS jprio FROM deliveries d JOIN jobs j ON j.id = d.job_id"
+                " WHERE d.state IN ('queued','sending','retrying')"
+                " AND j.state IN ('accepted','running') ORDER BY d.id"
+            ).fetchall()
+        )
+        return [(row_to_delivery(r), Priority(r["jprio"])) for r in rows]
+
+    # -- delivery transitions ---------------------------------------------------------
+    def _delivery(self, delivery_id: int) -> DeliveryRow:
+        r = self._db.execute("SELECT * FROM deliveries WHERE id=?", (delivery_id,)).fetchone()
+        if r is None:
+            raise StoreError(f"no delivery {delivery_id}")
+        return row_to_delivery(r)
+
+    def delivery(self, delivery_id: int) -> DeliveryRow:
+        return self._read(lambda: self._delivery(delivery_id))
+
+    def close_job(
+        self, job_id: str, state: JobState, delivery_state: DeliveryState, reason: str
+    ) -> list[Change]:
+        """Cancel or expire a job: every pending delivery gets `delivery_state`."""
+        now = time.time()
+
+        def work() -> list[Change]:
+            rows = self._db.execute(
+                "SELECT * FROM deliveries WHERE job_id=? AND state IN (?,?,?)",
+                (job_id, *PENDING),
+            ).fetchall()
+            changes = []
+            for r in rows:
+                d = row_to_delivery(r)
+                self._db.execute(
+                    "UPDATE deliveries SET state=?, updated_at=?, last_error=? WHERE id=?",
+                    (delivery_state.value, now, reason, d.id),
+                )
+                changes.append(Change(self._delivery(d.id), d.state, None))
+            self.set_job_state(job_id, state, reason)
+            return changes
+
+        result: list[Change] = self._tx(work)
+        return result
+
+
+_INSERT_DELIVERY = (
+    "INSERT INTO deliveries(job_id, rindex, ref, channel, address, masked, lang, state,"
+    " last_error, fallback_of, created_at, updated_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)"
+)
+
+
+def _delivery_params(
+    job_id: str,
+    r: Recipient,
+    channel: str,
+    enabled: frozenset[str],
+    now: float,
+    fallback_of: int | None = None,
+) -> tuple[Any, ...]:
+    """A new delivery's row for `_INSERT_DELIVERY`: queued, or failed when it cannot be sent."""
+    address, problem = address_for(r, channel)
+    if problem is None and channel not in enabled:
+        problem = "channel_disabled"
+    state = DeliveryState.QUEUED if problem is None else DeliveryState.FAILED
+    masked = mask_address(address) if address else "-"
+    return (
+        job_id,
+        r.index,
+        r.ref,
+        channel,
+        address,
+        masked,
+        r.lang,
+        state.value,
+        problem,
+        fallback_of,
+        now,
+        now,
+    )
