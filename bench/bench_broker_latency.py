@@ -20,7 +20,9 @@ import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -91,9 +93,13 @@ async def latencies(mq: Mosquitto, sim: SmscProcess, label: str, n: int) -> list
             payload = json.dumps(job)
             t0 = time.monotonic()
             await dispatch.publish("plp/jobs", payload, qos=1)
-            stats = await sim.wait(lambda s: int(s["counters"].get("accepted", 0)) > before, 30)
+            stats = await sim.wait(partial(_accepted_more, before), 30)
             out.append((float(stats["last_accepted_at"]) - t0) * 1000)
     return out
+
+
+def _accepted_more(before: int, stats: dict[str, Any]) -> bool:
+    return int(stats["counters"].get("accepted", 0)) > before
 
 
 def pct(sorted_ms: list[float], p: float) -> float:

@@ -1,10 +1,19 @@
-"""The broker link: one persistent-session aiomqtt client with manual acknowledgement.
+"""The broker link: the job connection (one persistent-session aiomqtt client with manual
+acknowledgement) and the status connection (a clean session that publishes what the gateway
+reports).
 
 aiomqtt has no public manual-ack API, so we switch it on in the paho client aiomqtt wraps
 (through gateway/mqtt_adapter.py, the one module that reaches inside aiomqtt),
 *before* connecting (after CONNACK the broker replays queued jobs at once and paho would
 acknowledge them itself). Outgoing messages go through a bounded queue that survives
 broker outages; incoming messages are handed to one handler, in order.
+
+Why two connections: a stock broker leaves Nagle's algorithm on (mosquitto's
+`set_tcp_nodelay false`). On a connection that also carries the gateway's QoS 1 status
+traffic, the broker's PUBACKs are small writes still awaiting our TCP acknowledgement when
+the next job comes, and the job waits behind them for our delayed ACK (up to 40 ms). On a
+connection of its own the broker only sends jobs, each acknowledged (PUBACK) once stored,
+so nothing of the broker's is unacknowledged when the next one comes.
 """
 
 from __future__ import annotations
@@ -63,6 +72,9 @@ class MqttLink:
     ) -> None:
         self._cfg = cfg
         self._client_id = client_id
+        # Clean session: the queue of what to publish is ours (self._out), not the broker's.
+        # Stable per node like the job session's, so a restarted process replaces its own.
+        self._status_id = f"{client_id}-status"
         self._subscriptions = subscriptions
         self._will = will
         self._out: deque[Outgoing] = deque()
@@ -78,7 +90,8 @@ class MqttLink:
         self._intake_changed = asyncio.Event()
         self.allowed = asyncio.Event()
         self.allowed.set()
-        self.connected = asyncio.Event()
+        self.connected = asyncio.Event()  # the job connection
+        self.status_connected = asyncio.Event()
         self.dropped = 0
         self.last_error: str | None = None
         self.connects = 0
@@ -89,7 +102,8 @@ class MqttLink:
 
     @property
     def state(self) -> str:
-        return "up" if self.connected.is_set() else "down"
+        up = self.connected.is_set() and self.status_connected.is_set()
+        return "up" if up else "down"
 
     def publish(
         self, topic: str, payload: bytes | str, *, qos: int = 1, retain: bool = False
@@ -159,20 +173,23 @@ class MqttLink:
             # recognises its id, nothing is lost or doubled.
             log.info("ack of mid %d not sent (rc %s); broker will redeliver", message.mid, rc)
 
-    def _make_client(self) -> aiomqtt.Client:
+    def _make_client(self, *, jobs: bool) -> aiomqtt.Client:
+        """The job connection (`jobs`: persistent session, the availability will, manual
+        acknowledgement) or the status connection (clean session, no will)."""
         cfg = self._cfg
         tls_params = tls_parameters(cfg)
+        will = self._will
         client = aiomqtt.Client(
             hostname=cfg.host,
             port=cfg.port,
-            identifier=self._client_id,
-            clean_session=False,
+            identifier=self._client_id if jobs else self._status_id,
+            clean_session=not jobs,
             username=cfg.username,
             password=cfg.password,
             keepalive=cfg.keepalive,
-            will=aiomqtt.Will(
-                self._will.topic, self._will.payload, qos=self._will.qos, retain=self._will.retain
-            ),
+            will=aiomqtt.Will(will.topic, will.payload, qos=will.qos, retain=will.retain)
+            if jobs
+            else None,
             tls_params=tls_params,
             tls_insecure=cfg.tls.insecure if cfg.tls is not None else None,
             timeout=10,
@@ -180,20 +197,27 @@ class MqttLink:
             # limit makes paho scan every unconfirmed message at each PUBACK.
             max_inflight_messages=0,
         )
-        # Must happen before connecting: see the module docstring.
-        mqtt_adapter.enable_manual_ack(client)
-        # _pump_out publishes in batches of PUBLISH_BATCH: that many pending calls is normal
-        # and must not log a warning each time.
-        mqtt_adapter.set_pending_calls_threshold(client, 4 * PUBLISH_BATCH)
+        if jobs:
+            # Must happen before connecting: see the module docstring.
+            mqtt_adapter.enable_manual_ack(client)
+        else:
+            # _pump_out publishes in batches of PUBLISH_BATCH: that many pending calls is
+            # normal and must not log a warning each time.
+            mqtt_adapter.set_pending_calls_threshold(client, 4 * PUBLISH_BATCH)
         mqtt_adapter.no_delay(client)
         return client
 
     async def run(self) -> None:
-        """Connect, serve, reconnect with backoff; until cancelled."""
+        """Both connections, each reconnecting with backoff on its own; until cancelled."""
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(self._run_status(), name="mqtt-status")
+            await self._run_jobs()
+
+    async def _run_jobs(self) -> None:
         delay = self._cfg.reconnect_initial_delay
         while True:
             await self.allowed.wait()
-            client = self._make_client()
+            client = self._make_client(jobs=True)
             try:
                 async with client:
                     self._client = client
@@ -212,7 +236,6 @@ class MqttLink:
                     if self._on_connect is not None:
                         await self._on_connect()
                     async with asyncio.TaskGroup() as tg:
-                        tg.create_task(self._pump_out(client))
                         tg.create_task(self._keep_subscriptions(client))
                         await self._pump_in(client)
             except* aiomqtt.MqttError as eg:
@@ -221,6 +244,35 @@ class MqttLink:
             finally:
                 self.connected.clear()
                 self._client = None
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, self._cfg.reconnect_max_delay)
+
+    async def _run_status(self) -> None:
+        """Publish the outgoing queue on its own connection; what the broker has not
+        confirmed when it drops goes again on the next one."""
+        delay = self._cfg.reconnect_initial_delay
+        while True:
+            await self.allowed.wait()
+            try:
+                async with self._make_client(jobs=False) as client:
+                    self.status_connected.set()
+                    log.info("status connection up as %s", self._status_id)
+                    delay = self._cfg.reconnect_initial_delay
+                    async with asyncio.TaskGroup() as tg:
+                        tg.create_task(self._pump_out(client))
+                        # Subscribed to nothing: this only notices the connection drop,
+                        # which cancels _pump_out (it requeues what is unconfirmed).
+                        async for _ in client.messages:
+                            pass
+            except* aiomqtt.MqttError as eg:
+                self.last_error = f"status connection: {eg.exceptions[0]}"
+                log.warning(
+                    "MQTT link down (status connection): %s; reconnecting in %.1fs",
+                    eg.exceptions[0],
+                    delay,
+                )
+            finally:
+                self.status_connected.clear()
             await asyncio.sleep(delay)
             delay = min(delay * 2, self._cfg.reconnect_max_delay)
 
