@@ -49,10 +49,11 @@ def broker(workdir: Path, settings: str) -> Mosquitto:
 
 @contextlib.asynccontextmanager
 async def stack(settings: str) -> AsyncIterator[tuple[Mosquitto, SmscProcess]]:
-    """mosquitto, the SMSC simulator and the gateway, each its own process; the gateway is
-    online and bound when this yields."""
+    """mosquitto, the SMSC simulator and the gateway, each its own process (in a directory of
+    BENCH_DIR, kept, or a temporary one); the gateway is online and bound when this yields."""
     with tempfile.TemporaryDirectory() as tmp:
-        work = Path(tmp)
+        keep = os.environ.get("BENCH_DIR")  # to read the gateway's log afterwards
+        work = Path(tempfile.mkdtemp(dir=keep)) if keep else Path(tmp)
         (work / "broker").mkdir()
         mq = broker(work / "broker", settings)
         mq.start()

@@ -34,6 +34,7 @@ from .config import MqttConfig
 
 PUBLISH_BATCH = 64  # status messages published concurrently
 PUBLISH_TIMEOUT = 10.0  # seconds for the broker to confirm a batch
+STATUS_FIRST = 5.0  # seconds the job connection waits for the status connection
 
 log = logging.getLogger("gateway.mqtt")
 
@@ -217,6 +218,12 @@ class MqttLink:
         delay = self._cfg.reconnect_initial_delay
         while True:
             await self.allowed.wait()
+            # Normally both connect within milliseconds: take jobs once what happens to them
+            # can be reported (the first health says `up`); but never let a status
+            # connection the broker refuses keep alerts out.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(STATUS_FIRST):
+                    await self.status_connected.wait()
             client = self._make_client(jobs=True)
             try:
                 async with client:
