@@ -50,4 +50,3 @@ async def test_status_connection_lost_mid_job_loses_no_event_and_keeps_the_job_s
     assert log.count("MQTT link down (status connection)") >= 5
     # The job session never noticed: jobs are not held up by what the gateway reports.
     assert log.count("connected to MQTT broker") == 1
-
