@@ -94,12 +94,17 @@ class MqttLink:
         self.connected = asyncio.Event()  # the job connection
         self.status_connected = asyncio.Event()
         self.dropped = 0
-        self.last_error: str | None = None
+        self._jobs_error: str | None = None  # last failure of each connection, while down
+        self._status_error: str | None = None
         self.connects = 0
 
     def set_handlers(self, handler: MessageHandler, on_connect: ConnectHook) -> None:
         self._handler = handler
         self._on_connect = on_connect
+
+    @property
+    def last_error(self) -> str | None:
+        return self._jobs_error or self._status_error
 
     @property
     def state(self) -> str:
@@ -231,7 +236,7 @@ class MqttLink:
                     self._intake_changed.clear()
                     await self._sync_subscriptions(client)
                     self.connects += 1
-                    self.last_error = None
+                    self._jobs_error = None
                     self.connected.set()
                     log.info(
                         "connected to MQTT broker %s:%d as %s",
@@ -246,8 +251,8 @@ class MqttLink:
                         tg.create_task(self._keep_subscriptions(client))
                         await self._pump_in(client)
             except* aiomqtt.MqttError as eg:
-                self.last_error = str(eg.exceptions[0])
-                log.warning("MQTT link down: %s; reconnecting in %.1fs", self.last_error, delay)
+                self._jobs_error = str(eg.exceptions[0])
+                log.warning("MQTT link down: %s; reconnecting in %.1fs", self._jobs_error, delay)
             finally:
                 self.connected.clear()
                 self._client = None
@@ -262,6 +267,7 @@ class MqttLink:
             await self.allowed.wait()
             try:
                 async with self._make_client(jobs=False) as client:
+                    self._status_error = None
                     self.status_connected.set()
                     log.info("status connection up as %s", self._status_id)
                     delay = self._cfg.reconnect_initial_delay
@@ -272,7 +278,7 @@ class MqttLink:
                         async for _ in client.messages:
                             pass
             except* aiomqtt.MqttError as eg:
-                self.last_error = f"status connection: {eg.exceptions[0]}"
+                self._status_error = f"status connection: {eg.exceptions[0]}"
                 log.warning(
                     "MQTT link down (status connection): %s; reconnecting in %.1fs",
                     eg.exceptions[0],
