@@ -4,8 +4,9 @@ One-recipient hot SMS jobs, published one after another by a connected dispatch 
 bench/bench_sms_daemon.py), through mosquitto with `set_tcp_nodelay true` (the reference,
 first) and then with its default settings (Nagle on its sockets), interleaved over several
 rounds; the gateway at the shipped log level (INFO) and its shipped [status] settings.
-Prints p50/p90/p99 per configuration and round, over all rounds, and stock / reference.
-Run: .venv/bin/python -m bench.bench_broker_latency [--singles 200] [--rounds 3]
+Prints p50/p90/p99 per configuration and round, over all rounds, and stock / reference; then,
+per run, a --bulk-recipient job (the status connection at full rate through that broker).
+Run: .venv/bin/python -m bench.bench_broker_latency [--singles 200] [--rounds 3] [--bulk 2000]
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ sys.path.insert(0, str(ROOT))
 import aiomqtt  # noqa: E402
 
 from bench.bench_sms_daemon import cpu_report, cpu_times  # noqa: E402
-from tests.fixtures import GatewayProcess, Mosquitto, Observer  # noqa: E402
+from tests.fixtures import GatewayProcess, Mosquitto, Observer, members  # noqa: E402
 from tests.sms_fixtures import SmscProcess, sms_job  # noqa: E402
 
 CONFIGS = {
@@ -48,7 +49,7 @@ def broker(workdir: Path, settings: str) -> Mosquitto:
 
 
 @contextlib.asynccontextmanager
-async def stack(settings: str) -> AsyncIterator[tuple[Mosquitto, SmscProcess]]:
+async def stack(settings: str) -> AsyncIterator[tuple[Mosquitto, SmscProcess, Observer]]:
     """mosquitto, the SMSC simulator and the gateway, each its own process (in a directory of
     BENCH_DIR, kept, or a temporary one); the gateway is online and bound when this yields."""
     with tempfile.TemporaryDirectory() as tmp:
@@ -71,10 +72,12 @@ async def stack(settings: str) -> AsyncIterator[tuple[Mosquitto, SmscProcess]]:
             )
             gw = GatewayProcess(config, work)
             gw.start()
-            async with Observer(mq, topics=("gateway/#",)) as obs:
+            # Not the delivery events: a subscriber to those would be one more Python process
+            # on the gateway's two cores.
+            async with Observer(mq, topics=("gateway/#", "jobs/+/status")) as obs:
                 await obs.wait(lambda: obs.on("/gateway/test/availability"), 30)
                 await sim.wait(lambda s: s["bound"] >= 1, 30)
-                yield mq, sim
+                yield mq, sim, obs
         finally:
             if gw is not None:
                 gw.stop()
@@ -99,6 +102,19 @@ async def latencies(mq: Mosquitto, sim: SmscProcess, label: str, n: int) -> list
     return out
 
 
+async def bulk(sim: SmscProcess, obs: Observer, n: int) -> str:
+    """One `n`-recipient SMS job: what the status connection carries at full rate (every
+    delivery event; `done` is published after them, on the same connection)."""
+    await sim.ctl("reset")
+    t0 = time.monotonic()
+    await obs.publish("plp/jobs", json.dumps(sms_job("bulk", members(n))))
+    stats = await sim.wait(lambda s: s["counters"].get("accepted", 0) >= n, 600)
+    await obs.wait_job("bulk", "done", timeout=600)
+    t_done = time.monotonic()
+    first, last = stats["first_accepted_at"], stats["last_accepted_at"]
+    return f"{(n - 1) / (last - first):,.0f} submit_sm/s, `done` {t_done - t0:.2f} s after publish"
+
+
 def _accepted_more(before: int, stats: dict[str, Any]) -> bool:
     return int(stats["counters"].get("accepted", 0)) > before
 
@@ -115,21 +131,24 @@ def summary(lat_ms: list[float]) -> str:
     )
 
 
-async def main_async(singles: int, rounds: int, warmup: int) -> None:
+async def main_async(singles: int, rounds: int, warmup: int, n_bulk: int) -> None:
     print(f"# publish -> submit_sm, {singles} one-recipient hot SMS jobs per run, "
           f"{rounds} rounds, reference first")  # fmt: skip
     all_ms: dict[str, list[float]] = {name: [] for name in CONFIGS}
     medians: dict[str, list[float]] = {name: [] for name in CONFIGS}
     for r in range(1, rounds + 1):
         for name, settings in CONFIGS.items():
-            async with stack(settings) as (mq, sim):
+            async with stack(settings) as (mq, sim, obs):
                 await latencies(mq, sim, "warmup", warmup)  # first connections, caches
                 cpu0 = cpu_times()
                 lat = await latencies(mq, sim, "single", singles)
                 cpu1 = cpu_times()
+                big = await bulk(sim, obs, n_bulk) if n_bulk else ""
             all_ms[name] += lat
             medians[name].append(statistics.median(lat))
             print(f"round {r} {name:<9} {summary(lat)}  (CPU {cpu_report(cpu0, cpu1)})")
+            if big:
+                print(f"round {r} {name:<9} {n_bulk:,}-recipient job: {big}")
     print("# all rounds")
     for name, settings in CONFIGS.items():
         spread = ", ".join(f"{m:.1f}" for m in medians[name])
@@ -147,8 +166,9 @@ def main() -> None:
     parser.add_argument("--singles", type=int, default=200)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=5, help="jobs not counted, per run")
+    parser.add_argument("--bulk", type=int, default=2000, help="recipients of a job; 0 = skip")
     args = parser.parse_args()
-    asyncio.run(main_async(args.singles, args.rounds, args.warmup))
+    asyncio.run(main_async(args.singles, args.rounds, args.warmup, args.bulk))
 
 
 if __name__ == "__main__":
