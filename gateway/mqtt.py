@@ -35,7 +35,7 @@ from .config import MqttConfig
 PUBLISH_BATCH = 64  # status messages handed to paho per turn of the event loop
 PUBLISH_WINDOW = 256  # status messages published and not yet confirmed, at most
 PUBLISH_TIMEOUT = 10.0  # seconds without a confirmation while some are awaited
-STATUS_FIRST = 5.0  # seconds the job connection waits for the status connection
+STATUS_FIRST = 2.0  # seconds the job connection waits, at most, for the status connection
 
 log = logging.getLogger("gateway.mqtt")
 
@@ -94,6 +94,7 @@ class MqttLink:
         self.allowed.set()
         self.connected = asyncio.Event()  # the job connection
         self.status_connected = asyncio.Event()
+        self._status_now = asyncio.Event()  # cuts the status connection's backoff short
         self.dropped = 0
         self._jobs_error: str | None = None  # last failure of each connection, while down
         self._status_error: str | None = None
@@ -224,12 +225,7 @@ class MqttLink:
         delay = self._cfg.reconnect_initial_delay
         while True:
             await self.allowed.wait()
-            # Normally both connect within milliseconds: take jobs once what happens to them
-            # can be reported (the first health says `up`); but never let a status
-            # connection the broker refuses keep alerts out.
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(STATUS_FIRST):
-                    await self.status_connected.wait()
+            await self._status_first()
             client = self._make_client(jobs=True)
             try:
                 async with client:
@@ -260,12 +256,25 @@ class MqttLink:
             await asyncio.sleep(delay)
             delay = min(delay * 2, self._cfg.reconnect_max_delay)
 
+    async def _status_first(self) -> None:
+        """Take jobs once what happens to them can be reported (the first health then says
+        `up`): both normally connect within milliseconds, and after an outage the status
+        connection retries at once rather than at the end of its own backoff. But a status
+        connection the broker refuses must not keep alerts out for more than STATUS_FIRST."""
+        if self.status_connected.is_set():
+            return
+        self._status_now.set()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(STATUS_FIRST):
+                await self.status_connected.wait()
+
     async def _run_status(self) -> None:
         """Publish the outgoing queue on its own connection; what the broker has not
         confirmed when it drops goes again on the next one."""
         delay = self._cfg.reconnect_initial_delay
         while True:
             await self.allowed.wait()
+            self._status_now.clear()
             try:
                 async with self._make_client(jobs=False) as client:
                     self._status_error = None
@@ -287,7 +296,9 @@ class MqttLink:
                 )
             finally:
                 self.status_connected.clear()
-            await asyncio.sleep(delay)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(delay):
+                    await self._status_now.wait()
             delay = min(delay * 2, self._cfg.reconnect_max_delay)
 
     async def _pump_in(self, client: aiomqtt.Client) -> None:
