@@ -48,5 +48,7 @@ async def test_status_connection_lost_mid_job_loses_no_event_and_keeps_the_job_s
     assert len(counts) == 200 and max(counts.values()) == 1
     log = proc.log()
     assert log.count("MQTT link down (status connection)") >= 5
-    # The job session never noticed: jobs are not held up by what the gateway reports.
+    # The job session never noticed (and the status connection has no will to publish):
+    # jobs are not held up by what the gateway reports.
     assert log.count("connected to MQTT broker") == 1
+    assert [m.payload for m in observer.on("/gateway/test/availability")] == [b"online"]
