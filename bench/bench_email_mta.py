@@ -12,6 +12,7 @@ instance left disabled); the system's own mail configuration and port 25 are not
 the private instance is stopped and removed afterwards.
 
 Run (as root): .venv/bin/python -m bench.bench_email_mta [--jobs 5000 10000] [--connections 8]
+    [--py-spy PATH]  (py-spy from PyPI: the gateway's profile per job, collapsed stacks)
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import multiprocessing
 import os
 import re
 import shutil
+import signal
 import smtplib
 import subprocess
 import sys
@@ -178,7 +180,7 @@ class LogFollower:
 
     async def wait(self, count: int, timeout: float) -> None:
         async with asyncio.timeout(timeout):
-            while self.poll() < count:
+            while self.poll() < count:  # noqa: ASYNC110 (a file, not an event: polled)
                 await asyncio.sleep(0.002)
 
     def close(self) -> None:
@@ -246,7 +248,9 @@ def gateway_config(work: Path, broker: Mosquitto, mta: PrivateMta) -> Path:
     return path
 
 
-async def run_gateway(mta: PrivateMta, jobs: list[int]) -> list[dict[str, float]]:
+async def run_gateway(
+    mta: PrivateMta, jobs: list[int], py_spy: str | None = None
+) -> list[dict[str, float]]:
     results: list[dict[str, float]] = []
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
@@ -262,9 +266,13 @@ async def run_gateway(mta: PrivateMta, jobs: list[int]) -> list[dict[str, float]
                     job_id = f"bench-mta-{k}-{n}"
                     payload = json.dumps(email_job(job_id, members(n)))
                     follower = LogFollower(mta.maillog, SENDER)
+                    spy = _py_spy(py_spy, gw, f"bench-email-mta-{n}.pyspy") if py_spy else None
                     t0 = time.perf_counter()
                     await obs.publish("plp/jobs", payload)
                     await follower.wait(n, 600)
+                    if spy is not None:
+                        spy.send_signal(signal.SIGINT)  # py-spy writes its profile and exits
+                        spy.wait(60)
                     await obs.wait_job(job_id, "done", timeout=120)
                     t_done = time.perf_counter()
                     first, last = follower.stamps[0], follower.stamps[-1]
@@ -286,6 +294,15 @@ async def run_gateway(mta: PrivateMta, jobs: list[int]) -> list[dict[str, float]
     return results
 
 
+def _py_spy(binary: str, gw: GatewayProcess, out: str) -> subprocess.Popen[bytes]:
+    """Sample the gateway's Python stacks (collapsed, for flamegraph.pl or a quick sort)."""
+    assert gw.proc is not None
+    cmd = [binary, "record", "-p", str(gw.proc.pid), "-r", "200", "--format", "raw", "-o", out]
+    proc = subprocess.Popen([*cmd, "--nonblocking"], stdout=subprocess.DEVNULL)
+    time.sleep(1)  # py-spy attaches before the job is published; not a wait for an event
+    return proc
+
+
 @contextlib.contextmanager
 def private_mta() -> Iterator[PrivateMta]:
     ensure_postfix()
@@ -302,6 +319,7 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, nargs="+", default=[5_000, 10_000])
     parser.add_argument("--connections", type=int, default=8, help="smtplib clients (ceiling)")
     parser.add_argument("--ceiling-messages", type=int, default=8_000)
+    parser.add_argument("--py-spy", metavar="BINARY", help="profile the gateway during each job")
     args = parser.parse_args()
     if os.geteuid() != 0:
         sys.exit("run as root: Postfix's master needs it")
@@ -309,7 +327,7 @@ def main() -> None:
         print(f"postfix {mta.port}: {' '.join(mta.features())}")
         ceiling = measure_ceiling(mta, args.connections, args.ceiling_messages)
         print(f"MTA ceiling           {ceiling:.0f} e-mails/s ({args.connections} smtplib clients)")
-        for r in asyncio.run(run_gateway(mta, args.jobs)):
+        for r in asyncio.run(run_gateway(mta, args.jobs, args.py_spy)):
             print(f"--- gateway, {r['recipients']:.0f} recipients ({r['payload_mb']:.2f} MB)")
             print(f"publish -> 1st queued {r['first_ms']:.0f} ms")
             print(f"all queued            {r['all_s']:.2f} s after publish")

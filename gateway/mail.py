@@ -1,4 +1,6 @@
-"""E-mail channel over SMTP (aiosmtplib): a small pool of reused connections.
+"""E-mail channel over SMTP: a pool of reused connections, opened by aiosmtplib, whose mail
+transactions are pipelined where the server offers it (`smtp_pipeline`); each job's message is
+rendered once per language and copied per recipient (`MessageTemplates`).
 
 4xx replies are temporary, 5xx permanent. The Message-ID is derived from job and recipient,
 so a retried message is recognisable as the same alert by the receiving side.
@@ -16,7 +18,7 @@ import logging
 import re
 import time
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from email.message import EmailMessage
 from email.utils import format_datetime, formatdate
 from typing import NamedTuple
@@ -30,6 +32,7 @@ from .domain import DeliveryState, Job, Priority
 from .errors import ChannelError, LinkDown, PermanentError, TemporaryError
 from .privacy import mask_email
 from .queues import Slots
+from .smtp_pipeline import Pipeline
 
 log = logging.getLogger("gateway.mail")
 
@@ -181,6 +184,66 @@ def _by_code(code: int, text: str) -> ChannelError:
     return PermanentError(f"smtp_{code}", text)
 
 
+class _Connection:
+    """A pooled connection: aiosmtplib opens it (TLS, EHLO, STARTTLS, AUTH), then a `Pipeline`
+    carries its mail transactions. Closed, it opens again with a fresh client."""
+
+    def __init__(self, factory: Callable[[], aiosmtplib.SMTP], timeout: float) -> None:
+        self._factory = factory
+        self._timeout = timeout
+        self.pipe: Pipeline | None = None
+        self.eight_bit = False
+        self.smtputf8 = False
+
+    @property
+    def is_connected(self) -> bool:
+        return self.pipe is not None and self.pipe.is_connected
+
+    async def open(self) -> None:
+        self.close()
+        client = self._factory()
+        try:
+            await client.connect()  # STARTTLS and AUTH too, when configured
+            if client.is_ehlo_or_helo_needed:
+                await client.ehlo()
+            self.eight_bit = client.supports_extension("8bitmime")
+            self.smtputf8 = client.supports_extension("smtputf8")
+            self.pipe = Pipeline.take_over(client, self._timeout)
+        except BaseException:
+            client.close()
+            raise
+
+    def close(self) -> None:
+        if self.pipe is not None:
+            self.pipe.close()
+            self.pipe = None
+
+    async def quit(self) -> None:
+        if self.pipe is not None and self.pipe.is_connected:
+            await self.pipe.quit()
+
+
+def _serialise(msg: EmailMessage, address: str, conn: _Connection) -> tuple[bytes, str, list[str]]:
+    """A message as aiosmtplib's `send_message` would put it on the wire, with its envelope
+    sender and MAIL FROM options."""
+    sender = extract_sender(msg)
+    if sender is None:
+        raise aiosmtplib.SMTPNotSupported("no sender address")  # a misconfigured `sender`
+    options = []
+    utf8 = not (sender + address).isascii()
+    if utf8:
+        if not conn.smtputf8:
+            raise aiosmtplib.SMTPNotSupported(
+                "An address containing non-ASCII characters was provided, but "
+                "SMTPUTF8 is not supported by this server"
+            )
+        options.append("SMTPUTF8")
+    if conn.eight_bit:
+        options.append("BODY=8BITMIME")
+    data = flatten_message(msg, utf8=utf8, cte_type="8bit" if conn.eight_bit else "7bit")
+    return data, sender, options
+
+
 class EmailChannel:
     name = "email"
 
@@ -188,7 +251,7 @@ class EmailChannel:
         self._cfg = cfg
         # Idle connections. Every client exists once: idle here or held by a send, which gives
         # it back (or a fresh one) however the send ends, so the pool never runs dry.
-        self._pool: asyncio.Queue[aiosmtplib.SMTP] = asyncio.Queue()
+        self._pool: asyncio.Queue[_Connection] = asyncio.Queue()
         # Turns at a connection: the scheduler lets hot and cold sends in with a concurrency
         # each; the next free connection goes to a waiting hot send before any cold one.
         self._turns = Slots(cfg.concurrency)
@@ -220,10 +283,10 @@ class EmailChannel:
 
     def _grow(self) -> None:
         while self._clients < self._cfg.concurrency:
-            self._pool.put_nowait(self._new_client())
+            self._pool.put_nowait(_Connection(self._new_client, self._cfg.timeout))
             self._clients += 1
 
-    def _give_back(self, client: aiosmtplib.SMTP, broken: bool) -> None:
+    def _give_back(self, client: _Connection, broken: bool) -> None:
         self._in_use.discard(id(client))
         stale = id(client) in self._stale
         self._stale.discard(id(client))
@@ -232,7 +295,7 @@ class EmailChannel:
             client.close()
         elif broken or stale:
             client.close()
-            self._pool.put_nowait(self._new_client())
+            self._pool.put_nowait(_Connection(self._new_client, self._cfg.timeout))
         else:
             self._pool.put_nowait(client)
 
@@ -285,9 +348,7 @@ class EmailChannel:
         self._in_use.add(id(client))
         try:
             if not client.is_connected:
-                await client.connect()
-            if client.is_ehlo_or_helo_needed:
-                await client.ehlo()
+                await client.open()
             msg_id = await self._transmit(client, attempt)
         except asyncio.CancelledError:
             self._give_back(client, broken=True)
@@ -319,21 +380,20 @@ class EmailChannel:
             detail="accepted by mail server",
         )
 
-    async def _transmit(self, client: aiosmtplib.SMTP, attempt: Attempt) -> str:
-        """Send one message on a connected client; returns its Message-ID."""
-        # What aiosmtplib's send_message does with a message it serialises itself.
-        eight_bit = client.supports_extension("8bitmime")
+    async def _transmit(self, conn: _Connection, attempt: Attempt) -> str:
+        """Send one message on an open connection; returns its Message-ID."""
+        pipe = conn.pipe
+        assert pipe is not None
         rendered = self._templates.render(
-            attempt, self._cfg.sender, self.domain, eight_bit=eight_bit
+            attempt, self._cfg.sender, self.domain, eight_bit=conn.eight_bit
         )
-        if rendered is None:
+        if rendered is None:  # an address or id the template cannot take as it is
             msg = build_message(attempt, self._cfg.sender, self.domain)
-            await client.send_message(msg)
+            data, sender, options = _serialise(msg, attempt.address, conn)
+            await pipe.sendmail(sender, attempt.address, data, options)
             return str(msg["Message-ID"])
-        options = ["BODY=8BITMIME"] if eight_bit else []
-        await client.sendmail(
-            rendered.envelope_sender, [attempt.address], rendered.data, mail_options=options
-        )
+        options = ["BODY=8BITMIME"] if conn.eight_bit else []
+        await pipe.sendmail(rendered.envelope_sender, attempt.address, rendered.data, options)
         return rendered.message_id
 
     # -- probing ---------------------------------------------------------------------------
