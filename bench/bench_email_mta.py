@@ -249,7 +249,7 @@ def gateway_config(work: Path, broker: Mosquitto, mta: PrivateMta) -> Path:
 
 
 async def run_gateway(
-    mta: PrivateMta, jobs: list[int], py_spy: str | None = None
+    mta: PrivateMta, jobs: list[int], py_spy: str | None = None, keep_log: str | None = None
 ) -> list[dict[str, float]]:
     results: list[dict[str, float]] = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -291,6 +291,8 @@ async def run_gateway(
         finally:
             gw.stop()
             broker.stop()
+            if keep_log:
+                shutil.copyfile(gw.log_path, keep_log)
     return results
 
 
@@ -320,6 +322,7 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=8, help="smtplib clients (ceiling)")
     parser.add_argument("--ceiling-messages", type=int, default=8_000)
     parser.add_argument("--py-spy", metavar="BINARY", help="profile the gateway during each job")
+    parser.add_argument("--log", metavar="FILE", help="keep the gateway's log there")
     args = parser.parse_args()
     if os.geteuid() != 0:
         sys.exit("run as root: Postfix's master needs it")
@@ -327,7 +330,7 @@ def main() -> None:
         print(f"postfix {mta.port}: {' '.join(mta.features())}")
         ceiling = measure_ceiling(mta, args.connections, args.ceiling_messages)
         print(f"MTA ceiling           {ceiling:.0f} e-mails/s ({args.connections} smtplib clients)")
-        for r in asyncio.run(run_gateway(mta, args.jobs, args.py_spy)):
+        for r in asyncio.run(run_gateway(mta, args.jobs, args.py_spy, args.log)):
             print(f"--- gateway, {r['recipients']:.0f} recipients ({r['payload_mb']:.2f} MB)")
             print(f"publish -> 1st queued {r['first_ms']:.0f} ms")
             print(f"all queued            {r['all_s']:.2f} s after publish")
