@@ -266,6 +266,7 @@ class EmailChannel:
         self._probe_task: asyncio.Task[None] | None = None
         self._probe_now = asyncio.Event()
         self._templates = MessageTemplates()
+        self._stopping = False
 
     def reconfigure(self, cfg: EmailConfig) -> None:
         """New settings (server, credentials, concurrency...) apply at once: idle connections
@@ -306,12 +307,17 @@ class EmailChannel:
     async def start(self) -> None:
         self._grow()
         if self._probe_task is None:
+            self._stopping = False
             self._probe_now.set()
             self._probe_task = asyncio.create_task(self._probe_loop(), name="smtp-probe")
 
     async def stop(self) -> None:
         task, self._probe_task = self._probe_task, None
         if task is not None:
+            # Python 3.11's wait_for (inside aiosmtplib) can swallow a cancellation that lands
+            # as a reply arrives; the flag and the event end the loop even then.
+            self._stopping = True
+            self._probe_now.set()
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
@@ -398,7 +404,7 @@ class EmailChannel:
 
     # -- probing ---------------------------------------------------------------------------
     async def _probe_loop(self) -> None:
-        while True:
+        while not self._stopping:
             forced = self._probe_now.is_set()
             self._probe_now.clear()
             # Mail accepted within the interval already proves the link: probe only when idle.

@@ -28,6 +28,7 @@ class ScriptedSmtp:
     each read from the socket held, so a test sees which commands came together."""
 
     pipelining: bool
+    chunking: bool = False
     replies: dict[str, str] = field(default_factory=dict)  # verb -> its next reply, once
     reads: list[bytes] = field(default_factory=list)
     messages: list[bytes] = field(default_factory=list)
@@ -42,6 +43,7 @@ class ScriptedSmtp:
         writer.write(b"220 scripted ESMTP\r\n")
         pending = b""
         in_data = False
+        chunk_size: int | None = None  # bytes of a BDAT chunk still to come
         while True:
             chunk = await reader.read(65536)
             if not chunk:
@@ -50,6 +52,13 @@ class ScriptedSmtp:
             pending += chunk
             out: list[str] = []
             while True:
+                if chunk_size is not None:
+                    if len(pending) < chunk_size:
+                        break
+                    self.messages.append(pending[:chunk_size])
+                    pending, chunk_size = pending[chunk_size:], None
+                    out.append(self.replies.pop("END", "250 queued"))
+                    continue
                 if in_data:
                     end = pending.find(b"\r\n.\r\n")
                     if pending.startswith(b".\r\n"):  # an empty message
@@ -69,7 +78,12 @@ class ScriptedSmtp:
                     features = ["250-scripted", "250-8BITMIME"]
                     if self.pipelining:
                         features.append("250-PIPELINING")
+                    if self.chunking:
+                        features.append("250-CHUNKING")
                     out.append("\r\n".join([*features, "250 HELP"]))
+                    continue
+                if line.upper().startswith("BDAT"):
+                    chunk_size = int(line.split()[1])
                     continue
                 answer = self.reply(line)
                 out.append(answer)
@@ -189,6 +203,44 @@ async def test_pipelined_refusals_are_read_in_order(
     first, second = await send(script.port, attempt(1), attempt(2))
     assert isinstance(first, error) and first.reason == reason
     # Replies stayed in step: the next message goes through (on a fresh connection).
+    assert not isinstance(second, Exception), second
+
+
+async def test_message_goes_with_its_envelope_as_one_chunk_when_the_server_offers_chunking(
+    scripted: Callable[[bool], Awaitable[ScriptedSmtp]],
+) -> None:
+    script = await scripted(True)
+    script.chunking = True
+    text = "Alerte PLP.\n.\nUne ligne qui commence par un point."
+    await send(script.port, attempt(1, text))
+    (read,) = envelope_reads(script)
+    assert read.startswith(
+        b"MAIL FROM:<alerte@police.example.be> BODY=8BITMIME\r\n"
+        b"RCPT TO:<member1@example.be>\r\nBDAT "
+    )
+    (message,) = script.messages
+    assert read.endswith(message) and b"\r\n.\r\nUne ligne" in message  # no dot-stuffing
+
+
+@pytest.mark.parametrize(
+    ("replies", "error", "reason"),
+    [
+        ({"RCPT": "550 5.1.1 no such user"}, PermanentError, "smtp_550"),
+        ({"MAIL": "451 4.3.0 try later", "RCPT": "503 sender first"}, TemporaryError, "smtp_451"),
+        ({"END": "552 5.3.4 message too big"}, PermanentError, "smtp_552"),
+    ],
+)
+async def test_chunked_refusals_are_read_in_order(
+    scripted: Callable[[bool], Awaitable[ScriptedSmtp]],
+    replies: dict[str, str],
+    error: type[ChannelError],
+    reason: str,
+) -> None:
+    script = await scripted(True)
+    script.chunking = True
+    script.replies.update(replies)
+    first, second = await send(script.port, attempt(1), attempt(2))
+    assert isinstance(first, error) and first.reason == reason
     assert not isinstance(second, Exception), second
 
 
