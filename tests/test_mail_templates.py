@@ -9,10 +9,10 @@ from unittest import mock
 import pytest
 from aiosmtplib.email import flatten_message
 
-from gateway import mail
+from gateway import mail_message
 from gateway.channel import Attempt
 from gateway.domain import Priority
-from gateway.mail import MessageTemplates, build_message
+from gateway.mail_message import MessageTemplates, build_message
 
 EXPIRES = datetime(2026, 11, 29, 7, 0, tzinfo=UTC) + timedelta(minutes=5)
 FR = "Vague de cambriolages rue des Tilleuls.\n.\nFermez portes et fenêtres."
@@ -29,7 +29,7 @@ def attempt(ref: str = "m-00001", address: str = "member1@example.be", **kw: obj
 
 
 def long_way(a: Attempt, sender: str, eight_bit: bool, date: str) -> bytes:
-    with mock.patch.object(mail, "formatdate", return_value=date):
+    with mock.patch.object(mail_message, "formatdate", return_value=date):
         msg = build_message(a, sender, "police.example.be")
     return flatten_message(msg, cte_type="8bit" if eight_bit else "7bit")
 
