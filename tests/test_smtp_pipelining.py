@@ -6,19 +6,25 @@ through the gateway against aiosmtpd offering PIPELINING."""
 from __future__ import annotations
 
 import asyncio
+import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
 
 import pytest
+from aiosmtpd.controller import Controller
 
 from gateway.channel import Attempt
 from gateway.config import EmailConfig
 from gateway.domain import Priority
 from gateway.errors import ChannelError, PermanentError, TemporaryError
 from gateway.mail import EmailChannel
+from gateway.simulator_process import free_port
 from tests.conftest import GatewayFactory
 from tests.fixtures import Observer, SmtpServer, email_job, members
+from tests.mqtt_tls_fixtures import make_pki
 
 
 @dataclass
@@ -269,3 +275,53 @@ async def test_gateway_delivers_a_job_over_a_pipelining_server(
     # Every member announced once, before anything else happens to it.
     assert len(by_ref) == 250
     assert all(states[0] == "queued" and states.count("queued") == 1 for states in by_ref.values())
+
+
+class _TlsHandler:
+    """aiosmtpd offering PIPELINING; records whether each message came over TLS."""
+
+    def __init__(self) -> None:
+        self.received: list[tuple[str, bool]] = []
+
+    async def handle_EHLO(
+        self, server: Any, session: Any, envelope: Any, hostname: str, responses: list[str]
+    ) -> list[str]:
+        session.host_name = hostname
+        responses.insert(-1, "250-PIPELINING")
+        return responses
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        tls = server.transport.get_extra_info("sslcontext") is not None
+        self.received.append((envelope.rcpt_tos[0], tls))
+        return "250 queued"
+
+
+@pytest.mark.parametrize("security", ["starttls", "tls"])
+async def test_pipelined_transactions_over_tls(
+    security: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The pipeline takes over the connection aiosmtplib secured: the TLS transport's."""
+    pki = make_pki(tmp_path, users=())
+    monkeypatch.setenv("SSL_CERT_FILE", str(pki["ca"]))  # aiosmtplib's default context
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(pki["server"], tmp_path / "server.key")
+    handler, port = _TlsHandler(), free_port()
+    if security == "starttls":
+        controller = Controller(
+            handler, hostname="127.0.0.1", port=port, tls_context=ctx, require_starttls=True
+        )
+    else:
+        controller = Controller(handler, hostname="127.0.0.1", port=port, ssl_context=ctx)
+    controller.start()
+    try:
+        cfg = config(port).model_copy(update={"security": security, "concurrency": 2})
+        channel = EmailChannel(cfg)
+        await channel.start()
+        try:
+            async with asyncio.timeout(10):
+                await asyncio.gather(*(channel.send(attempt(n)) for n in range(1, 5)))
+        finally:
+            await channel.stop()
+    finally:
+        controller.stop()
+    assert sorted(handler.received) == [(f"member{n}@example.be", True) for n in range(1, 5)]
