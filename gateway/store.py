@@ -39,6 +39,7 @@ from .rows import (
 )
 from .secret import is_reference
 from .store_db import SqliteDb
+from .store_directory import DirectoryStore
 from .store_jobs import PENDING, Jobs
 from .store_retention import TOMBSTONE_SECONDS
 from .store_tx import Call
@@ -68,7 +69,7 @@ _OPEN = ("queued", "sending", "retrying", "sent")
 log = logging.getLogger(__name__)
 
 
-class SqlStore(Jobs):
+class SqlStore(DirectoryStore, Jobs):
     """The store's logic on a `gateway.store_db.Db`, whichever engine is behind it: here
     deliveries' transitions, the hot path's batches and receipts; jobs in `Jobs`
     (gateway.store_jobs), purge and replay proofs in `Retention`, transactions below."""
