@@ -100,7 +100,7 @@ class DirectoryStore(Transactions):
                 [(plp_id, r) for r in sorted(removed)],
             )
             self._db.executemany(
-                f"INSERT INTO members({_MEMBER_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?)"
+                f"INSERT INTO members({_MEMBER_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?)"  # noqa: S608
                 " ON CONFLICT (plp_id, ref) DO UPDATE SET phone=excluded.phone,"
                 " phone_kind=excluded.phone_kind, email=excluded.email, lang=excluded.lang,"
                 " no_voice=excluded.no_voice, quiet_hours=excluded.quiet_hours,"
@@ -193,7 +193,7 @@ class DirectoryStore(Transactions):
                 if unknown:
                     return Audience((), (), unknown)
                 where += (
-                    " AND EXISTS (SELECT 1 FROM member_groups g WHERE g.plp_id = m.plp_id"
+                    " AND EXISTS (SELECT 1 FROM member_groups g WHERE g.plp_id = m.plp_id"  # noqa: S608
                     f" AND g.ref = m.ref AND g.grp IN ({_marks(groups)}))"
                 )
                 params += list(groups)
