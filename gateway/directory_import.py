@@ -138,9 +138,7 @@ def _opt(value: Any) -> str | None:
 
 
 def _e164(raw: str, region: str) -> str:
-    return phonenumbers.format_number(
-        parse_phone(raw, region), phonenumbers.PhoneNumberFormat.E164
-    )
+    return phonenumbers.format_number(parse_phone(raw, region), phonenumbers.PhoneNumberFormat.E164)
 
 
 def _members(
