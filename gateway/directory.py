@@ -9,10 +9,14 @@ not alter a running job).
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
 
 from .domain import Recipient
 from .numbers import NumberKind, NumberPolicy
+
+if TYPE_CHECKING:
+    from .store_contract import StoreContract
 
 
 @dataclass(frozen=True)
@@ -82,6 +86,17 @@ class Audience:
     plps: Mapping[str, Plp] = field(default_factory=dict)
 
 
+def plp_options(plp: Plp) -> dict[str, object]:
+    """What a job addressed to one PLP keeps of it: every message carries its code word and
+    goes out under its sender id."""
+    return {
+        "id": plp.id,
+        "names": dict(plp.names),
+        "code_word": plp.code_word,
+        "sender_id": plp.sender_id,
+    }
+
+
 def kind_text(kind: NumberKind | None) -> str | None:
     return None if kind is None else f"{kind.region}/{kind.type}"
 
@@ -141,3 +156,23 @@ def to_recipients(
             )
         )
     return out
+
+
+def followed_members(
+    store: StoreContract, job_id: str
+) -> tuple[tuple[Recipient, ...] | None, dict[str, object]]:
+    """The members job `job_id` reached, each with the one channel that reached them first
+    (a follow-up's recipients), and the job's options; (None, {}) when there is no such job.
+    Runs on the store's thread."""
+    from .outcomes import Delivery, members
+
+    job = store.job(job_id)
+    if job is None:
+        return None, {}
+    reached = {
+        o.ref: o.reached_by.channel
+        for o in members(Delivery.from_row(r) for r in store.deliveries(job_id))
+        if o.reached_by is not None
+    }
+    out = tuple(replace(r, channels=(reached[r.ref],)) for r in job.recipients if r.ref in reached)
+    return out, dict(job.options)

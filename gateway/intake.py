@@ -16,10 +16,20 @@ import aiomqtt
 
 from .async_store import AsyncStore
 from .config import JobsConfig
+from .directory import followed_members
 from .domain import JobState
 from .errors import StoreError
 from .job_id import valid_job_id
-from .jobs import JobErrorItem, JobRejected, content_hash, one_line, parse_job, read_job
+from .jobs import (
+    JobErrorItem,
+    JobRejected,
+    Resolved,
+    content_hash,
+    one_line,
+    parse_job,
+    read_job,
+    wants_store,
+)
 from .numbers import NumberPolicy
 from .payload import display
 from .privacy import scrub
@@ -141,6 +151,7 @@ class Intake:
                 # Read within bounds first: the check parses the payload too.
                 await _sized(size, read_job, payload, self.limits)
                 payload = await _sized(size, self.check.check, payload)
+            resolved = await self._resolve(payload)
             job, _ = await _sized(
                 size,
                 parse_job,
@@ -148,6 +159,7 @@ class Intake:
                 self.limits,
                 self._scheduler.enabled,
                 numbers=self.numbers,
+                resolved=resolved,
             )
         except SignatureError as exc:
             # Unauthenticated: nothing is written under the job's own topics (a forger must not
@@ -199,6 +211,22 @@ class Intake:
             (time.perf_counter() - started) * 1000,
         )
         await self._scheduler.job_accepted(job, rows)
+
+    async def _resolve(self, payload: bytes) -> Resolved | None:
+        """What the store knows of the job's audience (the directory's members, frozen into
+        the job now) and of the job it follows; None for a job that names neither."""
+        if b'"audience"' not in payload and b'"follows"' not in payload:
+            return None  # the usual job: not read twice
+        if len(payload) > self.limits.max_payload_bytes:
+            return None  # refused unread by the parser
+        asked, follows = wants_store(read_job(payload, self.limits))
+        store = self._store.store
+        audience = followed = options = None
+        if asked is not None:
+            audience = await self._store.run(store.resolve_audience, *asked)
+        if follows is not None:
+            followed, options = await self._store.run(followed_members, store, follows)
+        return Resolved(audience, followed, options)
 
     async def _cancel(self, job_id: str, payload: bytes, topic: str, retained: bool) -> None:
         if retained:
