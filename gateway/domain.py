@@ -155,10 +155,42 @@ def pick_language(available: tuple[str, ...], wanted: str | None) -> str:
     return available[0]
 
 
-def compose_text(message: dict[str, str], lang: str, *, test: bool) -> str:
-    """What a member reads in `lang`; a drill says it is a test, in the member's language."""
+#: The PLP's code word under a written message (authenticity: members know the word).
+CODE_WORD_LINE: dict[str, str] = {
+    "fr": "Mot de code : {}",
+    "nl": "Codewoord: {}",
+    "de": "Codewort: {}",
+    "en": "Code word: {}",
+}
+
+
+def compose_text(
+    message: dict[str, str], lang: str, *, test: bool, code_word: str | None = None
+) -> str:
+    """What a member reads in `lang`; a drill says it is a test, in the member's language;
+    the PLP's code word, when there is one, ends it."""
     text = message[lang]
-    return TEST_PREFIX[lang] + text if test else text
+    text = TEST_PREFIX[lang] + text if test else text
+    if code_word:
+        text += "\n" + CODE_WORD_LINE[lang].format(code_word)
+    return text
+
+
+def job_code_word(options: dict[str, object]) -> str | None:
+    """The code word of a job: its own (`voice.code_word`), else its PLP's (directory)."""
+    for key in ("voice", "plp"):
+        section = options.get(key)
+        if isinstance(section, dict) and section.get("code_word"):
+            return str(section["code_word"])
+    return None
+
+
+def job_sender_id(options: dict[str, object]) -> str | None:
+    """The PLP's own sender id (SMS source address, e-mail From name), when it has one."""
+    section = options.get("plp")
+    if isinstance(section, dict) and section.get("sender_id"):
+        return str(section["sender_id"])
+    return None
 
 
 def compose_subject(subject: dict[str, str], lang: str, *, test: bool) -> str:

@@ -646,6 +646,11 @@ def _to_domain(
         plp = found.plps.get(spec.audience.plps[0]) if len(spec.audience.plps) == 1 else None
         if plp is not None:
             options["plp"] = plp_options(plp)
+            voice = options.get("voice")
+            if plp.code_word and not (isinstance(voice, dict) and voice.get("code_word")):
+                # A call says the PLP's code word too (voice/compose.py reads it here).
+                base = voice if isinstance(voice, dict) else VoiceOptions().model_dump()
+                options["voice"] = {**base, "code_word": plp.code_word}
     if spec.follows is not None and resolved.followed is not None:
         recipients = [
             replace(r, index=i, lang=r.lang if r.lang in languages else languages[0])

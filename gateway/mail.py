@@ -16,13 +16,13 @@ import logging
 import time
 from collections.abc import Mapping
 from email.message import EmailMessage
-from email.utils import format_datetime, formatdate
+from email.utils import format_datetime, formataddr, formatdate, parseaddr
 
 import aiosmtplib
 
 from .channel import Attempt, Limits, Outcome
 from .config import EmailConfig
-from .domain import DeliveryState, Job, Priority
+from .domain import DeliveryState, Job, Priority, job_sender_id
 from .errors import ChannelError, LinkDown, PermanentError, TemporaryError
 from .privacy import mask_email
 from .queues import Slots
@@ -44,7 +44,9 @@ def message_id(job_id: str, ref: str, domain: str) -> str:
 
 def build_message(attempt: Attempt, sender: str, domain: str) -> EmailMessage:
     msg = EmailMessage()
-    msg["From"] = sender
+    sender_id = job_sender_id(dict(attempt.options))
+    # The PLP's own sender id is the From display name; the address stays the gateway's.
+    msg["From"] = sender if sender_id is None else formataddr((sender_id, parseaddr(sender)[1]))
     msg["To"] = attempt.address
     msg["Subject"] = attempt.subject
     msg["Date"] = formatdate(localtime=False)

@@ -23,6 +23,7 @@ from .domain import (
     can_transition,
     compose_subject,
     compose_text,
+    job_code_word,
 )
 from .errors import NotSent, PermanentError, TemporaryError
 from .privacy import mask_phone, scrub
@@ -346,7 +347,13 @@ class Scheduler:
             ref=d.ref,
             address=d.address,
             lang=d.lang,
-            text=compose_text(job.message, d.lang, test=job.test),
+            # Voice speaks the code word itself (voice/compose.py); SMS and e-mail write it.
+            text=compose_text(
+                job.message,
+                d.lang,
+                test=job.test,
+                code_word=job_code_word(job.options) if d.channel != "voice" else None,
+            ),
             subject=compose_subject(job.subject, d.lang, test=job.test),
             priority=job.priority,
             number=d.attempts,

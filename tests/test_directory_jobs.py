@@ -9,9 +9,10 @@ from pathlib import Path
 from typing import Any
 
 from gateway.directory import Member, Plp
+from gateway.domain import CODE_WORD_LINE
 from gateway.store import SqliteStore
 from tests.conftest import GatewayFactory
-from tests.fixtures import Observer
+from tests.fixtures import Observer, SmtpServer
 from tests.sms_fixtures import SmscProcess
 from tests.voice_fixtures import AsteriskProcess, number, voice_job
 
@@ -57,7 +58,7 @@ async def test_an_audience_reaches_its_group_in_their_languages_without_personal
     tilleuls = [member("tilleuls", i, 1, groups=shop) for i in range(6)]
     tilleuls[2] = member("tilleuls", 2, 1, groups=shop, no_voice=True)
     tilleuls += [member("tilleuls", i, 1, groups=("farmers",)) for i in range(6, 9)]
-    seed(tmp_path, Plp("tilleuls", code_word="Tilleul"), tilleuls)
+    seed(tmp_path, Plp("tilleuls", code_word="Tilleul", sender_id="PLPTilleul"), tilleuls)
     seed(tmp_path, Plp("chenes"), [member("chenes", i, 1, groups=shop) for i in range(3)])
     gateway(smsc.config() + asterisk.config(tmp_path / "sounds"))
 
@@ -69,7 +70,11 @@ async def test_an_audience_reaches_its_group_in_their_languages_without_personal
     assert called == {m.phone for m in tilleuls[:6] if not m.no_voice}
     deaf = tilleuls[2]
     [text] = (await smsc.ctl("messages", number=deaf.phone))["messages"]
-    assert text.startswith(voice_job("x", [])["message"][deaf.lang])  # in their language
+    # In their language, with the PLP's code word, from the PLP's own sender id.
+    word = CODE_WORD_LINE[deaf.lang].format("Tilleul")
+    assert text == voice_job("x", [])["message"][deaf.lang] + "\n" + word
+    pdus = (await smsc.ctl("pdus", number=deaf.phone))["pdus"]
+    assert {p["source_addr"] for p in pdus} == {"PLPTilleul"}
     sms = [len((await smsc.ctl("messages", number=m.phone))["messages"]) for m in tilleuls]
     assert sum(sms) == 1
     events = observer.events("aud-1")
@@ -127,3 +132,21 @@ async def test_a_follow_up_reaches_exactly_who_the_first_job_reached_on_that_cha
     await observer.wait(lambda: observer.rejections() or None)
     [error] = observer.rejections()[-1]["errors"]
     assert (error["path"], error["code"]) == ("$.follows", "conflict")
+
+
+async def test_e_mail_carries_the_code_word_and_the_plps_sender_name(
+    gateway: GatewayFactory, observer: Observer, smtp: SmtpServer, tmp_path: Path
+) -> None:
+    plp = Plp("tilleuls", code_word="Tilleul", sender_id="PLP Tilleuls")
+    seed(tmp_path, plp, [member("tilleuls", i, 1) for i in range(2)])
+    gateway()
+    job = audience_job("mail-1", ["tilleuls"], [])
+    job["channels"] = ["email"]
+    del job["voice"]
+    await observer.publish_job(job)
+    await observer.wait_job("mail-1", "done")
+    mails = await smtp.await_for(lambda box: len(box) >= 2)
+    for mail in mails:
+        lang = LANGS[int(mail.rcpts[0].removeprefix("tilleuls")[0])]
+        assert mail.body.rstrip().endswith(CODE_WORD_LINE[lang].format("Tilleul"))
+        assert mail.message["From"].startswith("PLP Tilleuls <alerte@police.example.be>")
