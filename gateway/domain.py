@@ -47,7 +47,11 @@ _FINAL_JOB_STATES = frozenset(
 
 
 class DeliveryState(enum.StrEnum):
-    """One recipient x channel. `sent` waits for a receipt; the last five are final."""
+    """One recipient x channel. `sent` waits for a receipt; `held` waits for the end of the
+    member's quiet hours (cold only); delivered to unsubscribed are final.
+
+    `capped` (the member's daily cap of cold messages was reached) and `unsubscribed` (the
+    member replied STOP) are a member's own choice: the message was not sent, on purpose."""
 
     QUEUED = "queued"
     SENDING = "sending"
@@ -58,6 +62,9 @@ class DeliveryState(enum.StrEnum):
     FAILED = "failed"
     EXPIRED = "expired"
     CANCELLED = "cancelled"
+    HELD = "held"
+    CAPPED = "capped"
+    UNSUBSCRIBED = "unsubscribed"
 
     @property
     def final(self) -> bool:
@@ -76,16 +83,30 @@ FINAL_DELIVERY_STATES = frozenset(
         DeliveryState.FAILED,
         DeliveryState.EXPIRED,
         DeliveryState.CANCELLED,
+        DeliveryState.CAPPED,
+        DeliveryState.UNSUBSCRIBED,
     }
 )
 PENDING_DELIVERY_STATES = frozenset(
-    {DeliveryState.QUEUED, DeliveryState.SENDING, DeliveryState.RETRYING}
+    {DeliveryState.QUEUED, DeliveryState.SENDING, DeliveryState.RETRYING, DeliveryState.HELD}
 )
 
 # Allowed transitions. `delivered -> acknowledged` is a member confirming after delivery
 # (press 1, SMS reply); `sent -> retrying` is a receipt saying "try again" (rare).
 TRANSITIONS: dict[DeliveryState, frozenset[DeliveryState]] = {
     DeliveryState.QUEUED: frozenset(
+        {
+            DeliveryState.SENDING,
+            DeliveryState.FAILED,
+            DeliveryState.EXPIRED,
+            DeliveryState.CANCELLED,
+            DeliveryState.HELD,
+            DeliveryState.CAPPED,
+            DeliveryState.UNSUBSCRIBED,
+        }
+    ),
+    # Held until the member's quiet hours end, then sent like a queued one.
+    DeliveryState.HELD: frozenset(
         {
             DeliveryState.SENDING,
             DeliveryState.FAILED,
@@ -126,6 +147,8 @@ TRANSITIONS: dict[DeliveryState, frozenset[DeliveryState]] = {
     DeliveryState.FAILED: frozenset({DeliveryState.ACKNOWLEDGED}),
     DeliveryState.EXPIRED: frozenset(),
     DeliveryState.CANCELLED: frozenset(),
+    DeliveryState.CAPPED: frozenset(),
+    DeliveryState.UNSUBSCRIBED: frozenset(),
 }
 
 

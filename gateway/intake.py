@@ -10,11 +10,13 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
 from typing import ParamSpec, Protocol, TypeVar
 
 import aiomqtt
 
 from .async_store import AsyncStore
+from .choices import DirectoryConfig, apply_choices
 from .config import JobsConfig
 from .directory import followed_members
 from .domain import JobState
@@ -88,6 +90,7 @@ class Intake:
         self._ack = ack
         self.check = check
         self.numbers = numbers or {}  # each phone channel's number policy (reloadable)
+        self.directory = DirectoryConfig()  # [directory]: members' choices (reloadable)
         self.counters = {"accepted": 0, "duplicates": 0, "rejected": 0, "cancels": 0}
 
     async def handle(self, message: aiomqtt.Message) -> None:
@@ -144,6 +147,7 @@ class Intake:
         topic = self._topics.jobs
         log.debug("job payload received (%d bytes)", len(payload))
         received = payload
+        resolved: Resolved | None = None
         try:
             size = len(payload)
             if self.check is not None and size <= self.limits.max_payload_bytes:
@@ -200,6 +204,17 @@ class Intake:
             log.info("job %s received again: already known, not run twice", job.id)
             self._status.job_dirty(job.id, immediate=True)
             return
+        if resolved is not None and resolved.audience is not None and resolved.audience.members:
+            # Quiet hours, the daily cap and STOP, as the directory's members chose.
+            rows = await self._store.run(
+                apply_choices,
+                self._store.store,
+                job,
+                rows,
+                resolved.audience.members,
+                self.directory,
+                datetime.now(UTC),
+            )
         self.counters["accepted"] += 1
         log.info(
             "job %s accepted: priority=%s test=%s recipients=%d deliveries=%d stored in %.1f ms",

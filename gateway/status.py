@@ -146,7 +146,7 @@ class StatusPublisher:
             event["detail"] = d.detail
         if d.provider_ids:
             event["provider_id_hash"] = [address_hash(p) for p in d.provider_ids]
-        if d.next_attempt_at and d.state.value == "retrying":
+        if d.next_attempt_at and d.state.value in ("retrying", "held"):
             event["next_attempt_at"] = iso(d.next_attempt_at)
         if d.possibly_sent:
             event["possibly_sent"] = True

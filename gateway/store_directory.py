@@ -233,6 +233,21 @@ class DirectoryStore(Transactions):
             for r in rows
         ]
 
+    def cold_counts_since(self, since: float, except_job: str) -> dict[str, int]:
+        """Per address: the cold jobs since `since` that were (or will be) sent to it (the
+        daily cap); `except_job` (the new one) not counted."""
+        rows = self._read(
+            lambda: self._db.execute(
+                "SELECT d.address, count(DISTINCT d.job_id) AS n FROM deliveries d"
+                " JOIN jobs j ON j.id = d.job_id WHERE j.priority = 1 AND j.created_at >= ?"
+                " AND j.id <> ? AND d.address IS NOT NULL AND d.state IN"
+                " ('queued','sending','retrying','held','sent','delivered','acknowledged')"
+                " GROUP BY d.address",
+                (since, except_job),
+            ).fetchall()
+        )
+        return {r["address"]: int(r["n"]) for r in rows}
+
     # -- erasure ----------------------------------------------------------------------------
     def remove_member(self, ref: str, plp_id: str | None = None) -> int:
         """Erase a member: their directory rows, and in stored jobs their number and address
