@@ -79,7 +79,7 @@ class Gateway:
         self.link = MqttLink(
             config.mqtt,
             config.client_id,
-            [self.topics.jobs, self.topics.cancel_filter],
+            [self.topics.jobs, self.topics.cancel_filter, self.topics.directory_filter],
             will=Outgoing(self.topics.availability, b"offline", qos=1, retain=True),
             buffer=config.status.event_buffer,
         )

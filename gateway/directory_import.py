@@ -105,6 +105,13 @@ def _read_json(
     return out
 
 
+def read_members(
+    items: list[Any], plp_id: str, numbers: Mapping[str, NumberPolicy], region: str = "BE"
+) -> ImportFile:
+    """Members given as JSON objects (a directory sync over MQTT)."""
+    return _members(enumerate(items, 1), plp_id, numbers, region)
+
+
 def plp_from_json(plp_id: str, data: Any) -> Plp:
     """A PLP's metadata from `{"names": {...}, "zone", "code_word", "sender_id",
     "coordinators": [{"email", "phone"}]}`."""

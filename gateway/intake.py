@@ -15,6 +15,7 @@ from typing import ParamSpec, Protocol, TypeVar
 
 import aiomqtt
 
+from . import directory_sync
 from .async_store import AsyncStore
 from .choices import DirectoryConfig, apply_choices
 from .config import JobsConfig
@@ -37,7 +38,7 @@ from .payload import display
 from .privacy import scrub
 from .rows import AddResult
 from .scheduler import Scheduler
-from .signing import CancelRequest, SeenNonce, SignatureError, parse_cancel
+from .signing import CancelRequest, SeenNonce, SignatureError, Verifier, parse_cancel
 from .status import StatusPublisher, Topics
 
 P = ParamSpec("P")
@@ -103,7 +104,10 @@ class Intake:
                 await self._job(payload)
             else:
                 job_id = self._topics.cancel_job_id(topic)
-                if job_id is not None and not valid_job_id(job_id):
+                plp_id = self._topics.directory_plp(topic)
+                if plp_id is not None:
+                    await self._directory_sync(plp_id, payload)
+                elif job_id is not None and not valid_job_id(job_id):
                     # No job can have it: answered without a look in the store.
                     error = JobErrorItem("topic", "invalid_format", "the job id breaks the id rule")
                     self._reject([error], None, topic)
@@ -242,6 +246,28 @@ class Intake:
         if follows is not None:
             followed, options = await self._store.run(followed_members, store, follows)
         return Resolved(audience, followed, options)
+
+    async def _directory_sync(self, plp_id: str, payload: bytes) -> None:
+        """A signed member list from the central database (gateway.directory_sync)."""
+        if not directory_sync.valid_plp(plp_id) or not isinstance(self.check, Verifier):
+            result = {"plp": None, "ok": False, "error": "invalid PLP id or no signing keys"}
+            if directory_sync.valid_plp(plp_id):
+                self._status.directory_result(plp_id, {**result, "plp": plp_id})
+            log.warning("directory sync on %s refused", display(plp_id, 80))
+            return
+        try:
+            sync = directory_sync.check(self.check, payload, plp_id)
+        except SignatureError as exc:
+            log.warning("directory sync for %s refused: %s", plp_id, exc.reason)
+            self._status.directory_result(plp_id, {"plp": plp_id, "ok": False, "error": exc.reason})
+            return
+        result = await self._store.run(directory_sync.apply, self._store.store, sync, self.numbers)
+        log.info(
+            "directory sync for %s: %s",
+            plp_id,
+            ", ".join(f"{k}={result.get(k)}" for k in ("ok", "added", "updated", "removed")),
+        )
+        self._status.directory_result(plp_id, result)
 
     async def _cancel(self, job_id: str, payload: bytes, topic: str, retained: bool) -> None:
         if retained:
