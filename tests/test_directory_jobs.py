@@ -150,3 +150,31 @@ async def test_e_mail_carries_the_code_word_and_the_plps_sender_name(
         lang = LANGS[int(mail.rcpts[0].removeprefix("tilleuls")[0])]
         assert mail.body.rstrip().endswith(CODE_WORD_LINE[lang].format("Tilleul"))
         assert mail.message["From"].startswith("PLP Tilleuls <alerte@police.example.be>")
+
+
+async def test_a_follow_up_works_after_a_cancel(
+    gateway: GatewayFactory,
+    observer: Observer,
+    smsc: SmscProcess,
+    asterisk: AsteriskProcess,
+    tmp_path: Path,
+) -> None:
+    answers = member("tilleuls", 0, 1)  # answers and presses 1
+    rings = member("tilleuls", 1, 3)  # never picks up: still ringing when the alert is lifted
+    seed(tmp_path, Plp("tilleuls"), [answers, rings])
+    gateway(smsc.config() + asterisk.config(tmp_path / "sounds", ring_timeout=300))
+    await observer.publish_job(audience_job("alert", ["tilleuls"], []))
+    await observer.wait(
+        lambda: any(
+            e["ref"] == answers.ref and e["state"] == "acknowledged"
+            for e in observer.events("alert")
+        )
+    )
+    await observer.publish("plp/jobs/alert/cancel", b"")
+    await observer.wait_job("alert", "cancelled")
+    lifted = voice_job("lifted", [], message={"fr": "L'alerte est levée."})
+    del lifted["recipients"]
+    lifted["follows"] = "alert"
+    await observer.publish_job(lifted)
+    await observer.wait_job("lifted", "done")
+    assert {(e["ref"], e["channel"]) for e in observer.events("lifted")} == {(answers.ref, "voice")}
