@@ -6,6 +6,7 @@ Plain Python, no transport: the store, scheduler and channels all speak these ty
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -199,7 +200,7 @@ def compose_text(
     return text
 
 
-def job_code_word(options: dict[str, object]) -> str | None:
+def job_code_word(options: Mapping[str, object]) -> str | None:
     """The code word of a job: its own (`voice.code_word`), else its PLP's (directory)."""
     for key in ("voice", "plp"):
         section = options.get(key)
@@ -208,7 +209,7 @@ def job_code_word(options: dict[str, object]) -> str | None:
     return None
 
 
-def job_sender_id(options: dict[str, object]) -> str | None:
+def job_sender_id(options: Mapping[str, object]) -> str | None:
     """The PLP's own sender id (SMS source address, e-mail From name), when it has one."""
     section = options.get("plp")
     if isinstance(section, dict) and section.get("sender_id"):

@@ -44,7 +44,7 @@ def message_id(job_id: str, ref: str, domain: str) -> str:
 
 def build_message(attempt: Attempt, sender: str, domain: str) -> EmailMessage:
     msg = EmailMessage()
-    sender_id = job_sender_id(dict(attempt.options))
+    sender_id = job_sender_id(attempt.options)
     # The PLP's own sender id is the From display name; the address stays the gateway's.
     msg["From"] = sender if sender_id is None else formataddr((sender_id, parseaddr(sender)[1]))
     msg["To"] = attempt.address

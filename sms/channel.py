@@ -205,7 +205,7 @@ class SmsChannel:
             raise PermanentError("too_long", str(exc)) from exc
         validity = validity_period(min(remaining, self.config.max_validity))
         # The PLP's own sender id (directory), else the configured one.
-        sender_id = job_sender_id(dict(attempt.options))
+        sender_id = job_sender_id(attempt.options)
         ton, npi, source = self._sender if sender_id is None else sender_address(sender_id)
         parts = [
             P.SubmitSm(ton, npi, source, TON_INTERNATIONAL, NPI_ISDN,
