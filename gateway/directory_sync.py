@@ -17,7 +17,6 @@ list signed for one PLP cannot be replayed onto another PLP's topic.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -27,6 +26,7 @@ from typing import Any
 from .directory_import import ImportError_, plp_from_json, read_members
 from .jobs import PLP_ID_PATTERN
 from .numbers import NumberPolicy
+from .payload import read_json
 from .signing import SignatureError, Verifier
 from .store_contract import StoreContract
 
@@ -42,12 +42,14 @@ class SyncRequest:
     request: str | None
 
 
-def check(verifier: Verifier, payload: bytes, plp_id: str) -> SyncRequest:
+def check(
+    verifier: Verifier, payload: bytes, plp_id: str, max_members: int = 100_000
+) -> SyncRequest:
     """The verified sync for `plp_id`, or SignatureError (unsigned, bad MAC, replay, another
-    PLP's list)."""
+    PLP's list). Read within bounds (about 16 JSON values a member), as jobs are."""
     try:
-        body = json.loads(payload)
-    except ValueError:
+        body = read_json(payload, 16 * max_members + 1000)
+    except ValueError:  # PayloadError too
         raise SignatureError("unsigned", "a directory sync is a signed JSON object") from None
     if not isinstance(body, dict) or "sig" not in body:
         raise SignatureError("unsigned", "a directory sync must be signed")

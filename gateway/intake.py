@@ -256,7 +256,7 @@ class Intake:
             log.warning("directory sync on %s refused", display(plp_id, 80))
             return
         try:
-            sync = directory_sync.check(self.check, payload, plp_id)
+            sync = directory_sync.check(self.check, payload, plp_id, self.limits.max_recipients)
         except SignatureError as exc:
             log.warning("directory sync for %s refused: %s", plp_id, exc.reason)
             self._status.directory_result(plp_id, {"plp": plp_id, "ok": False, "error": exc.reason})

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from gateway.store import SqliteStore
 from tests.directory_fixtures import BAD_ROWS, email, member_csv, phone
 from tests.test_cli import plp_gateway
 
@@ -67,3 +68,38 @@ def test_export_then_remove_member_leaves_nothing_in_the_store_files(tmp_path: P
     assert phone(7).encode() not in data and email(7).encode() not in data
     gone = plp_gateway("directory", "export", "--member", "m-0007", "--config", cfg)
     assert gone.returncode == 1
+
+
+def test_json_import_sets_the_plp_and_set_plp_changes_it(tmp_path: Path) -> None:
+    cfg = config(tmp_path)
+    data = {
+        "plp": {
+            "names": {"fr": "PLP Tilleuls", "nl": "BIN Linde"},
+            "zone": "5344",
+            "code_word": "Tilleul",
+            "coordinators": [{"email": "coord@police.example.be"}],
+        },
+        "members": [
+            {"ref": "anne", "phone": "0470 12 34 56", "lang": "nl", "groups": ["shopkeepers"]},
+            {"ref": "bert", "email": "not-an-address", "lang": "fr"},
+        ],
+    }
+    path = tmp_path / "tilleuls.json"
+    path.write_text(json.dumps(data))
+    out = plp_gateway("directory", "import", str(path), "--plp", "tilleuls", "--config", cfg)
+    assert out.returncode == 1 and "line 2: invalid_email" in out.stderr, out.stderr
+    assert "1 added" in out.stdout
+    out = plp_gateway(
+        "directory", "set-plp", "tilleuls", "--sender-id", "PLPTilleul",
+        "--coordinator-phone", "0470 99 88 77", "--config", cfg,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    listed = plp_gateway("directory", "list", "--config", cfg).stdout
+    assert listed.startswith("tilleuls\t1 members\tPLP Tilleuls / BIN Linde\tzone 5344")
+    store = SqliteStore(tmp_path / "gw.sqlite3")
+    try:
+        plp = store.plp("tilleuls")
+    finally:
+        store.close()
+    assert plp is not None and (plp.code_word, plp.sender_id) == ("Tilleul", "PLPTilleul")
+    assert [c.phone for c in plp.coordinators] == ["+32470998877"]
