@@ -8,6 +8,7 @@ not alter a running job).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
@@ -84,6 +85,15 @@ class Audience:
     unknown_plps: tuple[int, ...] = ()  # indexes into audience.plps
     unknown_groups: tuple[int, ...] = ()  # indexes into audience.groups
     plps: Mapping[str, Plp] = field(default_factory=dict)
+
+
+_SENDER_ID = re.compile(r"^(\+?\d{3,15}|[A-Za-z0-9][A-Za-z0-9 ._-]{0,10})$")
+
+
+def valid_sender_id(value: str) -> bool:
+    """An SMS source address: a number, or at most 11 letters, digits, space . _ - (SMPP's
+    alphanumeric sender)."""
+    return _SENDER_ID.match(value) is not None
 
 
 def plp_options(plp: Plp) -> dict[str, object]:

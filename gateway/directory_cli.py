@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .directory import Coordinator, Plp
+from .directory import Coordinator, Plp, valid_sender_id
 from .directory_import import ImportError_, read_file
 from .domain import LANGUAGES
 from .privacy import mask_email, mask_phone
@@ -132,6 +132,8 @@ def cmd_set_plp(args: argparse.Namespace) -> int:
                 [Coordinator(email=normalise_email(e)) for e in args.coordinator_email or []]
                 + [Coordinator(phone=normalise_phone(p)) for p in args.coordinator_phone or []]
             )
+        if args.sender_id is not None and not valid_sender_id(args.sender_id):
+            raise ValueError("--sender-id: a number, or at most 11 letters and digits")
         store.set_plp(
             Plp(
                 id=args.id,
@@ -143,7 +145,7 @@ def cmd_set_plp(args: argparse.Namespace) -> int:
             )
         )
     except ValueError as exc:
-        print(f"invalid coordinator: {exc}", file=sys.stderr)
+        print(f"not saved: {exc}", file=sys.stderr)
         return 1
     finally:
         store.close()

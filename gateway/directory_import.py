@@ -20,7 +20,7 @@ from typing import Any
 
 import phonenumbers
 
-from .directory import Coordinator, Member, Plp, kind_text
+from .directory import Coordinator, Member, Plp, kind_text, valid_sender_id
 from .domain import LANGUAGES
 from .jobs import REF_PATTERN, normalise_email, parse_phone
 from .numbers import NumberPolicy, kind_of
@@ -130,12 +130,15 @@ def plp_from_json(plp_id: str, data: Any) -> Plp:
         except ValueError as exc:
             raise ImportError_(f"coordinator: {exc}") from None
         coordinators.append(Coordinator(email, phone))
+    sender_id = _opt(data.get("sender_id"))
+    if sender_id is not None and not valid_sender_id(sender_id):
+        raise ImportError_("`plp.sender_id`: a number, or at most 11 letters and digits")
     return Plp(
         id=plp_id,
         names={str(k): str(v) for k, v in names.items()},
         zone=_opt(data.get("zone")),
         code_word=_opt(data.get("code_word")),
-        sender_id=_opt(data.get("sender_id")),
+        sender_id=sender_id,
         coordinators=tuple(coordinators),
     )
 

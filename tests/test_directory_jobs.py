@@ -137,7 +137,7 @@ async def test_a_follow_up_reaches_exactly_who_the_first_job_reached_on_that_cha
 async def test_e_mail_carries_the_code_word_and_the_plps_sender_name(
     gateway: GatewayFactory, observer: Observer, smtp: SmtpServer, tmp_path: Path
 ) -> None:
-    plp = Plp("tilleuls", code_word="Tilleul", sender_id="PLP Tilleuls")
+    plp = Plp("tilleuls", code_word="Tilleul", sender_id="PLP Linde")
     seed(tmp_path, plp, [member("tilleuls", i, 1) for i in range(2)])
     gateway()
     job = audience_job("mail-1", ["tilleuls"], [])
@@ -149,7 +149,7 @@ async def test_e_mail_carries_the_code_word_and_the_plps_sender_name(
     for mail in mails:
         lang = LANGS[int(mail.rcpts[0].removeprefix("tilleuls")[0])]
         assert mail.body.rstrip().endswith(CODE_WORD_LINE[lang].format("Tilleul"))
-        assert mail.message["From"].startswith("PLP Tilleuls <alerte@police.example.be>")
+        assert mail.message["From"].startswith("PLP Linde <alerte@police.example.be>")
 
 
 async def test_a_follow_up_works_after_a_cancel(
