@@ -97,3 +97,27 @@ def test_remove_member_leaves_neither_number_nor_address(
     assert rows and all(d.address is None and d.ref.startswith("erased-") for d in rows)
     stored = store.job("job-1")
     assert stored is not None and stored.recipients[3].phone is None
+
+
+def test_member_choices_in_the_store(any_store: SqlStore) -> None:
+    """STOP kept per member, members found by number, the cold messages a number got today."""
+    store = any_store
+    store.import_members("plp-a", read_file(member_csv(3, bad=False), "plp-a").members)
+    assert store.set_cold_unsubscribed("plp-a", "m-0001", True)
+    assert not store.set_cold_unsubscribed("plp-a", "nobody", True)
+    [found] = store.find_members(phone=phone(1))
+    assert found.ref == "m-0001" and found.cold_unsubscribed
+    for job_id, priority in (("c1", "cold"), ("c2", "cold"), ("h1", "hot")):
+        payload = json.dumps(
+            {
+                "id": job_id,
+                "priority": priority,
+                "message": {"fr": "Info"},
+                "channels": ["sms"],
+                "recipients": [{"ref": "m-0000", "phone": phone(0)}],
+            }
+        ).encode()
+        job, _ = parse_job(payload, JobsConfig(), ALL)
+        store.add_job(job, content_hash(payload), ALL)
+    assert store.cold_counts_since(0.0, "c2") == {phone(0): 1}  # hot and c2 itself not counted
+    assert store.cold_counts_since(0.0, "other") == {phone(0): 2}
