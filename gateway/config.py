@@ -29,6 +29,7 @@ from sms.config import SmsConfig
 from voice.config import VoiceConfig
 
 from .channel import RetryPolicy
+from .choices import DirectoryConfig
 from .errors import ConfigError
 from .homeassistant import HomeAssistantConfig, node_id_problem
 from .metrics import MetricsConfig
@@ -174,6 +175,7 @@ class Config(Section):
     security: SecurityConfig = SecurityConfig()
     metrics: MetricsConfig = MetricsConfig()
     homeassistant: HomeAssistantConfig = HomeAssistantConfig()
+    directory: DirectoryConfig = DirectoryConfig()
 
     @field_validator("node")
     @classmethod

@@ -10,22 +10,35 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
 from typing import ParamSpec, Protocol, TypeVar
 
 import aiomqtt
 
+from . import directory_sync
 from .async_store import AsyncStore
+from .choices import DirectoryConfig, apply_choices
 from .config import JobsConfig
+from .directory import followed_members
 from .domain import JobState
 from .errors import StoreError
 from .job_id import valid_job_id
-from .jobs import JobErrorItem, JobRejected, content_hash, one_line, parse_job, read_job
+from .jobs import (
+    JobErrorItem,
+    JobRejected,
+    Resolved,
+    content_hash,
+    one_line,
+    parse_job,
+    read_job,
+    wants_store,
+)
 from .numbers import NumberPolicy
 from .payload import display
 from .privacy import scrub
 from .rows import AddResult
 from .scheduler import Scheduler
-from .signing import CancelRequest, SeenNonce, SignatureError, parse_cancel
+from .signing import CancelRequest, SeenNonce, SignatureError, Verifier, parse_cancel
 from .status import StatusPublisher, Topics
 
 P = ParamSpec("P")
@@ -78,6 +91,7 @@ class Intake:
         self._ack = ack
         self.check = check
         self.numbers = numbers or {}  # each phone channel's number policy (reloadable)
+        self.directory = DirectoryConfig()  # [directory]: members' choices (reloadable)
         self.counters = {"accepted": 0, "duplicates": 0, "rejected": 0, "cancels": 0}
 
     async def handle(self, message: aiomqtt.Message) -> None:
@@ -90,7 +104,10 @@ class Intake:
                 await self._job(payload)
             else:
                 job_id = self._topics.cancel_job_id(topic)
-                if job_id is not None and not valid_job_id(job_id):
+                plp_id = self._topics.directory_plp(topic)
+                if plp_id is not None:
+                    await self._directory_sync(plp_id, payload)
+                elif job_id is not None and not valid_job_id(job_id):
                     # No job can have it: answered without a look in the store.
                     error = JobErrorItem("topic", "invalid_format", "the job id breaks the id rule")
                     self._reject([error], None, topic)
@@ -134,6 +151,7 @@ class Intake:
         topic = self._topics.jobs
         log.debug("job payload received (%d bytes)", len(payload))
         received = payload
+        resolved: Resolved | None = None
         try:
             size = len(payload)
             if self.check is not None and size <= self.limits.max_payload_bytes:
@@ -141,6 +159,7 @@ class Intake:
                 # Read within bounds first: the check parses the payload too.
                 await _sized(size, read_job, payload, self.limits)
                 payload = await _sized(size, self.check.check, payload)
+            resolved = await self._resolve(payload)
             job, _ = await _sized(
                 size,
                 parse_job,
@@ -148,6 +167,7 @@ class Intake:
                 self.limits,
                 self._scheduler.enabled,
                 numbers=self.numbers,
+                resolved=resolved,
             )
         except SignatureError as exc:
             # Unauthenticated: nothing is written under the job's own topics (a forger must not
@@ -188,6 +208,17 @@ class Intake:
             log.info("job %s received again: already known, not run twice", job.id)
             self._status.job_dirty(job.id, immediate=True)
             return
+        if resolved is not None and resolved.audience is not None and resolved.audience.members:
+            # Quiet hours, the daily cap and STOP, as the directory's members chose.
+            rows = await self._store.run(
+                apply_choices,
+                self._store.store,
+                job,
+                rows,
+                resolved.audience.members,
+                self.directory,
+                datetime.now(UTC),
+            )
         self.counters["accepted"] += 1
         log.info(
             "job %s accepted: priority=%s test=%s recipients=%d deliveries=%d stored in %.1f ms",
@@ -199,6 +230,44 @@ class Intake:
             (time.perf_counter() - started) * 1000,
         )
         await self._scheduler.job_accepted(job, rows)
+
+    async def _resolve(self, payload: bytes) -> Resolved | None:
+        """What the store knows of the job's audience (the directory's members, frozen into
+        the job now) and of the job it follows; None for a job that names neither."""
+        if b'"audience"' not in payload and b'"follows"' not in payload:
+            return None  # the usual job: not read twice
+        if len(payload) > self.limits.max_payload_bytes:
+            return None  # refused unread by the parser
+        asked, follows = wants_store(read_job(payload, self.limits))
+        store = self._store.store
+        audience = followed = options = None
+        if asked is not None:
+            audience = await self._store.run(store.resolve_audience, *asked)
+        if follows is not None:
+            followed, options = await self._store.run(followed_members, store, follows)
+        return Resolved(audience, followed, options)
+
+    async def _directory_sync(self, plp_id: str, payload: bytes) -> None:
+        """A signed member list from the central database (gateway.directory_sync)."""
+        if not directory_sync.valid_plp(plp_id) or not isinstance(self.check, Verifier):
+            result = {"plp": None, "ok": False, "error": "invalid PLP id or no signing keys"}
+            if directory_sync.valid_plp(plp_id):
+                self._status.directory_result(plp_id, {**result, "plp": plp_id})
+            log.warning("directory sync on %s refused", display(plp_id, 80))
+            return
+        try:
+            sync = directory_sync.check(self.check, payload, plp_id, self.limits.max_recipients)
+        except SignatureError as exc:
+            log.warning("directory sync for %s refused: %s", plp_id, exc.reason)
+            self._status.directory_result(plp_id, {"plp": plp_id, "ok": False, "error": exc.reason})
+            return
+        result = await self._store.run(directory_sync.apply, self._store.store, sync, self.numbers)
+        log.info(
+            "directory sync for %s: %s",
+            plp_id,
+            ", ".join(f"{k}={result.get(k)}" for k in ("ok", "added", "updated", "removed")),
+        )
+        self._status.directory_result(plp_id, result)
 
     async def _cancel(self, job_id: str, payload: bytes, topic: str, retained: bool) -> None:
         if retained:

@@ -16,7 +16,7 @@ import hashlib
 import json
 import re
 from collections.abc import Mapping, Set
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 
@@ -34,6 +34,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from .config import JobsConfig
+from .directory import Audience, plp_options, recipient_ref, to_recipients
 from .domain import Job, Priority, Recipient
 from .job_id import JOB_ID_PATTERN, valid_job_id
 from .numbers import NumberPolicy, kind_of
@@ -100,6 +101,21 @@ class RecipientIn(_Model):
     )
 
 
+PLP_ID_PATTERN = r"^[a-z0-9][a-z0-9_.-]{0,63}$"
+GROUP_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,39}$"
+
+
+class AudienceIn(_Model):
+    """Members of the gateway's PLP directory, resolved when the job is accepted."""
+
+    plps: list[Annotated[str, Field(pattern=PLP_ID_PATTERN)]] = Field(
+        min_length=1, description="PLP ids, e.g. zone5344-tilleuls"
+    )
+    groups: list[Annotated[str, Field(pattern=GROUP_PATTERN)]] = Field(
+        default_factory=list, description="only members of one of these groups (default: all)"
+    )
+
+
 class JobIn(_Model):
     """An alert job. Unknown fields are rejected."""
 
@@ -111,7 +127,18 @@ class JobIn(_Model):
         default_factory=dict, description="e-mail subject, one line"
     )
     channels: list[ChannelName] = Field(min_length=1)
-    recipients: list[RecipientIn] = Field(min_length=1)
+    recipients: list[RecipientIn] = Field(
+        default_factory=list, description="members given here; or `audience`, or `follows`"
+    )
+    audience: AudienceIn | None = Field(
+        None, description="members from the PLP directory, instead of or besides recipients"
+    )
+    follows: str | None = Field(
+        None,
+        pattern=JOB_ID_PATTERN,
+        description="an earlier job: this one goes to the members it reached, on the channel"
+        " that reached each (no recipients nor audience then)",
+    )
     expires_at: JsonDatetime | None = None
     ttl: float | None = Field(None, gt=0, description="seconds; instead of expires_at")
     voice: VoiceOptions | None = None
@@ -253,11 +280,13 @@ def parse_job(
     now: datetime | None = None,
     phone_region: str = "BE",
     numbers: Mapping[str, NumberPolicy] | None = None,
+    resolved: Resolved | None = None,
 ) -> tuple[Job, JobIn]:
     """Validate raw bytes into a Job. Raises JobRejected with every problem found.
 
     `numbers` holds each phone channel's number policy: a member's number outside it fails on
-    that channel (`number_not_allowed`), the member's other channels go on."""
+    that channel (`number_not_allowed`), the member's other channels go on. `resolved` holds
+    what the store said of the job's `audience` and `follows` (`gateway.intake` asks it)."""
     now = now or datetime.now(UTC)
     if len(payload) > limits.max_payload_bytes:
         raise JobRejected(
@@ -294,9 +323,94 @@ def parse_job(
     if total:
         raise JobRejected(errors, job_id, total)
     errors = _semantic_errors(spec, limits, enabled_channels, now)
+    errors += _reference_errors(spec, resolved or Resolved(), limits)
     if errors:
         raise JobRejected(errors, spec.id)
-    return _to_domain(spec, limits, now, phone_region, numbers or {}), spec
+    job = _to_domain(spec, limits, now, phone_region, numbers or {}, resolved or Resolved())
+    return job, spec
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """What the store knows of a job's `audience` (its members) and `follows` (the earlier
+    job's members that it reached, each on the channel that reached them; None: no such
+    job)."""
+
+    audience: Audience | None = None
+    followed: tuple[Recipient, ...] | None = None
+    followed_options: Mapping[str, object] | None = None
+
+
+def wants_store(data: Mapping[str, Any]) -> tuple[tuple[list[str], list[str]] | None, str | None]:
+    """(the audience's PLPs and groups, the followed job's id) to ask the store for, when the
+    payload names them well enough to ask; the schema judges the rest."""
+    audience = data.get("audience")
+    asked = None
+    if isinstance(audience, dict):
+        plps, groups = audience.get("plps"), audience.get("groups", [])
+        if (
+            isinstance(plps, list)
+            and isinstance(groups, list)
+            and 0 < len(plps) <= MAX_MEMBERS
+            and len(groups) <= MAX_MEMBERS
+            and all(isinstance(p, str) for p in plps + groups)
+        ):
+            asked = (plps, groups)
+    follows = data.get("follows")
+    return asked, follows if valid_job_id(follows) else None
+
+
+def _reference_errors(spec: JobIn, resolved: Resolved, limits: JobsConfig) -> list[JobErrorItem]:
+    """Who the job goes to: recipients, an audience the directory knows, or a follow-up."""
+    errors: list[JobErrorItem] = []
+    if spec.follows is not None:
+        if spec.recipients or spec.audience is not None:
+            errors.append(
+                JobErrorItem(
+                    "$.follows", "conflict", "a follow-up goes to the earlier job's members only"
+                )
+            )
+        elif resolved.followed is None:
+            errors.append(JobErrorItem("$.follows", "unknown_job", f"no job {spec.follows}"))
+        elif not resolved.followed:
+            errors.append(
+                JobErrorItem("$.follows", "nobody_reached", "the earlier job reached nobody")
+            )
+        return errors
+    if not spec.recipients and spec.audience is None:
+        # An empty list is too short, as it always was; no list at all is a missing field.
+        code = "too_short" if "recipients" in spec.model_fields_set else "missing_field"
+        errors.append(JobErrorItem("$.recipients", code, "give recipients, audience or follows"))
+    if spec.audience is not None:
+        found = resolved.audience
+        if found is None:
+            errors.append(JobErrorItem("$.audience", "no_directory", "the directory is not read"))
+        else:
+            errors += [
+                JobErrorItem(f"$.audience.plps[{i}]", "unknown_plp", "not in the directory")
+                for i in found.unknown_plps
+            ]
+            errors += [
+                JobErrorItem(f"$.audience.groups[{i}]", "unknown_group", "no member in it")
+                for i in found.unknown_groups
+            ]
+            total = len(found.members) + len(spec.recipients)
+            if total > limits.max_recipients:
+                errors.append(
+                    JobErrorItem(
+                        "$.audience",
+                        "too_many_recipients",
+                        f"{total} recipients > limit {limits.max_recipients}",
+                    )
+                )
+            refs = {r.ref for r in spec.recipients if r.ref is not None}
+            several = len({m.plp for m in found.members}) > 1
+            twice = next((m for m in found.members if recipient_ref(m, several) in refs), None)
+            if twice is not None:
+                errors.append(
+                    JobErrorItem("$.audience", "duplicate_ref", f"{twice.ref} is in recipients too")
+                )
+    return errors
 
 
 def read_job(payload: bytes, limits: JobsConfig) -> dict[str, Any]:
@@ -320,6 +434,10 @@ def _oversized(data: dict[str, Any]) -> JobErrorItem | None:
     one type error, whatever its size; the recipients are counted against max_recipients."""
     places: list[tuple[tuple[int | str, ...], Any]] = [((), data)]
     places += [((k,), data.get(k)) for k in ("message", "subject", "channels", "voice", "fallback")]
+    audience = data.get("audience")
+    places.append((("audience",), audience))
+    if isinstance(audience, dict):
+        places += [(("audience", k), audience.get(k)) for k in ("plps", "groups")]
     recipients = data.get("recipients")
     if isinstance(recipients, list):
         # No allocation per member: a 100,000-member loop that allocates wakes the collector.
@@ -472,6 +590,7 @@ def _to_domain(
     now: datetime,
     region: str,
     numbers: Mapping[str, NumberPolicy],
+    resolved: Resolved,
 ) -> Job:
     languages = tuple(spec.message)
     recipients = []
@@ -513,6 +632,34 @@ def _to_domain(
     options: dict[str, object] = {}
     if spec.voice is not None:
         options["voice"] = spec.voice.model_dump()
+    if spec.audience is not None and resolved.audience is not None:
+        found = resolved.audience
+        recipients += to_recipients(
+            found,
+            spec.channels,
+            languages,
+            {str(k): str(v) for k, v in spec.fallback.items()},
+            numbers,
+            len(recipients),
+        )
+        options["audience"] = spec.audience.model_dump()
+        plp = found.plps.get(spec.audience.plps[0]) if len(spec.audience.plps) == 1 else None
+        if plp is not None:
+            options["plp"] = plp_options(plp)
+            voice = options.get("voice")
+            if plp.code_word and not (isinstance(voice, dict) and voice.get("code_word")):
+                # A call says the PLP's code word too (voice/compose.py reads it here).
+                base = voice if isinstance(voice, dict) else VoiceOptions().model_dump()
+                options["voice"] = {**base, "code_word": plp.code_word}
+    if spec.follows is not None and resolved.followed is not None:
+        recipients = [
+            replace(r, index=i, lang=r.lang if r.lang in languages else languages[0])
+            for i, r in enumerate(resolved.followed)
+        ]
+        options["follows"] = spec.follows
+        for key in ("plp", "audience"):  # the earlier job's PLP: its code word, its sender id
+            if resolved.followed_options and key in resolved.followed_options:
+                options[key] = resolved.followed_options[key]
     return Job(
         id=spec.id,
         priority=Priority.parse(spec.priority),

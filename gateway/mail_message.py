@@ -12,13 +12,13 @@ import re
 import time
 from collections import OrderedDict
 from email.message import EmailMessage
-from email.utils import format_datetime, formatdate
+from email.utils import format_datetime, formataddr, formatdate, parseaddr
 from typing import NamedTuple
 
 from aiosmtplib.email import extract_sender, flatten_message
 
 from .channel import Attempt
-from .domain import Priority
+from .domain import Priority, job_sender_id
 
 
 def message_id(job_id: str, ref: str, domain: str) -> str:
@@ -38,7 +38,9 @@ def build_message(attempt: Attempt, sender: str, domain: str) -> EmailMessage:
 
 def _compose(attempt: Attempt, sender: str, *, to: str, date: str, msg_id: str) -> EmailMessage:
     msg = EmailMessage()
-    msg["From"] = sender
+    sender_id = job_sender_id(attempt.options)
+    # The PLP's own sender id is the From display name; the address stays the gateway's.
+    msg["From"] = sender if sender_id is None else formataddr((sender_id, parseaddr(sender)[1]))
     msg["To"] = to
     msg["Subject"] = attempt.subject
     msg["Date"] = date

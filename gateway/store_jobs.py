@@ -22,7 +22,7 @@ from .rows import (
 )
 from .store_retention import Retention
 
-PENDING = ("queued", "sending", "retrying")
+PENDING = ("queued", "sending", "retrying", "held")
 
 # One bit per delivery state, for grouping members by their set of states in SQL.
 _BITS = {state: 1 << i for i, state in enumerate(DeliveryState)}
@@ -215,7 +215,7 @@ class Jobs(Retention):
         rows = self._read(
             lambda: self._db.execute(
                 "SELECT d.*, j.priority AS jprio FROM deliveries d JOIN jobs j ON j.id = d.job_id"
-                " WHERE d.state IN ('queued','sending','retrying')"
+                " WHERE d.state IN ('queued','sending','retrying','held')"
                 " AND j.state IN ('accepted','running') ORDER BY d.id"
             ).fetchall()
         )
@@ -239,7 +239,7 @@ class Jobs(Retention):
 
         def work() -> list[Change]:
             rows = self._db.execute(
-                "SELECT * FROM deliveries WHERE job_id=? AND state IN (?,?,?)",
+                "SELECT * FROM deliveries WHERE job_id=? AND state IN (?,?,?,?)",
                 (job_id, *PENDING),
             ).fetchall()
             changes = []
