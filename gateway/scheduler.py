@@ -61,8 +61,14 @@ class Scheduler:
         status: StatusPublisher,
         reply_window: float = 24 * 3600,
         link_down_fallback_after: float = 60.0,
+        owner: str | None = None,
     ) -> None:
         self._store = store
+        # Several nodes (gateway.cluster): this node's boot id, which its claims must hold;
+        # deliveries then come from the shared store (`take`), not from this node's intake.
+        self._owner = owner
+        self.wake = asyncio.Event()  # the cluster feed looks for work at once
+        self._taking: dict[str, int] = {}  # channel -> claimed, not yet in its queue
         # A delivery with a fallback channel waits this long for a link of its own channel,
         # then fails `link_down` so that its fallback starts (`[jobs] link_down_fallback_after`).
         self.link_down_fallback_after = link_down_fallback_after
@@ -111,6 +117,12 @@ class Scheduler:
 
     # -- lifecycle ------------------------------------------------------------------------
     async def start(self) -> None:
+        if self._owner is not None:
+            # The shared store feeds this node (gateway.cluster): what a previous boot of it
+            # held is freed by the reaper like a dead node's, not taken back here.
+            self._start_dispatchers()
+            log.info("scheduler started: fed from the shared store")
+            return
         interrupted = await self._store.run(self._store.store.recover_interrupted)
         if interrupted:
             log.warning(
@@ -126,6 +138,10 @@ class Scheduler:
             if job is None:
                 continue
             self._spawn(self._enqueue_prepared(job, [r for r, _ in rows]))
+        self._start_dispatchers()
+        log.info("scheduler started: %d pending deliveries in %d jobs", len(pending), len(by_job))
+
+    def _start_dispatchers(self) -> None:
         for name, lane in self._lanes.items():
             for prio in Priority:
                 self._dispatchers.append(
@@ -134,7 +150,6 @@ class Scheduler:
                     )
                 )
         self._dispatchers.append(asyncio.create_task(self._expiry_loop(), name="expiry"))
-        log.info("scheduler started: %d pending deliveries in %d jobs", len(pending), len(by_job))
 
     async def stop(self, grace: float) -> None:
         """Take no new attempts; let running ones finish for `grace` s, then interrupt them."""
@@ -167,6 +182,42 @@ class Scheduler:
         """Per channel `{(priority, state): n}` (for metrics; see `ChannelQueue.waiting`)."""
         return {name: lane.queue.waiting() for name, lane in self._lanes.items()}
 
+    # -- several nodes (gateway.cluster) -------------------------------------------------
+    def room(self, channel: str, batch: int) -> tuple[int, int]:
+        """How many more deliveries of `channel` this node should claim: (any priority,
+        hot only). What it holds ready, in flight or being queued counts against `batch`."""
+        lane = self._lanes[channel]
+        depth = lane.queue.depth()
+        busy = len(lane.inflight) + self._taking.get(channel, 0)
+        return (
+            batch - busy - depth["hot"] - depth["cold"],
+            batch - busy - depth["hot"],
+        )
+
+    async def take(self, rows: Sequence[tuple[DeliveryRow, Priority]]) -> None:
+        """Queue deliveries this node claimed from the shared store."""
+        by_job: dict[str, list[DeliveryRow]] = {}
+        for row, _ in rows:
+            by_job.setdefault(row.job_id, []).append(row)
+        for job_id, job_rows in by_job.items():
+            job = await self._job(job_id)
+            if job is None:
+                continue
+            channel = job_rows[0].channel
+            self._taking[channel] = self._taking.get(channel, 0) + len(job_rows)
+            self._spawn(self._take_job(job, channel, job_rows))
+
+    async def _take_job(self, job: Job, channel: str, rows: list[DeliveryRow]) -> None:
+        try:
+            await self._prepare_and_push(job, channel, rows)
+        finally:
+            self._taking[channel] -= len(rows)
+
+    def reaped(self, rows: Sequence[DeliveryRow]) -> None:
+        """A dead node's attempts in flight were made `retrying` (by this node's reaper)."""
+        for row in rows:
+            self._status.delivery(Change(row, DeliveryState.SENDING))
+
     def _spawn(self, coro: object) -> None:
         task: asyncio.Task[None] = asyncio.create_task(coro)  # type: ignore[arg-type]
         self._tasks.add(task)
@@ -185,10 +236,13 @@ class Scheduler:
         """A new job is in the store: announce its deliveries and queue them."""
         self._jobs[job.id] = job
         queued = [r for r in rows if r.state is DeliveryState.QUEUED]
+        if self._owner is not None:
+            self.wake.set()  # the nodes' feeds claim them from the shared store
         # The attempts are queued first (an alert's first SMS should not wait behind the
         # publication of its announcements); they cannot get ahead of the `queued` events,
         # which are all published before this coroutine next awaits.
-        self._spawn(self._enqueue_prepared(job, queued))
+        if self._owner is None:
+            self._spawn(self._enqueue_prepared(job, queued))
         self._status.job_dirty(job.id, immediate=True)
         for row in rows:
             self._status.delivery(Change(row, DeliveryState.QUEUED))
@@ -285,6 +339,19 @@ class Scheduler:
                     log.info("job %s expired", row.id)
                     await self.close_job(row.id, JobState.EXPIRED, "expired")
             await self._end_receipt_waits(now)
+            if self._owner is not None:
+                await self._finish_shared_jobs()
+
+    async def _finish_shared_jobs(self) -> None:
+        """Several nodes: two nodes closing a job's last deliveries at once each still see
+        the other's open (uncommitted) and neither ends the job; this sweep does."""
+        for row in await self._store.run(self._store.store.active_jobs):
+            if row.id in self._closed:
+                continue
+            finished = await self._store.run(self._store.store.transition_job_if_done, row.id)
+            if finished is not None:
+                self._status.job_dirty(row.id, immediate=True)
+                self._forget(row.id)
 
     async def _end_receipt_waits(self, now: float) -> None:
         """A job whose only open deliveries are `sent` for longer than their channel's
@@ -330,7 +397,11 @@ class Scheduler:
     async def _attempt(self, lane: _Lane, delivery_id: int, job_id: str) -> None:
         store = self._store.store
         job = await self._job(job_id)
-        claim = await self._claim(delivery_id)
+        claim = await (
+            self._claim(delivery_id)
+            if self._owner is None
+            else self._claim(delivery_id, self._owner)
+        )
         if claim is None or job is None:
             return
         self._status.delivery(claim)
@@ -495,7 +566,10 @@ class Scheduler:
         log.info("delivery %d failed (%s): falling back to %s", d.id, d.last_error, target)
         self._status.delivery(Change(row, DeliveryState.QUEUED))
         if row.state is DeliveryState.QUEUED:
-            self._spawn(self._prepare_and_push(job, target, [row]))
+            if self._owner is not None:
+                self.wake.set()  # claimed from the shared store like any delivery
+            else:
+                self._spawn(self._prepare_and_push(job, target, [row]))
 
     # -- late news from channels ------------------------------------------------------
     async def reports(self, reports: Sequence[Report]) -> None:

@@ -38,6 +38,7 @@ from .rows import (
     updated_row,
 )
 from .secret import is_reference
+from .store_cluster import ClusterClaims
 from .store_db import SqliteDb
 from .store_jobs import PENDING, Jobs
 from .store_retention import TOMBSTONE_SECONDS
@@ -68,7 +69,7 @@ _OPEN = ("queued", "sending", "retrying", "sent")
 log = logging.getLogger(__name__)
 
 
-class SqlStore(Jobs):
+class SqlStore(Jobs, ClusterClaims):
     """The store's logic on a `gateway.store_db.Db`, whichever engine is behind it: here
     deliveries' transitions, the hot path's batches and receipts; jobs in `Jobs`
     (gateway.store_jobs), purge and replay proofs in `Retention`, transactions below."""
@@ -163,8 +164,10 @@ class SqlStore(Jobs):
         sending, counting the attempt; None for a delivery no longer pending."""
         now = time.time()
         ids = [args[0] for args, _ in calls]
+        # Several nodes: each call is `(delivery_id, owner)`, one owner (this node's boot).
+        owner = calls[0][0][1] if calls and len(calls[0][0]) > 1 else None
         result: list[Change | Exception | None] = self._tx(
-            lambda: store_batches.claim(self._db, ids, now)
+            lambda: store_batches.claim(self._db, ids, now, owner)
         )
         return result
 

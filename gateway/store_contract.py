@@ -13,6 +13,7 @@ from typing import Any, Protocol, TypeVar
 from .domain import DeliveryState, Job, JobState, Priority
 from .rows import AddResult, Change, DeliveryRow, JobRow
 from .signing import SeenNonce
+from .store_cluster import NodeRow
 from .store_tx import Call
 
 T = TypeVar("T")
@@ -84,6 +85,26 @@ class StoreContract(Protocol):
     def record_sent_batch(self, calls: Sequence[Call]) -> list[list[Change] | Exception]: ...
 
     def recover_interrupted(self) -> list[DeliveryRow]: ...
+
+    # several nodes on one store (gateway.store_cluster)
+    def heartbeat(
+        self, node: str, boot_id: str, lease: float, now: float | None = None
+    ) -> None: ...
+
+    def leave(self, node: str, boot_id: str) -> int: ...
+
+    def reap_dead(self, now: float | None = None) -> list[DeliveryRow]: ...
+
+    def claim_due(
+        self,
+        boot_id: str,
+        channel: str,
+        limit: int,
+        now: float | None = None,
+        priority: Priority | None = None,
+    ) -> list[tuple[DeliveryRow, Priority]]: ...
+
+    def nodes(self) -> list[NodeRow]: ...
 
     def acknowledge_member(self, job_id: str, rindex: int, except_id: int) -> list[Change]: ...
 

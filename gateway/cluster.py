@@ -1,0 +1,131 @@
+"""This node in a cluster (`[mqtt] shared_group`, a PostgreSQL store): its lease, renewed by
+a heartbeat; the takeover of dead nodes' claims; and the feed of the scheduler from the
+shared store (due deliveries claimed in batches, hot before cold).
+
+The store does the fencing (gateway.store_cluster); this loop only keeps the lease alive
+and asks for work. A node that cannot renew its lease in time stops taking attempts: past
+the lease, other nodes may already hold its deliveries.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+
+from .async_store import AsyncStore
+from .config import ClusterConfig
+from .domain import Priority
+from .scheduler import Scheduler
+from .store_cluster import NodeRow
+
+log = logging.getLogger("gateway.cluster")
+
+
+class ClusterNode:
+    def __init__(
+        self,
+        store: AsyncStore,
+        scheduler: Scheduler,
+        node: str,
+        boot_id: str,
+        config: ClusterConfig,
+    ) -> None:
+        self._store = store
+        self._scheduler = scheduler
+        self.node = node
+        self.boot_id = boot_id
+        self._cfg = config
+        self.live_nodes = 1
+        self.taken_over = 0  # deliveries freed from dead nodes by this node
+
+    @property
+    def heartbeat_interval(self) -> float:
+        # Three heartbeats per lease: one lost or late round trip does not lose the lease.
+        return self._cfg.lease / 3
+
+    async def join(self) -> None:
+        """Take a lease before the first claim (and before the scheduler starts)."""
+        await self._beat()
+
+    async def leave(self) -> None:
+        """A clean stop: what this node holds goes back to the pool at once."""
+        freed = await self._store.run(self._store.store.leave, self.node, self.boot_id)
+        log.info("cluster: left; %d deliveries handed back to the other nodes", freed)
+
+    async def _beat(self) -> None:
+        store = self._store.store
+        await self._store.run(store.heartbeat, self.node, self.boot_id, self._cfg.lease)
+
+    async def run(self) -> None:
+        """Heartbeats, takeovers and the feed, until cancelled."""
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(self._heartbeats(), name="cluster-heartbeat")
+            tg.create_task(self._feed(), name="cluster-feed")
+
+    async def _heartbeats(self) -> None:
+        while True:
+            await asyncio.sleep(self.heartbeat_interval)
+            await self._beat()
+            nodes = await self._store.run(self._store.store.nodes)
+            now = time.time()
+            live = [n for n in nodes if n.live(now)]
+            self.live_nodes = max(1, len(live))
+            reaped = await self._store.run(self._store.store.reap_dead, now)
+            if reaped:
+                self.taken_over += len(reaped)
+                dead = sorted({n.node for n in nodes if not n.live(now) and n.held})
+                log.warning(
+                    "cluster: took over from %s: %d attempts in flight there are retried"
+                    " (possibly sent)",
+                    ",".join(dead) or "a stopped node",
+                    len(reaped),
+                )
+                self._scheduler.reaped(reaped)
+            self._scheduler.wake.set()
+
+    async def _feed(self) -> None:
+        """Claim due work whenever a lane has room: at once when told (a job came in), else
+        every `poll_interval` (work other nodes accepted or gave back)."""
+        wake = self._scheduler.wake
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(wake.wait(), self._cfg.poll_interval)
+            wake.clear()
+            for channel in self._scheduler.enabled:
+                await self._claim(channel)
+
+    async def _claim(self, channel: str) -> None:
+        batch = self._cfg.claim_batch
+        room, hot_room = self._scheduler.room(channel, batch)
+        store = self._store.store
+        if room > 0:
+            rows = await self._store.run(store.claim_due, self.boot_id, channel, room)
+        elif hot_room > 0:
+            # Full of cold work: hot work is still taken (hot before cold across the cluster).
+            rows = await self._store.run(
+                store.claim_due, self.boot_id, channel, hot_room, None, Priority.HOT
+            )
+        else:
+            return
+        if rows:
+            log.debug("cluster: claimed %d %s deliveries", len(rows), channel)
+            await self._scheduler.take(rows)
+
+
+def describe_nodes(nodes: list[NodeRow], now: float) -> list[str]:
+    """`plp-gateway status`: one line per node the store knows."""
+    lines = []
+    for n in nodes:
+        state = "live" if n.live(now) else "gone"
+        held = ", ".join(f"{k} {v}" for k, v in sorted(n.held.items())) or "nothing"
+        lease = n.lease_until - now
+        lease_text = (
+            f"lease {lease:.1f} s left" if lease > 0 else f"lease ran out {-lease:.0f} s ago"
+        )
+        lines.append(
+            f"node {n.node}: {state}, boot {n.boot_id[:8]}, {lease_text},"
+            f" heartbeat {now - n.heartbeat:.1f} s ago, holds {held}"
+        )
+    return lines

@@ -1,0 +1,103 @@
+"""Several gateway nodes on one PostgreSQL store and one broker (`[mqtt] shared_group`):
+every member gets one message per channel, a job reaches one node and runs once, work is
+shared, a killed node's work is taken over once its lease runs out."""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.fixtures import (
+    GatewayProcess,
+    Mosquitto,
+    Observer,
+    SmtpServer,
+    email_job,
+    gateway_config,
+    members,
+)
+from tests.sms_fixtures import SmscProcess
+
+LEASE = 3.0  # a short lease, so that a takeover comes quickly in a test
+
+NodeFactory = Callable[..., GatewayProcess]
+
+
+@pytest.fixture
+def node(tmp_path: Path, broker: Mosquitto, smtp: SmtpServer, pg_url: str) -> Iterator[NodeFactory]:
+    """Start a cluster node `name` as a process (same store, broker and group as the others)."""
+    started: list[GatewayProcess] = []
+
+    def start(name: str, extra: str = "", wait_ready: bool = True) -> GatewayProcess:
+        workdir = tmp_path / name
+        workdir.mkdir(exist_ok=True)
+        config = gateway_config(
+            workdir,
+            broker,
+            smtp,
+            "[cluster]\nlease = {LEASE}\npoll_interval = 0.2\nclaim_batch = 50\n".replace(
+                "{LEASE}", str(LEASE)
+            )
+            + extra,
+            node=name,
+            store=f'url = "{pg_url}"\n',
+        )
+        text = config.read_text().replace(
+            "reconnect_initial_delay", 'shared_group = "plp-nodes"\nreconnect_initial_delay', 1
+        )
+        config.write_text(text)
+        proc = GatewayProcess(config, workdir)
+        offset = len(proc.log())
+        proc.start()
+        started.append(proc)
+        if wait_ready:
+            proc.wait_log("connected to MQTT broker", after=offset)
+        return proc
+
+    yield start
+    for p in started:
+        p.stop()
+
+
+def claimed(proc: GatewayProcess) -> int:
+    """Deliveries the node claimed from the shared store (its debug log says so)."""
+    return sum(int(n) for n in re.findall(r"cluster: claimed (\d+) ", proc.log()))
+
+
+def per_address(smtp: SmtpServer) -> Counter[str]:
+    return Counter(rcpt for mail in smtp.mailbox for rcpt in mail.rcpts)
+
+
+async def test_the_same_job_id_published_twice_to_two_nodes_runs_once(
+    node: NodeFactory, observer: Observer, smtp: SmtpServer
+) -> None:
+    a, b = node("a"), node("b")
+    job = email_job("twice-1", members(40))
+    await observer.publish_job(job)
+    await observer.publish_job(job)
+    status = await observer.wait_job("twice-1", "done")
+    assert status["totals"] == {"delivered": 40}
+    await observer.wait(lambda: len(smtp.mailbox) >= 40)
+    assert all(n == 1 for n in per_address(smtp).values()) and len(per_address(smtp)) == 40
+    # Both copies were handled (one node each, or both by one node): one was a duplicate.
+    assert "job twice-1 received again: already known" in a.log() + b.log()
+
+
+async def test_three_nodes_share_a_3000_member_job_over_email_and_sms(
+    node: NodeFactory, observer: Observer, smtp: SmtpServer, smsc: SmscProcess
+) -> None:
+    nodes = [node(name, smsc.config(window=50)) for name in ("n1", "n2", "n3")]
+    job = email_job("big-1", members(3000), channels=["email", "sms"], ttl=900)
+    await observer.publish_job(job)
+    status = await observer.wait_job("big-1", "done", timeout=120)
+    assert status["totals"].get("failed", 0) == 0, status
+    await observer.wait(lambda: len(smtp.mailbox) >= 3000)
+    mails = per_address(smtp)
+    assert len(mails) == 3000 and set(mails.values()) == {1}
+    submits = await smsc.counts()
+    assert len(submits) == 3000 and set(submits.values()) == {1}
+    assert all(claimed(p) > 0 for p in nodes), [claimed(p) for p in nodes]
