@@ -27,12 +27,16 @@ class ClusterNode:
     def __init__(
         self,
         store: AsyncStore,
+        beats: AsyncStore,
         scheduler: Scheduler,
         node: str,
         boot_id: str,
         config: ClusterConfig,
     ) -> None:
         self._store = store
+        # Heartbeats and takeovers on a connection (and thread) of their own: a node busy
+        # storing a 6,000-delivery job must not lose its lease waiting behind that work.
+        self._beats = beats
         self._scheduler = scheduler
         self.node = node
         self.boot_id = boot_id
@@ -53,10 +57,11 @@ class ClusterNode:
         """A clean stop: what this node holds goes back to the pool at once."""
         freed = await self._store.run(self._store.store.leave, self.node, self.boot_id)
         log.info("cluster: left; %d deliveries handed back to the other nodes", freed)
+        self._beats.close()
 
     async def _beat(self) -> None:
-        store = self._store.store
-        await self._store.run(store.heartbeat, self.node, self.boot_id, self._cfg.lease)
+        store = self._beats.store
+        await self._beats.run(store.heartbeat, self.node, self.boot_id, self._cfg.lease)
 
     async def run(self) -> None:
         """Heartbeats, takeovers and the feed, until cancelled."""
@@ -68,11 +73,11 @@ class ClusterNode:
         while True:
             await asyncio.sleep(self.heartbeat_interval)
             await self._beat()
-            nodes = await self._store.run(self._store.store.nodes)
+            nodes = await self._beats.run(self._beats.store.nodes)
             now = time.time()
             live = [n for n in nodes if n.live(now)]
             self.live_nodes = max(1, len(live))
-            reaped = await self._store.run(self._store.store.reap_dead, now)
+            reaped = await self._beats.run(self._beats.store.reap_dead, now)
             if reaped:
                 self.taken_over += len(reaped)
                 dead = sorted({n.node for n in nodes if not n.live(now) and n.held})

@@ -123,7 +123,12 @@ class Gateway:
         # Several nodes on one store: this node's lease and its feed of due work.
         self.cluster = (
             ClusterNode(
-                self.store, self.scheduler, config.node, self.status.boot_id, config.cluster
+                self.store,
+                AsyncStore(open_store(config.store)),
+                self.scheduler,
+                config.node,
+                self.status.boot_id,
+                config.cluster,
             )
             if config.clustered
             else None

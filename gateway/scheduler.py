@@ -340,6 +340,8 @@ class Scheduler:
                     await self.close_job(row.id, JobState.EXPIRED, "expired")
             await self._end_receipt_waits(now)
             if self._owner is not None:
+                for change in await self._store.run(self._store.store.match_orphan_receipts):
+                    await self._changed(change)
                 await self._finish_shared_jobs()
 
     async def _finish_shared_jobs(self) -> None:

@@ -251,6 +251,38 @@ class SqlStore(Jobs, ClusterClaims):
             start += len(receipts)
         return out
 
+    def match_orphan_receipts(self, limit: int = 1000) -> list[Change]:
+        """Apply receipts kept as orphans whose provider id is now known. Several nodes: a
+        receipt on node B for node A's submit, stored while A's record of that submit was
+        not committed yet, saw neither the other (each transaction its own snapshot)."""
+        now = time.time()
+        lock = "" if self._db.name == "sqlite" else " FOR UPDATE OF o SKIP LOCKED"
+
+        def work() -> list[Change]:
+            rows = self._db.execute(
+                "SELECT o.channel, o.provider_id, o.state, o.reason FROM orphan_receipts o"  # noqa: S608
+                " JOIN provider_ids p ON p.channel = o.channel AND p.provider_id = o.provider_id"
+                f" LIMIT ?{lock}",
+                (limit,),
+            ).fetchall()
+            if not rows:
+                return []
+            receipts = [
+                (r["channel"], r["provider_id"], DeliveryState(r["state"]), r["reason"])
+                for r in rows
+            ]
+            self._db.executemany(
+                "DELETE FROM orphan_receipts WHERE channel=? AND provider_id=?",
+                [(channel, pid) for channel, pid, _, _ in receipts],
+            )
+            results = store_batches.apply_receipts(
+                self._db, receipts, now, self._maybe_finish_job, self._apply_receipt
+            )
+            return [change for _, change in results if change is not None]
+
+        result: list[Change] = self._tx(work)
+        return result
+
     def _apply_receipt(
         self, channel: str, provider_id: str, state: DeliveryState, reason: str | None, now: float
     ) -> Change | None:

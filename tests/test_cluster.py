@@ -4,6 +4,7 @@ shared, a killed node's work is taken over once its lease runs out."""
 
 from __future__ import annotations
 
+import os
 import re
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -22,6 +23,7 @@ from tests.fixtures import (
 )
 from tests.sms_fixtures import SmscProcess
 
+N = int(os.environ.get("PLP_TEST_CLUSTER_N", "3000"))
 LEASE = 3.0  # a short lease, so that a takeover comes quickly in a test
 
 NodeFactory = Callable[..., GatewayProcess]
@@ -91,13 +93,17 @@ async def test_three_nodes_share_a_3000_member_job_over_email_and_sms(
     node: NodeFactory, observer: Observer, smtp: SmtpServer, smsc: SmscProcess
 ) -> None:
     nodes = [node(name, smsc.config(window=50)) for name in ("n1", "n2", "n3")]
-    job = email_job("big-1", members(3000), channels=["email", "sms"], ttl=900)
+    job = email_job("big-1", members(N), channels=["email", "sms"], ttl=900)
     await observer.publish_job(job)
-    status = await observer.wait_job("big-1", "done", timeout=120)
+    try:
+        status = await observer.wait_job("big-1", "done", timeout=120)
+    except TimeoutError:
+        print("STATUS", observer.status("big-1"))
+        raise
     assert status["totals"].get("failed", 0) == 0, status
-    await observer.wait(lambda: len(smtp.mailbox) >= 3000)
+    await observer.wait(lambda: len(smtp.mailbox) >= N)
     mails = per_address(smtp)
-    assert len(mails) == 3000 and set(mails.values()) == {1}
+    assert len(mails) == N and set(mails.values()) == {1}
     submits = await smsc.counts()
-    assert len(submits) == 3000 and set(submits.values()) == {1}
+    assert len(submits) == N and set(submits.values()) == {1}
     assert all(claimed(p) > 0 for p in nodes), [claimed(p) for p in nodes]

@@ -97,3 +97,23 @@ def test_a_dead_nodes_claims_are_taken_over_and_it_is_fenced(pg_url: str) -> Non
     assert not by_node["a"].live(now + 4) and by_node["a"].held == {}
     a.close()
     b.close()
+
+
+def test_a_receipt_kept_as_orphan_while_its_submit_was_being_recorded_applies(
+    any_store: SqlStore,
+) -> None:
+    # Node B stored the receipt as an orphan while node A's record of the submit was not
+    # committed: neither saw the other. The sweep of orphans applies it.
+    _, ids = add(any_store, "orphan-1", 1)
+    assert isinstance(any_store.claim_batch([((ids[0],), {})])[0], Change)
+    any_store.record_sent_batch([((ids[0], DeliveryState.SENT, "email", ["pid-1"], None), {})])
+    any_store.atomically(
+        lambda: any_store._db.execute(
+            "INSERT INTO orphan_receipts VALUES ('email', 'pid-1', 'delivered', NULL, ?)",
+            (time.time(),),
+        )
+    )
+    changes = any_store.match_orphan_receipts()
+    assert [c.delivery.state for c in changes] == [DeliveryState.DELIVERED]
+    assert changes[0].job_finished is not None
+    assert any_store.match_orphan_receipts() == []
