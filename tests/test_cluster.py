@@ -107,3 +107,34 @@ async def test_three_nodes_share_a_3000_member_job_over_email_and_sms(
     submits = await smsc.counts()
     assert len(submits) == N and set(submits.values()) == {1}
     assert all(claimed(p) > 0 for p in nodes), [claimed(p) for p in nodes]
+
+
+async def test_the_others_finish_the_job_of_a_node_killed_in_the_middle(
+    node: NodeFactory, observer: Observer, smtp: SmtpServer, smsc: SmscProcess
+) -> None:
+    window = 20
+    nodes = {name: node(name, smsc.config(window=window)) for name in ("k1", "k2", "k3")}
+    await observer.publish_job(email_job("kill-1", members(N), channels=["email", "sms"], ttl=900))
+    await observer.wait(lambda: len(smtp.mailbox) >= N // 6, timeout=60)
+    busiest = max(nodes, key=lambda name: claimed(nodes[name]))
+    nodes[busiest].kill()
+    survivors = [p for name, p in nodes.items() if name != busiest]
+    # Its lease runs out and another node takes over what it held.
+    await observer.wait(
+        lambda: any(f"took over from {busiest}" in p.log() for p in survivors), timeout=60
+    )
+    try:
+        status = await observer.wait_job("kill-1", "done", timeout=120)
+    except TimeoutError:
+        print("STATUS", observer.status("kill-1"))
+        raise
+    assert status["totals"].get("failed", 0) == 0, status
+    # Nothing lost: every member got the alert on both channels.
+    await observer.wait(lambda: len(per_address(smtp)) >= N)
+    mails = per_address(smtp)
+    submits = await smsc.counts()
+    assert len(mails) == N and len(submits) == N
+    # Doubles only within the killed node's in-flight window: the attempts it had started
+    # (its lanes' slots, hot and cold: e-mail concurrency 4, SMS window) are retried.
+    assert sum(n - 1 for n in mails.values()) <= 2 * 4
+    assert sum(n - 1 for n in submits.values()) <= 2 * window
