@@ -13,6 +13,8 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
+from typing import Protocol, runtime_checkable
 
 from .async_store import AsyncStore
 from .config import ClusterConfig
@@ -21,6 +23,14 @@ from .scheduler import Scheduler
 from .store_cluster import NodeRow
 
 log = logging.getLogger("gateway.cluster")
+
+
+@runtime_checkable
+class SharedLimits(Protocol):
+    """A channel whose provider limits (an SMSC account's rate, a trunk's channels) are for
+    all nodes together: each node takes its share of the live nodes."""
+
+    def share(self, nodes: int) -> None: ...
 
 
 class ClusterNode:
@@ -32,6 +42,7 @@ class ClusterNode:
         node: str,
         boot_id: str,
         config: ClusterConfig,
+        on_nodes: Callable[[int], None] = lambda n: None,
     ) -> None:
         self._store = store
         # Heartbeats and takeovers on a connection (and thread) of their own: a node busy
@@ -41,7 +52,9 @@ class ClusterNode:
         self.node = node
         self.boot_id = boot_id
         self._cfg = config
+        self._on_nodes = on_nodes
         self.live_nodes = 1
+        self._joined = asyncio.Event()  # this node may claim work
         self.taken_over = 0  # deliveries freed from dead nodes by this node
 
     @property
@@ -50,8 +63,26 @@ class ClusterNode:
         return self._cfg.lease / 3
 
     async def join(self) -> None:
-        """Take a lease before the first claim (and before the scheduler starts)."""
+        """Take a lease before the first claim (and before the scheduler starts). With other
+        nodes live, wait one heartbeat before claiming: they lower their shares of the
+        provider limits (`SharedLimits`) at their next heartbeat, before this one sends."""
         await self._beat()
+        others = await self._count_live()
+        if others <= 1:
+            self._joined.set()
+        else:
+            log.info("cluster: joined %d live nodes", others - 1)
+            asyncio.get_running_loop().call_later(self.heartbeat_interval * 1.2, self._joined.set)
+
+    async def _count_live(self) -> int:
+        nodes = await self._beats.run(self._beats.store.nodes)
+        now = time.time()
+        live = max(1, sum(1 for n in nodes if n.live(now)))
+        if live != self.live_nodes:
+            log.info("cluster: %d live nodes share the provider limits", live)
+        self.live_nodes = live
+        self._on_nodes(live)
+        return live
 
     async def leave(self) -> None:
         """A clean stop: what this node holds goes back to the pool at once."""
@@ -73,27 +104,26 @@ class ClusterNode:
         while True:
             await asyncio.sleep(self.heartbeat_interval)
             await self._beat()
-            nodes = await self._beats.run(self._beats.store.nodes)
+            await self._count_live()
             now = time.time()
-            live = [n for n in nodes if n.live(now)]
-            self.live_nodes = max(1, len(live))
             reaped = await self._beats.run(self._beats.store.reap_dead, now)
-            if reaped:
-                self.taken_over += len(reaped)
-                dead = sorted({n.node for n in nodes if not n.live(now) and n.held})
+            if reaped.nodes:
+                self.taken_over += len(reaped.in_flight) + reaped.freed
                 log.warning(
-                    "cluster: took over from %s: %d attempts in flight there are retried"
-                    " (possibly sent)",
-                    ",".join(dead) or "a stopped node",
-                    len(reaped),
+                    "cluster: took over from %s (lease ran out): %d attempts in flight there"
+                    " are retried (possibly sent), %d waiting deliveries back in the pool",
+                    ",".join(reaped.nodes),
+                    len(reaped.in_flight),
+                    reaped.freed,
                 )
-                self._scheduler.reaped(reaped)
+                self._scheduler.reaped(reaped.in_flight)
             self._scheduler.wake.set()
 
     async def _feed(self) -> None:
         """Claim due work whenever a lane has room: at once when told (a job came in), else
         every `poll_interval` (work other nodes accepted or gave back)."""
         wake = self._scheduler.wake
+        await self._joined.wait()
         while True:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(wake.wait(), self._cfg.poll_interval)

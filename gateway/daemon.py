@@ -16,7 +16,7 @@ from pathlib import Path
 from . import __version__
 from .async_store import AsyncStore
 from .channel import Channel, Reports, settle
-from .cluster import ClusterNode
+from .cluster import ClusterNode, SharedLimits
 from .config import Config, load_config
 from .domain import Job
 from .errors import ConfigError
@@ -129,6 +129,7 @@ class Gateway:
                 config.node,
                 self.status.boot_id,
                 config.cluster,
+                on_nodes=self._share,
             )
             if config.clustered
             else None
@@ -204,6 +205,13 @@ class Gateway:
                 "started_at": iso(self.status.started),
             }
         )
+
+    def _share(self, nodes: int) -> None:
+        """Several nodes: each takes its share of the provider limits (gateway.cluster)."""
+        self.scheduler.set_nodes(nodes)
+        for channel in self.channels.values():
+            if isinstance(channel, SharedLimits):
+                channel.share(nodes)
 
     def _presence_changed(self) -> None:
         role = self.presence.role

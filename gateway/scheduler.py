@@ -69,6 +69,7 @@ class Scheduler:
         self._owner = owner
         self.wake = asyncio.Event()  # the cluster feed looks for work at once
         self._taking: dict[str, int] = {}  # channel -> claimed, not yet in its queue
+        self._nodes = 1  # live nodes sharing the channels' rates
         # A delivery with a fallback channel waits this long for a link of its own channel,
         # then fails `link_down` so that its fallback starts (`[jobs] link_down_fallback_after`).
         self.link_down_fallback_after = link_down_fallback_after
@@ -107,9 +108,17 @@ class Scheduler:
         limits = lane.channel.limits()
         for slots in lane.slots.values():
             slots.resize(limits.concurrency)
-        if limits.rate != lane.rate or lane.limiter is None:
-            lane.rate = limits.rate
-            lane.limiter = make_limiter(limits.rate)
+        # Several nodes: a channel's rate (e-mail messages/s, calls/s) is for all together.
+        rate = limits.rate / self._nodes
+        if rate != lane.rate or lane.limiter is None:
+            lane.rate = rate
+            lane.limiter = make_limiter(rate)
+
+    def set_nodes(self, nodes: int) -> None:
+        """How many live nodes share the channels' rates (gateway.cluster)."""
+        if nodes != self._nodes:
+            self._nodes = max(1, nodes)
+            self.reload_limits()
 
     def reload_limits(self) -> None:
         for lane in self._lanes.values():

@@ -32,6 +32,15 @@ class NodeRow:
         return self.lease_until > now
 
 
+@dataclass(frozen=True)
+class Reaped:
+    """What `reap_dead` took from dead boots."""
+
+    nodes: list[str]  # their node names ("?" for a boot whose node has started again)
+    in_flight: list[DeliveryRow]  # attempts under way there, now retrying, possibly sent
+    freed: int  # deliveries they held queued or retrying, back in the pool
+
+
 class ClusterClaims(Transactions):
     def heartbeat(self, node: str, boot_id: str, lease: float, now: float | None = None) -> None:
         """Renew this node's lease (a new boot replaces the node's row: the old boot's claims
@@ -70,7 +79,7 @@ class ClusterClaims(Transactions):
         result: int = self._tx(work)
         return result
 
-    def reap_dead(self, now: float | None = None) -> list[DeliveryRow]:
+    def reap_dead(self, now: float | None = None) -> Reaped:
         """Free the claims of every boot without a live lease; the attempts it had in flight
         become `retrying`, possibly sent (returned, for the log and status)."""
         now = now or time.time()
@@ -79,21 +88,30 @@ class ClusterClaims(Transactions):
             " (SELECT boot_id FROM nodes WHERE lease_until > ?)"
         )
 
-        def work() -> list[DeliveryRow]:
+        def work() -> Reaped:
+            names = self._db.execute(
+                "SELECT DISTINCT d.claimed_by AS boot, n.node FROM deliveries d"  # noqa: S608
+                " LEFT JOIN nodes n ON n.boot_id = d.claimed_by"
+                f" WHERE d.state IN ('queued','sending','retrying') AND d.{dead}",
+                (now,),
+            ).fetchall()
+            if not names:
+                return Reaped([], [], 0)
             rows = self._db.execute(
                 f"UPDATE deliveries SET state='retrying', possibly_sent=1,"  # noqa: S608
                 f" last_error='interrupted', next_attempt_at=NULL, claimed_by=NULL,"
                 f" updated_at=? WHERE state='sending' AND {dead} RETURNING *",
                 (now, now),
             ).fetchall()
-            self._db.execute(
+            freed = self._db.execute(
                 f"UPDATE deliveries SET claimed_by=NULL"  # noqa: S608
                 f" WHERE state IN ('queued','retrying') AND {dead}",
                 (now,),
-            )
-            return [row_to_delivery(r) for r in rows]
+            ).rowcount
+            nodes = sorted({r["node"] or "?" for r in names})
+            return Reaped(nodes, [row_to_delivery(r) for r in rows], freed)
 
-        result: list[DeliveryRow] = self._tx(work)
+        result: Reaped = self._tx(work)
         return result
 
     def claim_due(

@@ -13,7 +13,7 @@ from typing import Any, Protocol, TypeVar
 from .domain import DeliveryState, Job, JobState, Priority
 from .rows import AddResult, Change, DeliveryRow, JobRow
 from .signing import SeenNonce
-from .store_cluster import NodeRow
+from .store_cluster import NodeRow, Reaped
 from .store_tx import Call
 
 T = TypeVar("T")
@@ -93,7 +93,7 @@ class StoreContract(Protocol):
 
     def leave(self, node: str, boot_id: str) -> int: ...
 
-    def reap_dead(self, now: float | None = None) -> list[DeliveryRow]: ...
+    def reap_dead(self, now: float | None = None) -> Reaped: ...
 
     def claim_due(
         self,

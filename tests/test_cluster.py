@@ -138,3 +138,31 @@ async def test_the_others_finish_the_job_of_a_node_killed_in_the_middle(
     # (its lanes' slots, hot and cold: e-mail concurrency 4, SMS window) are retried.
     assert sum(n - 1 for n in mails.values()) <= 2 * 4
     assert sum(n - 1 for n in submits.values()) <= 2 * window
+
+
+def most_in_any_second(times: list[float]) -> int:
+    times = sorted(times)
+    most, start = 0, 0
+    for end, t in enumerate(times):
+        while t - times[start] >= 1.0:
+            start += 1
+        most = max(most, end - start + 1)
+    return most
+
+
+async def test_two_nodes_on_one_smsc_account_stay_within_its_rate(
+    node: NodeFactory, observer: Observer, smsc: SmscProcess
+) -> None:
+    # The account's rate is for both nodes together: each takes its share of the live nodes.
+    sms = smsc.config(window=20, rate=50)
+    first = node("r1", sms)
+    second = node("r2", sms)
+    for proc in (first, second):
+        proc.wait_log("cluster: 2 live nodes share the provider limits")
+    job = email_job("rate-1", members(400), channels=["sms"], ttl=900)
+    await observer.publish_job(job)
+    await observer.wait_job("rate-1", "done", timeout=120)
+    order = (await smsc.ctl("order", since=0))["order"]
+    assert len(order) == 400
+    assert claimed(first) > 0 and claimed(second) > 0
+    assert most_in_any_second([at for _, at in order]) <= 50

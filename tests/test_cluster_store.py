@@ -82,9 +82,11 @@ def test_a_dead_nodes_claims_are_taken_over_and_it_is_fenced(pg_url: str) -> Non
     held = [r.id for r, _ in a.claim_due("boot-a", "email", 4)]
     in_flight = a.claim_batch([((held[0], "boot-a"), {})])[0]
     assert isinstance(in_flight, Change)
-    assert b.reap_dead(now=now + 1) == []  # a's lease still runs: nothing moves
+    assert b.reap_dead(now=now + 1).nodes == []  # a's lease still runs: nothing moves
     b.heartbeat("b", "boot-b", 3, now=now + 4)
-    reaped = b.reap_dead(now=now + 4)  # a's lease ran out
+    taken_over = b.reap_dead(now=now + 4)  # a's lease ran out
+    assert taken_over.nodes == ["a"] and taken_over.freed == 3
+    reaped = taken_over.in_flight
     assert [r.id for r in reaped] == [held[0]]
     assert reaped[0].state is DeliveryState.RETRYING and reaped[0].possibly_sent
     assert reaped[0].last_error == "interrupted"
