@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Protocol, runtime_checkable
 
 from .async_store import AsyncStore
@@ -43,6 +43,8 @@ class ClusterNode:
         boot_id: str,
         config: ClusterConfig,
         on_nodes: Callable[[int], None] = lambda n: None,
+        mqtt_client: str = "",
+        adopt: Callable[[str], Awaitable[int]] | None = None,
     ) -> None:
         self._store = store
         # Heartbeats and takeovers on a connection (and thread) of their own: a node busy
@@ -53,6 +55,11 @@ class ClusterNode:
         self.boot_id = boot_id
         self._cfg = config
         self._on_nodes = on_nodes
+        self._mqtt_client = mqtt_client
+        # Takes the jobs the broker queued for a dead node's MQTT session (gateway.adoption).
+        self._adopt = adopt
+        self._adopted: set[str] = set()  # boot ids whose session was adopted
+        self._adopting: asyncio.Task[None] | None = None
         self.live_nodes = 1
         self._joined = asyncio.Event()  # this node may claim work
         self.taken_over = 0  # deliveries freed from dead nodes by this node
@@ -77,6 +84,7 @@ class ClusterNode:
     async def _count_live(self) -> int:
         nodes = await self._beats.run(self._beats.store.nodes)
         now = time.time()
+        self._adopt_dead(nodes, now)
         live = max(1, sum(1 for n in nodes if n.live(now)))
         if live != self.live_nodes:
             log.info("cluster: %d live nodes share the provider limits", live)
@@ -92,7 +100,13 @@ class ClusterNode:
 
     async def _beat(self) -> None:
         store = self._beats.store
-        await self._beats.run(store.heartbeat, self.node, self.boot_id, self._cfg.lease)
+        await self._beats.run(
+            store.heartbeat,
+            self.node,
+            self.boot_id,
+            self._cfg.lease,
+            mqtt_client=self._mqtt_client,
+        )
 
     async def run(self) -> None:
         """Heartbeats, takeovers and the feed, until cancelled."""
@@ -118,6 +132,31 @@ class ClusterNode:
                 )
                 self._scheduler.reaped(reaped.in_flight)
             self._scheduler.wake.set()
+
+    def _adopt_dead(self, nodes: list[NodeRow], now: float) -> None:
+        """The first live node by name adopts the MQTT sessions of dead nodes, one at a
+        time, once per boot of theirs."""
+        if self._adopt is None or (self._adopting is not None and not self._adopting.done()):
+            return
+        live = sorted(n.node for n in nodes if n.live(now))
+        if live and live[0] != self.node:
+            return
+        for n in nodes:
+            if n.live(now) or n.boot_id in self._adopted or not n.mqtt_client:
+                continue
+            if n.mqtt_client == self._mqtt_client:
+                continue
+            self._adopting = asyncio.create_task(self._adopt_one(n), name="cluster-adopt")
+            return
+
+    async def _adopt_one(self, dead: NodeRow) -> None:
+        assert self._adopt is not None
+        try:
+            await self._adopt(dead.mqtt_client)
+        except Exception as exc:  # the broker away, the node back: tried again next beat
+            log.warning("cluster: adopting the MQTT session of %s failed: %r", dead.node, exc)
+        else:
+            self._adopted.add(dead.boot_id)
 
     async def _feed(self) -> None:
         """Claim due work whenever a lane has room: at once when told (a job came in), else

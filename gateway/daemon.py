@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from . import __version__
+from .adoption import adopt_session
 from .async_store import AsyncStore
 from .channel import Channel, Reports, settle
 from .cluster import ClusterNode, SharedLimits
@@ -130,6 +131,8 @@ class Gateway:
                 self.status.boot_id,
                 config.cluster,
                 on_nodes=self._share,
+                mqtt_client=config.client_id,
+                adopt=self._adopt,
             )
             if config.clustered
             else None
@@ -205,6 +208,11 @@ class Gateway:
                 "started_at": iso(self.status.started),
             }
         )
+
+    async def _adopt(self, client_id: str) -> int:
+        """Several nodes: take the jobs the broker queued for a dead node's session."""
+        subscriptions = [_jobs_subscription(self.config, self.topics), self.topics.cancel_filter]
+        return await adopt_session(self.config.mqtt, client_id, subscriptions, self.intake.handle)
 
     def _share(self, nodes: int) -> None:
         """Several nodes: each takes its share of the provider limits (gateway.cluster)."""

@@ -107,7 +107,8 @@ V2: tuple[str, ...] = (
     boot_id TEXT NOT NULL,
     started_at {REAL} NOT NULL,
     heartbeat {REAL} NOT NULL,
-    lease_until {REAL} NOT NULL
+    lease_until {REAL} NOT NULL,
+    mqtt_client TEXT NOT NULL
 )""",
     "ALTER TABLE deliveries ADD COLUMN claimed_by TEXT",
     "CREATE INDEX IF NOT EXISTS deliveries_claim ON deliveries(state, channel, claimed_by)",

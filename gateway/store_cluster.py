@@ -26,6 +26,7 @@ class NodeRow:
     started_at: float
     heartbeat: float
     lease_until: float
+    mqtt_client: str  # its MQTT client id (whose session a live node adopts when it died)
     held: dict[str, int]  # delivery state -> deliveries this boot has claimed
 
     def live(self, now: float) -> bool:
@@ -42,20 +43,27 @@ class Reaped:
 
 
 class ClusterClaims(Transactions):
-    def heartbeat(self, node: str, boot_id: str, lease: float, now: float | None = None) -> None:
+    def heartbeat(
+        self,
+        node: str,
+        boot_id: str,
+        lease: float,
+        now: float | None = None,
+        mqtt_client: str = "",
+    ) -> None:
         """Renew this node's lease (a new boot replaces the node's row: the old boot's claims
         are then orphans that `reap_dead` frees at once)."""
         now = now or time.time()
 
         def work() -> None:
             self._db.execute(
-                "INSERT INTO nodes(node, boot_id, started_at, heartbeat, lease_until)"
-                " VALUES (?,?,?,?,?) ON CONFLICT (node) DO UPDATE SET"
+                "INSERT INTO nodes(node, boot_id, started_at, heartbeat, lease_until,"
+                " mqtt_client) VALUES (?,?,?,?,?,?) ON CONFLICT (node) DO UPDATE SET"
                 " boot_id=excluded.boot_id, heartbeat=excluded.heartbeat,"
-                " lease_until=excluded.lease_until,"
+                " lease_until=excluded.lease_until, mqtt_client=excluded.mqtt_client,"
                 " started_at=CASE WHEN nodes.boot_id=excluded.boot_id"
                 " THEN nodes.started_at ELSE excluded.started_at END",
-                (node, boot_id, now, now, now + lease),
+                (node, boot_id, now, now, now + lease, mqtt_client),
             )
 
         self._tx(work)
@@ -173,6 +181,7 @@ class ClusterClaims(Transactions):
                     r["started_at"],
                     r["heartbeat"],
                     r["lease_until"],
+                    r["mqtt_client"],
                     held.get(r["boot_id"], {}),
                 )
                 for r in self._db.execute("SELECT * FROM nodes ORDER BY node").fetchall()

@@ -88,7 +88,12 @@ class StoreContract(Protocol):
 
     # several nodes on one store (gateway.store_cluster)
     def heartbeat(
-        self, node: str, boot_id: str, lease: float, now: float | None = None
+        self,
+        node: str,
+        boot_id: str,
+        lease: float,
+        now: float | None = None,
+        mqtt_client: str = "",
     ) -> None: ...
 
     def leave(self, node: str, boot_id: str) -> int: ...

@@ -166,3 +166,48 @@ async def test_two_nodes_on_one_smsc_account_stay_within_its_rate(
     assert len(order) == 400
     assert claimed(first) > 0 and claimed(second) > 0
     assert most_in_any_second([at for _, at in order]) <= 50
+
+
+async def test_a_receipt_for_a_message_a_dead_node_sent_is_applied_by_another(
+    node: NodeFactory, observer: Observer, tmp_path: Path
+) -> None:
+    sim = SmscProcess(tmp_path, "--no-receipts")
+    sim.start()
+    try:
+        sender = node("s1", sim.config())
+        await observer.publish_job(email_job("dlr-1", members(1), channels=["sms"]))
+        await observer.wait(lambda: (observer.status("dlr-1") or {}).get("totals") == {"sent": 1})
+        sender.kill()
+        other = node("s2", sim.config())
+        other.wait_log("smsc sim: bound")
+        # The SMSC's receipt for s1's message (id 1) reaches s2's bind.
+        await sim.ctl("receipt", id="1", dest=members(1)[0]["phone"])
+        status = await observer.wait_job("dlr-1", "done")
+        assert status["totals"] == {"delivered": 1}
+        assert await sim.counts() == {members(1)[0]["phone"].removeprefix("+"): 1}
+    finally:
+        sim.stop()
+
+
+async def test_a_job_published_while_every_node_is_down_runs_when_one_starts(
+    node: NodeFactory, observer: Observer, smtp: SmtpServer
+) -> None:
+    first, second = node("d1"), node("d2")
+    assert first.terminate() == 0 and second.terminate() == 0
+    await observer.publish_job(email_job("down-1", members(5)))
+    node("d2")
+    status = await observer.wait_job("down-1", "done")
+    assert status["totals"] == {"delivered": 5}
+    assert len(per_address(smtp)) == 5
+
+
+async def test_jobs_published_after_a_node_was_killed_all_run(
+    node: NodeFactory, observer: Observer, smtp: SmtpServer
+) -> None:
+    dead, live = node("x1"), node("x2")
+    dead.kill()
+    for i in range(4):
+        await observer.publish_job(email_job(f"after-{i}", members(2)))
+    for i in range(4):
+        await observer.wait_job(f"after-{i}", "done", timeout=60)
+    assert live.proc is not None and live.proc.poll() is None
