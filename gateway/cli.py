@@ -181,6 +181,10 @@ def cmd_status(args: argparse.Namespace) -> int:
     from .report import print_report
 
     config, _unread = _load_without_secrets(args.config)
+    if args.job_id is None:
+        from .cluster import print_cluster
+
+        return print_cluster(config, as_json=args.json)
     return print_report(config, args.job_id, as_json=args.json)
 
 
@@ -364,8 +368,13 @@ def parser() -> argparse.ArgumentParser:
     )
     sig.set_defaults(func=cmd_sign)
 
-    st = sub.add_parser("status", help="per-recipient report of a job from the store")
-    st.add_argument("job_id", help="the job's id, as published")
+    st = sub.add_parser(
+        "status",
+        help="per-recipient report of a job from the store; without a job: the cluster's nodes",
+    )
+    st.add_argument(
+        "job_id", nargs="?", help="the job's id, as published (none: live nodes, leases, holds)"
+    )
     st.add_argument("--config", "-c", default=DEFAULT_CONFIG, help=_CONFIG_HELP)
     st.add_argument("--json", action="store_true", help="print the report as JSON")
     st.set_defaults(func=cmd_status)

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
 from typing import Protocol, runtime_checkable
 
 from .async_store import AsyncStore
-from .config import ClusterConfig
+from .config import ClusterConfig, Config
 from .domain import Priority
 from .scheduler import Scheduler
 from .store_cluster import NodeRow
@@ -203,3 +204,47 @@ def describe_nodes(nodes: list[NodeRow], now: float) -> list[str]:
             f" heartbeat {now - n.heartbeat:.1f} s ago, holds {held}"
         )
     return lines
+
+
+def print_cluster(config: Config, as_json: bool = False) -> int:
+    """`plp-gateway status` without a job: the nodes the store knows, their leases and what
+    each holds. Exit 0 with at least one live node, 1 without."""
+    from .store import open_store
+
+    store = open_store(config.store)
+    try:
+        nodes = store.nodes()
+    finally:
+        store.close()
+    now = time.time()
+    live = sum(1 for n in nodes if n.live(now))
+    if as_json:
+        print(
+            json.dumps(
+                {
+                    "clustered": config.clustered,
+                    "live": live,
+                    "nodes": [
+                        {
+                            "node": n.node,
+                            "live": n.live(now),
+                            "boot_id": n.boot_id,
+                            "lease_left": round(n.lease_until - now, 1),
+                            "heartbeat_age": round(now - n.heartbeat, 1),
+                            "holds": n.held,
+                        }
+                        for n in nodes
+                    ],
+                }
+            )
+        )
+    else:
+        mode = (
+            f"cluster (shared group {config.mqtt.shared_group})"
+            if config.clustered
+            else "single node (no [mqtt] shared_group)"
+        )
+        print(f"{mode}: {live} live of {len(nodes)} nodes known to the store")
+        for line in describe_nodes(nodes, now):
+            print("  " + line)
+    return 0 if live else 1

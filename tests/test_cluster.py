@@ -4,8 +4,11 @@ shared, a killed node's work is taken over once its lease runs out."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
+import subprocess
+import sys
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -13,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.fixtures import (
+    ROOT,
     GatewayProcess,
     Mosquitto,
     Observer,
@@ -87,6 +91,19 @@ async def test_the_same_job_id_published_twice_to_two_nodes_runs_once(
     assert all(n == 1 for n in per_address(smtp).values()) and len(per_address(smtp)) == 40
     # Both copies were handled (one node each, or both by one node): one was a duplicate.
     assert "job twice-1 received again: already known" in a.log() + b.log()
+    # `plp-gateway status` without a job shows the cluster: both nodes live, with leases.
+    shown = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "gateway", "status", "--config", str(a.config)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        check=False,
+        timeout=60,
+    )
+    assert shown.returncode == 0, shown.stderr
+    assert "cluster (shared group plp-nodes): 2 live of 2 nodes" in shown.stdout
+    assert re.search(r"node a: live, boot \w+, lease \d", shown.stdout), shown.stdout
 
 
 async def test_three_nodes_share_a_3000_member_job_over_email_and_sms(
