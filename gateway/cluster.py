@@ -25,6 +25,9 @@ from .store_cluster import NodeRow
 
 log = logging.getLogger("gateway.cluster")
 
+#: The newest jobs whose statuses the publishing node keeps up to date.
+RECENT_JOBS = 200
+
 
 @runtime_checkable
 class SharedLimits(Protocol):
@@ -46,6 +49,8 @@ class ClusterNode:
         on_nodes: Callable[[int], None] = lambda n: None,
         mqtt_client: str = "",
         adopt: Callable[[str], Awaitable[int]] | None = None,
+        job_dirty: Callable[[str], None] = lambda job_id: None,
+        status_interval: float = 0.5,
     ) -> None:
         self._store = store
         # Heartbeats and takeovers on a connection (and thread) of their own: a node busy
@@ -61,6 +66,10 @@ class ClusterNode:
         self._adopt = adopt
         self._adopted: set[str] = set()  # boot ids whose session was adopted
         self._adopting: asyncio.Task[None] | None = None
+        # One node publishes the jobs' statuses (the first live one by name): see `_statuses`.
+        self.leads = False
+        self._job_dirty = job_dirty
+        self._status_interval = status_interval
         self.live_nodes = 1
         self._joined = asyncio.Event()  # this node may claim work
         self.taken_over = 0  # deliveries freed from dead nodes by this node
@@ -87,6 +96,11 @@ class ClusterNode:
         now = time.time()
         self._adopt_dead(nodes, now)
         live = max(1, sum(1 for n in nodes if n.live(now)))
+        names = sorted(n.node for n in nodes if n.live(now))
+        leads = not names or names[0] == self.node
+        if leads != self.leads:
+            log.info("cluster: %s the jobs' statuses", "publishing" if leads else "not publishing")
+        self.leads = leads
         if live != self.live_nodes:
             log.info("cluster: %d live nodes share the provider limits", live)
         self.live_nodes = live
@@ -114,6 +128,7 @@ class ClusterNode:
         async with asyncio.TaskGroup() as tg:
             tg.create_task(self._heartbeats(), name="cluster-heartbeat")
             tg.create_task(self._feed(), name="cluster-feed")
+            tg.create_task(self._statuses(), name="cluster-statuses")
 
     async def _heartbeats(self) -> None:
         while True:
@@ -133,6 +148,21 @@ class ClusterNode:
                 )
                 self._scheduler.reaped(reaped.in_flight)
             self._scheduler.wake.set()
+
+    async def _statuses(self) -> None:
+        """The publishing node marks every active job (and every job that changed state)
+        for a status from the shared store's counts, each interval: one publisher, so the
+        retained status of a job only moves forward, whichever node did the work."""
+        published: dict[str, float] = {}  # job -> its updated_at when last published
+        while True:
+            await asyncio.sleep(self._status_interval)
+            if not self.leads:
+                published.clear()
+                continue
+            for row in await self._store.run(self._store.store.recent_jobs, RECENT_JOBS):
+                if not row.state.final or published.get(row.id) != row.updated_at:
+                    published[row.id] = row.updated_at
+                    self._job_dirty(row.id)
 
     def _adopt_dead(self, nodes: list[NodeRow], now: float) -> None:
         """The first live node by name adopts the MQTT sessions of dead nodes, one at a

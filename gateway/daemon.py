@@ -133,10 +133,15 @@ class Gateway:
                 on_nodes=self._share,
                 mqtt_client=config.client_id,
                 adopt=self._adopt,
+                job_dirty=self.status.job_dirty,
+                status_interval=config.status.job_status_interval,
             )
             if config.clustered
             else None
         )
+        if self.cluster is not None:
+            cluster = self.cluster
+            self.status.publishes_jobs = lambda: cluster.leads
         self.verifier = Verifier.from_config(config.security)
         self.intake = Intake(
             self.store,

@@ -124,6 +124,17 @@ async def test_three_nodes_share_a_3000_member_job_over_email_and_sms(
     submits = await smsc.counts()
     assert len(submits) == N and set(submits.values()) == {1}
     assert all(claimed(p) > 0 for p in nodes), [claimed(p) for p in nodes]
+    assert_status_moves_forward(observer, "big-1")
+
+
+def assert_status_moves_forward(observer: Observer, job_id: str) -> None:
+    """One truth on MQTT: the job's status messages, in arrival order, never go back to
+    fewer delivered members or from `done` to another state, whichever node did the work."""
+    statuses = [s.json() for s in observer.on(f"/jobs/{job_id}/status") if s.payload]
+    delivered = [st["totals"].get("delivered", 0) for st in statuses]
+    assert delivered == sorted(delivered), delivered
+    states = [st["state"] for st in statuses]
+    assert "done" not in states or set(states[states.index("done") :]) == {"done"}
 
 
 async def test_the_others_finish_the_job_of_a_node_killed_in_the_middle(
