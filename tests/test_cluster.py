@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.cluster_fixtures import claimed, node_config, start_node
 from tests.fixtures import (
     ROOT,
     GatewayProcess,
@@ -22,7 +23,6 @@ from tests.fixtures import (
     Observer,
     SmtpServer,
     email_job,
-    gateway_config,
     members,
 )
 from tests.sms_fixtures import SmscProcess
@@ -39,39 +39,14 @@ def node(tmp_path: Path, broker: Mosquitto, smtp: SmtpServer, pg_url: str) -> It
     started: list[GatewayProcess] = []
 
     def start(name: str, extra: str = "", wait_ready: bool = True) -> GatewayProcess:
-        workdir = tmp_path / name
-        workdir.mkdir(exist_ok=True)
-        config = gateway_config(
-            workdir,
-            broker,
-            smtp,
-            "[cluster]\nlease = {LEASE}\npoll_interval = 0.2\nclaim_batch = 50\n".replace(
-                "{LEASE}", str(LEASE)
-            )
-            + extra,
-            node=name,
-            store=f'url = "{pg_url}"\n',
-        )
-        text = config.read_text().replace(
-            "reconnect_initial_delay", 'shared_group = "plp-nodes"\nreconnect_initial_delay', 1
-        )
-        config.write_text(text)
-        proc = GatewayProcess(config, workdir)
-        offset = len(proc.log())
-        proc.start()
+        config = node_config(tmp_path / name, broker, smtp, pg_url, name, extra, lease=LEASE)
+        proc = start_node(config, wait_ready)
         started.append(proc)
-        if wait_ready:
-            proc.wait_log("connected to MQTT broker", after=offset)
         return proc
 
     yield start
     for p in started:
         p.stop()
-
-
-def claimed(proc: GatewayProcess) -> int:
-    """Deliveries the node claimed from the shared store (its debug log says so)."""
-    return sum(int(n) for n in re.findall(r"cluster: claimed (\d+) ", proc.log()))
 
 
 def per_address(smtp: SmtpServer) -> Counter[str]:
