@@ -38,8 +38,8 @@ from tests.sms_fixtures import SmscProcess  # noqa: E402
 async def one_job(
     workdir: Path, pg: PostgresServer, nodes: int, recipients: int, lease: float
 ) -> float:
-    broker = Mosquitto(workdir / "broker")
     (workdir / "broker").mkdir(parents=True)
+    broker = Mosquitto(workdir / "broker")
     broker.start()
     smtp = SmtpServer()
     smtp.start()
@@ -76,8 +76,8 @@ async def one_job(
 async def takeover(
     workdir: Path, pg: PostgresServer, recipients: int, lease: float
 ) -> tuple[float, float]:
-    broker = Mosquitto(workdir / "broker")
     (workdir / "broker").mkdir(parents=True)
+    broker = Mosquitto(workdir / "broker")
     broker.start()
     smtp = SmtpServer()
     smtp.start()

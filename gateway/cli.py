@@ -258,7 +258,10 @@ def cmd_init(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import main as demo_main
 
-    return demo_main(args.rest)
+    extra = ["--nodes", str(args.nodes)]
+    if args.store_url:
+        extra += ["--store-url", args.store_url]
+    return demo_main([*args.rest, *extra])
 
 
 def parser() -> argparse.ArgumentParser:
@@ -437,6 +440,12 @@ def parser() -> argparse.ArgumentParser:
     ini.set_defaults(func=cmd_init)
     demo = sub.add_parser("demo", help="run the main job end to end on this machine")
     demo.add_argument("rest", nargs="*", help="work directory (default ./demo-state)")
+    demo.add_argument(
+        "--nodes", type=int, default=1, help="gateway nodes sharing the alert, one killed"
+    )
+    demo.add_argument(
+        "--store-url", help="PostgreSQL for --nodes 2+ (default: $PLP_DEMO_STORE_URL)"
+    )
     demo.set_defaults(func=cmd_demo)
     p.formatter_class = _HelpFormatter
     for command in sub.choices.values():
