@@ -22,7 +22,7 @@ from aiosmtpd.controller import Controller
 
 from .cluster import print_cluster
 from .config import load_config
-from .demo import LANGS, NAMES, _MailSink, _Smsc, _wait_online
+from .demo import LANGS, _MailSink, _Smsc, _wait_online
 from .follow import follow_job
 from .simulator_process import free_port, wait_port
 
@@ -33,7 +33,6 @@ def _members(n: int) -> list[dict[str, str]]:
     return [
         {
             "ref": f"m-{i:04d}",
-            "name": NAMES[i % len(NAMES)],
             "email": f"member{i}@example.be",
             "phone": f"+32470{i:06d}",
             "lang": LANGS[i % len(LANGS)],
@@ -141,7 +140,7 @@ def run_cluster_demo(workdir: Path, n_nodes: int, store_url: str, members: int =
             text = (workdir / f"{name}.log").read_text(errors="replace")
             for line in text.splitlines():
                 if "took over from" in line or "adopted the MQTT session" in line:
-                    print(f"demo: {name}: {line.split(' ', 3)[-1]}")
+                    print(f"demo: {name}: {line.split(' ', 4)[-1]}")
             print(f"demo: {name} claimed {_claimed(workdir / f'{name}.log')} deliveries")
         print_cluster(config)
         counters = asyncio.run(smsc.ctl("stats")).get("counters", {})

@@ -27,7 +27,7 @@ class NodeRow:
     heartbeat: float
     lease_until: float
     mqtt_client: str  # its MQTT client id (whose session a live node adopts when it died)
-    held: dict[str, int]  # delivery state -> deliveries this boot has claimed
+    held: dict[str, int]  # open delivery state -> deliveries this boot holds
 
     def live(self, now: float) -> bool:
         return self.lease_until > now
@@ -171,7 +171,8 @@ class ClusterClaims(Transactions):
             held: dict[str, dict[str, int]] = {}
             for r in self._db.execute(
                 "SELECT claimed_by, state, count(*) AS n FROM deliveries"
-                " WHERE claimed_by IS NOT NULL GROUP BY claimed_by, state"
+                " WHERE claimed_by IS NOT NULL AND state IN ('queued','sending','retrying')"
+                " GROUP BY claimed_by, state"
             ).fetchall():
                 held.setdefault(r["claimed_by"], {})[r["state"]] = int(r["n"])
             return [
