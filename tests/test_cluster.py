@@ -25,6 +25,7 @@ from tests.fixtures import (
     email_job,
     members,
 )
+from tests.pg_fixtures import PostgresServer
 from tests.sms_fixtures import SmscProcess
 
 N = int(os.environ.get("PLP_TEST_CLUSTER_N", "3000"))
@@ -214,3 +215,22 @@ async def test_jobs_published_after_a_node_was_killed_all_run(
     for i in range(4):
         await observer.wait_job(f"after-{i}", "done", timeout=60)
     assert live.proc is not None and live.proc.poll() is None
+
+
+async def test_a_postgresql_restart_in_the_middle_of_a_job_of_two_nodes_loses_nothing(
+    node: NodeFactory, observer: Observer, smtp: SmtpServer, postgres_server: PostgresServer
+) -> None:
+    smtp.script.delay = 0.01
+    nodes = [node("p1"), node("p2")]
+    await observer.publish_job(email_job("pg-restart-1", members(300)))
+    await smtp.await_for(lambda box: len(box) >= 40)
+    assert len(smtp.mailbox) < 300, "the job must still be running when PostgreSQL goes"
+    postgres_server.restart(crash=True)
+    for proc in nodes:
+        proc.wait_log("store reconnected")
+    status = await observer.wait_job("pg-restart-1", "done", timeout=90)
+    assert status["totals"] == {"delivered": 300}
+    mails = per_address(smtp)
+    # Nothing lost; a double only for an attempt in flight when the store went (a claim or
+    # a record of it that could not be stored is tried again, flagged possibly_sent).
+    assert len(mails) == 300 and sum(mails.values()) - 300 <= 2 * 4 * len(nodes)
