@@ -27,6 +27,7 @@ from tests.fixtures import (
 )
 from tests.pg_fixtures import PostgresServer
 from tests.sms_fixtures import SmscProcess
+from tests.voice_fixtures import AsteriskProcess, member, voice_job
 
 N = int(os.environ.get("PLP_TEST_CLUSTER_N", "3000"))
 LEASE = 3.0  # a short lease, so that a takeover comes quickly in a test
@@ -234,3 +235,32 @@ async def test_a_postgresql_restart_in_the_middle_of_a_job_of_two_nodes_loses_no
     # Nothing lost; a double only for an attempt in flight when the store went (a claim or
     # a record of it that could not be stored is tried again, flagged possibly_sent).
     assert len(mails) == 300 and sum(mails.values()) - 300 <= 2 * 4 * len(nodes)
+
+
+async def test_calls_of_a_dead_node_that_ended_after_it_died_are_settled_from_astdb(
+    node: NodeFactory, observer: Observer, tmp_path: Path
+) -> None:
+    workdir = tmp_path / "astdb-ami"
+    workdir.mkdir()
+    sim = AsteriskProcess(workdir, "--playback", "8", speed=8.0)
+    sim.start()
+    try:
+        voice = sim.config(
+            tmp_path / "sounds", max_channels=3, retry="recall_unacknowledged = false"
+        )
+        placer = node("v1", voice)
+        # Even members press 1 (acknowledged), odd ones listen to the end (delivered).
+        recipients = [member(i, 1 if i % 2 == 0 else 6) for i in range(6)]
+        await observer.publish_job(voice_job("v-cluster", recipients))
+        await sim.wait(lambda s: s["originates"] >= 6 and s["live"] == 3, timeout=60)
+        placer.kill()
+        # Its calls go on and end while it is dead; the dialplan records each result.
+        await sim.wait(lambda s: s["live"] == 0, timeout=30)
+        assert len((await sim.ctl("astdb"))["plp"]) == 3
+        other = node("v2", voice)
+        status = await observer.wait_job("v-cluster", "done", timeout=60)
+        assert status["totals"] == {"acknowledged": 3, "delivered": 3}
+        assert await sim.calls() == {r["phone"][1:]: 1 for r in recipients}, "nobody twice"
+        assert "ended while the gateway was down" in other.log()
+    finally:
+        sim.stop()
