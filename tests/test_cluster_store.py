@@ -9,9 +9,11 @@ import threading
 import time
 
 import psycopg
+import pytest
 
-from gateway.config import JobsConfig
+from gateway.config import JobsConfig, parse_config
 from gateway.domain import DeliveryState, Priority
+from gateway.errors import ConfigError
 from gateway.jobs import content_hash, parse_job
 from gateway.rows import AddResult, Change
 from gateway.store import SqlStore
@@ -119,3 +121,13 @@ def test_a_receipt_kept_as_orphan_while_its_submit_was_being_recorded_applies(
     assert [c.delivery.state for c in changes] == [DeliveryState.DELIVERED]
     assert changes[0].job_finished is not None
     assert any_store.match_orphan_receipts() == []
+
+
+def test_several_nodes_need_a_shared_store() -> None:
+    with pytest.raises(ConfigError) as exc:
+        parse_config({"mqtt": {"shared_group": "plp-nodes"}})
+    assert "needs a PostgreSQL [store] url" in str(exc.value.problems)
+    config = parse_config(
+        {"mqtt": {"shared_group": "plp-nodes"}, "store": {"url": "postgresql://h/db"}}
+    )
+    assert config.clustered and config.cluster.lease == 15.0
