@@ -98,10 +98,11 @@ V1: tuple[str, ...] = (
 )""",
 )
 
-#: Version 2: several nodes on one store (issue 13). A node's row holds its lease; a
+#: Version 3: several nodes on one store (issue 13; version 2 is the PLP directory, issue
+#: 14, on another branch: merged, MIGRATIONS is (V1, V2, V3)). A node's row holds its lease; a
 #: delivery a node took from the shared store names that node's boot (`claimed_by`), valid
 #: while that boot's lease lives (one row renewed per heartbeat, not one per delivery).
-V2: tuple[str, ...] = (
+V3: tuple[str, ...] = (
     """CREATE TABLE IF NOT EXISTS nodes (
     node TEXT PRIMARY KEY,
     boot_id TEXT NOT NULL,
@@ -115,7 +116,7 @@ V2: tuple[str, ...] = (
 )
 
 #: Every migration, in order: MIGRATIONS[i] brings the schema from version i to i + 1.
-MIGRATIONS: tuple[tuple[str, ...], ...] = (V1, V2)
+MIGRATIONS: tuple[tuple[str, ...], ...] = (V1, V3)  # merged with issue 14: (V1, V2, V3)
 
 _VERSION_TABLE = (
     "CREATE TABLE IF NOT EXISTS schema_version"
