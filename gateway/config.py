@@ -189,6 +189,7 @@ class Config(Section):
     node: str = Field(default_factory=lambda: socket.gethostname().split(".")[0])
     mqtt: MqttConfig = MqttConfig()
     store: StoreConfig = StoreConfig()
+    cluster: ClusterConfig = ClusterConfig()  # several nodes: with [mqtt] shared_group
     jobs: JobsConfig = JobsConfig()
     email: EmailConfig = EmailConfig()
     sms: SmsConfig = SmsConfig()
@@ -198,7 +199,6 @@ class Config(Section):
     security: SecurityConfig = SecurityConfig()
     metrics: MetricsConfig = MetricsConfig()
     homeassistant: HomeAssistantConfig = HomeAssistantConfig()
-    cluster: ClusterConfig = ClusterConfig()
 
     @field_validator("node")
     @classmethod

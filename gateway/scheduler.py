@@ -245,13 +245,10 @@ class Scheduler:
         """A new job is in the store: announce its deliveries and queue them."""
         self._jobs[job.id] = job
         queued = [r for r in rows if r.state is DeliveryState.QUEUED]
-        if self._owner is not None:
-            self.wake.set()  # the nodes' feeds claim them from the shared store
         # The attempts are queued first (an alert's first SMS should not wait behind the
         # publication of its announcements); they cannot get ahead of the `queued` events,
         # which are all published before this coroutine next awaits.
-        if self._owner is None:
-            self._spawn(self._enqueue_prepared(job, queued))
+        self._spawn(self._enqueue_prepared(job, queued))
         self._status.job_dirty(job.id, immediate=True)
         for row in rows:
             self._status.delivery(Change(row, DeliveryState.QUEUED))
@@ -264,6 +261,10 @@ class Scheduler:
                 self._status.job_dirty(job.id, immediate=True)
 
     async def _enqueue_prepared(self, job: Job, rows: list[DeliveryRow]) -> None:
+        if self._owner is not None:
+            # Several nodes: every node's feed claims them from the shared store (`take`).
+            self.wake.set()
+            return
         by_channel: dict[str, list[DeliveryRow]] = {}
         for row in rows:
             by_channel.setdefault(row.channel, []).append(row)

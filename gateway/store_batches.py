@@ -124,8 +124,8 @@ def _still_held(db: Db, ids: Sequence[int], owner: str) -> set[int]:
             r["id"]
             for r in db.execute(
                 f"SELECT id FROM deliveries WHERE id IN ({_marks(len(chunk))})"  # noqa: S608
-                f" AND claimed_by=? AND state IN ('queued','retrying'){lock}",
-                (*chunk, owner),
+                f" AND claimed_by=? AND state IN ({_marks(len(_CLAIMABLE))}){lock}",
+                (*chunk, owner, *_CLAIMABLE),
             )
         )
     return held

@@ -16,7 +16,14 @@ from dataclasses import dataclass
 
 from .domain import Priority
 from .rows import DeliveryRow, row_to_delivery
+from .store_batches import _CLAIMABLE
+from .store_jobs import PENDING
 from .store_tx import Transactions
+
+# Every state a node may hold, and those a claim takes (`queued`, `retrying`...): one list
+# with the single node's claim (gateway.store_batches), as SQL.
+_WAITING_SQL = ",".join(f"'{state}'" for state in _CLAIMABLE)
+_OPEN_SQL = ",".join(f"'{state}'" for state in PENDING)
 
 
 @dataclass(frozen=True)
@@ -74,8 +81,8 @@ class ClusterClaims(Transactions):
 
         def work() -> int:
             cur = self._db.execute(
-                "UPDATE deliveries SET claimed_by=NULL"
-                " WHERE claimed_by=? AND state IN ('queued','retrying')",
+                f"UPDATE deliveries SET claimed_by=NULL"  # noqa: S608
+                f" WHERE claimed_by=? AND state IN ({_WAITING_SQL})",
                 (boot_id,),
             )
             self._db.execute(
@@ -100,7 +107,7 @@ class ClusterClaims(Transactions):
             names = self._db.execute(
                 "SELECT DISTINCT d.claimed_by AS boot, n.node FROM deliveries d"  # noqa: S608
                 " LEFT JOIN nodes n ON n.boot_id = d.claimed_by"
-                f" WHERE d.state IN ('queued','sending','retrying') AND d.{dead}",
+                f" WHERE d.state IN ({_OPEN_SQL}) AND d.{dead}",
                 (now,),
             ).fetchall()
             if not names:
@@ -113,7 +120,7 @@ class ClusterClaims(Transactions):
             ).fetchall()
             freed = self._db.execute(
                 f"UPDATE deliveries SET claimed_by=NULL"  # noqa: S608
-                f" WHERE state IN ('queued','retrying') AND {dead}",
+                f" WHERE state IN ({_WAITING_SQL}) AND {dead}",
                 (now,),
             ).rowcount
             nodes = sorted({r["node"] or "?" for r in names})
@@ -141,7 +148,7 @@ class ClusterClaims(Transactions):
             rows = self._db.execute(
                 "SELECT d.id, j.priority AS jprio FROM deliveries d"  # noqa: S608
                 " JOIN jobs j ON j.id = d.job_id"
-                " WHERE d.state IN ('queued','retrying') AND d.claimed_by IS NULL"
+                f" WHERE d.state IN ({_WAITING_SQL}) AND d.claimed_by IS NULL"
                 " AND d.channel=? AND j.state IN ('accepted','running')"
                 " AND (d.next_attempt_at IS NULL OR d.next_attempt_at <= ?)"
                 f"{only} ORDER BY j.priority, COALESCE(d.next_attempt_at, d.created_at), d.id"
@@ -170,8 +177,8 @@ class ClusterClaims(Transactions):
         def read() -> list[NodeRow]:
             held: dict[str, dict[str, int]] = {}
             for r in self._db.execute(
-                "SELECT claimed_by, state, count(*) AS n FROM deliveries"
-                " WHERE claimed_by IS NOT NULL AND state IN ('queued','sending','retrying')"
+                "SELECT claimed_by, state, count(*) AS n FROM deliveries"  # noqa: S608
+                f" WHERE claimed_by IS NOT NULL AND state IN ({_OPEN_SQL})"
                 " GROUP BY claimed_by, state"
             ).fetchall():
                 held.setdefault(r["claimed_by"], {})[r["state"]] = int(r["n"])
