@@ -181,6 +181,10 @@ def cmd_status(args: argparse.Namespace) -> int:
     from .report import print_report
 
     config, _unread = _load_without_secrets(args.config)
+    if args.job_id is None:
+        from .cluster import print_cluster
+
+        return print_cluster(config, as_json=args.json)
     return print_report(config, args.job_id, as_json=args.json)
 
 
@@ -254,7 +258,10 @@ def cmd_init(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import main as demo_main
 
-    return demo_main(args.rest)
+    extra = ["--nodes", str(args.nodes)]
+    if args.store_url:
+        extra += ["--store-url", args.store_url]
+    return demo_main([*args.rest, *extra])
 
 
 def parser() -> argparse.ArgumentParser:
@@ -364,8 +371,13 @@ def parser() -> argparse.ArgumentParser:
     )
     sig.set_defaults(func=cmd_sign)
 
-    st = sub.add_parser("status", help="per-recipient report of a job from the store")
-    st.add_argument("job_id", help="the job's id, as published")
+    st = sub.add_parser(
+        "status",
+        help="per-recipient report of a job from the store; without a job: the cluster's nodes",
+    )
+    st.add_argument(
+        "job_id", nargs="?", help="the job's id, as published (none: live nodes, leases, holds)"
+    )
     st.add_argument("--config", "-c", default=DEFAULT_CONFIG, help=_CONFIG_HELP)
     st.add_argument("--json", action="store_true", help="print the report as JSON")
     st.set_defaults(func=cmd_status)
@@ -428,6 +440,12 @@ def parser() -> argparse.ArgumentParser:
     ini.set_defaults(func=cmd_init)
     demo = sub.add_parser("demo", help="run the main job end to end on this machine")
     demo.add_argument("rest", nargs="*", help="work directory (default ./demo-state)")
+    demo.add_argument(
+        "--nodes", type=int, default=1, help="gateway nodes sharing the alert, one killed"
+    )
+    demo.add_argument(
+        "--store-url", help="PostgreSQL for --nodes 2+ (default: $PLP_DEMO_STORE_URL)"
+    )
     demo.set_defaults(func=cmd_demo)
     from .directory_cli import add_parser as add_directory
 

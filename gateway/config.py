@@ -76,6 +76,16 @@ class MqttConfig(Section):
     keepalive: int = Field(30, ge=5, le=3600)
     reconnect_initial_delay: float = Field(0.5, gt=0)
     reconnect_max_delay: float = Field(30.0, gt=0)
+    # Several gateway nodes share the jobs (issue 13): the intake subscription becomes
+    # `$share/<shared_group>/<prefix>/jobs`, so the broker hands each job to one node.
+    shared_group: str | None = None
+
+    @field_validator("shared_group")
+    @classmethod
+    def _group(cls, v: str | None) -> str | None:
+        if v is not None and (not v or any(c in v for c in "+#/ ")):
+            raise ValueError("must be a single topic level (no '/', '+', '#', spaces)")
+        return v
 
     @field_validator("topic_prefix")
     @classmethod
@@ -106,6 +116,20 @@ class StoreConfig(Section):
         if not v.startswith(("postgresql://", "postgres://")):
             raise ValueError("must be a postgresql:// URL (SQLite is [store] path)")
         return v
+
+
+class ClusterConfig(Section):
+    """`[cluster]`: several nodes on one PostgreSQL store (on with `[mqtt] shared_group`)."""
+
+    lease: float = Field(
+        15.0, gt=0, description="seconds a node's claims outlive its last heartbeat"
+    )
+    poll_interval: float = Field(
+        0.25, gt=0, le=5, description="seconds between looks for due work in the shared store"
+    )
+    claim_batch: int = Field(
+        100, ge=1, le=10_000, description="most deliveries a node claims per channel at a time"
+    )
 
 
 class JobsConfig(Section):
@@ -166,6 +190,7 @@ class Config(Section):
     node: str = Field(default_factory=lambda: socket.gethostname().split(".")[0])
     mqtt: MqttConfig = MqttConfig()
     store: StoreConfig = StoreConfig()
+    cluster: ClusterConfig = ClusterConfig()  # several nodes: with [mqtt] shared_group
     jobs: JobsConfig = JobsConfig()
     email: EmailConfig = EmailConfig()
     sms: SmsConfig = SmsConfig()
@@ -192,6 +217,17 @@ class Config(Section):
         if problem is not None:
             raise ValueError(f"[homeassistant] discovery: {problem}")
         return self
+
+    @model_validator(mode="after")
+    def _cluster_store(self) -> Config:
+        # Nodes share their work through the store: a SQLite file cannot be shared.
+        if self.mqtt.shared_group is not None and self.store.url is None:
+            raise ValueError("[mqtt] shared_group (several nodes) needs a PostgreSQL [store] url")
+        return self
+
+    @property
+    def clustered(self) -> bool:
+        return self.mqtt.shared_group is not None
 
     @property
     def client_id(self) -> str:

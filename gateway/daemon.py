@@ -14,8 +14,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from . import __version__
+from .adoption import adopt_session
 from .async_store import AsyncStore
 from .channel import Channel, Reports, settle
+from .cluster import ClusterNode, SharedLimits
 from .config import Config, load_config
 from .domain import Job
 from .errors import ConfigError
@@ -79,7 +81,11 @@ class Gateway:
         self.link = MqttLink(
             config.mqtt,
             config.client_id,
-            [self.topics.jobs, self.topics.cancel_filter, self.topics.directory_filter],
+            [
+                _jobs_subscription(config, self.topics),
+                self.topics.cancel_filter,
+                self.topics.directory_filter,
+            ],
             will=Outgoing(self.topics.availability, b"offline", qos=1, retain=True),
             buffer=config.status.event_buffer,
         )
@@ -99,6 +105,7 @@ class Gateway:
             self.status.boot_id,
             self._offline_health(),
             self._presence_changed,
+            exclusive=not config.clustered,
         )
         self.status.publish_node = self.presence.publish
         self.link.allowed.clear()  # until the presence check has decided
@@ -116,7 +123,29 @@ class Gateway:
             self._metered(self.channels),
             self.status,
             link_down_fallback_after=config.jobs.link_down_fallback_after,
+            owner=self.status.boot_id if config.clustered else None,
         )
+        # Several nodes on one store: this node's lease and its feed of due work.
+        self.cluster = (
+            ClusterNode(
+                self.store,
+                AsyncStore(open_store(config.store)),
+                self.scheduler,
+                config.node,
+                self.status.boot_id,
+                config.cluster,
+                on_nodes=self._share,
+                mqtt_client=config.client_id,
+                adopt=self._adopt,
+                job_dirty=self.status.job_dirty,
+                status_interval=config.status.job_status_interval,
+            )
+            if config.clustered
+            else None
+        )
+        if self.cluster is not None:
+            cluster = self.cluster
+            self.status.publishes_jobs = lambda: cluster.leads
         self.verifier = Verifier.from_config(config.security)
         self.intake = Intake(
             self.store,
@@ -190,6 +219,18 @@ class Gateway:
                 "started_at": iso(self.status.started),
             }
         )
+
+    async def _adopt(self, client_id: str) -> int:
+        """Several nodes: take the jobs the broker queued for a dead node's session."""
+        subscriptions = [_jobs_subscription(self.config, self.topics), self.topics.cancel_filter]
+        return await adopt_session(self.config.mqtt, client_id, subscriptions, self.intake.handle)
+
+    def _share(self, nodes: int) -> None:
+        """Several nodes: each takes its share of the provider limits (gateway.cluster)."""
+        self.scheduler.set_nodes(nodes)
+        for channel in self.channels.values():
+            if isinstance(channel, SharedLimits):
+                channel.share(nodes)
 
     def _presence_changed(self) -> None:
         role = self.presence.role
@@ -443,6 +484,8 @@ class Gateway:
         try:
             for ch in self.channels.values():
                 await ch.start()
+            if self.cluster is not None:
+                await self.cluster.join()
             await self.scheduler.start()
             # Signatures seen before a restart stay refused as replays for their window.
             nonces = await self.store.run(self.store.store.seen_nonces)
@@ -457,6 +500,8 @@ class Gateway:
                 asyncio.create_task(self._purge_loop(), name="purge"),
                 asyncio.create_task(self.store.watch(), name="store"),
             ]
+            if self.cluster is not None:
+                background.append(asyncio.create_task(self.cluster.run(), name="cluster"))
             self.watchdog.start()
             log.info(
                 "gateway %s started: channels=%s broker=%s:%d prefix=%s",
@@ -507,6 +552,8 @@ class Gateway:
         # Each step is bounded and may fail (a broken store is one reason to be here): the
         # stop goes on, so the last health and `offline` are still published.
         await _step("scheduler", self.scheduler.stop(STOP_GRACE), STOP_GRACE + 5)
+        if self.cluster is not None:
+            await _step("cluster", self.cluster.leave(), 5)
         for name, ch in reversed(list(self.channels.items())):
             await _step(f"channel {name}", ch.stop(), 5)
         await _step("status", self.status.flush(), 5)
@@ -527,6 +574,12 @@ class Gateway:
         self.store.close()
         log.info("stopped")
         self.notifier.close()
+
+
+def _jobs_subscription(config: Config, topics: Topics) -> str:
+    """Several nodes share the jobs: the broker hands each to one member of the group."""
+    group = config.mqtt.shared_group
+    return topics.jobs if group is None else f"$share/{group}/{topics.jobs}"
 
 
 async def _step(what: str, aw: Awaitable[object], timeout: float) -> None:

@@ -319,5 +319,26 @@ def run_demo(workdir: Path) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    workdir = Path(argv[0]) if argv else Path("demo-state")
-    return run_demo(workdir.resolve())
+    """`demo [DIR]`, or `demo --nodes N [--store-url URL] [DIR]` (gateway.demo_cluster)."""
+    import argparse
+    import os
+
+    parser = argparse.ArgumentParser(prog="plp-gateway demo")
+    parser.add_argument("workdir", nargs="?", default="demo-state")
+    parser.add_argument("--nodes", type=int, default=1, help="gateway nodes sharing the alert")
+    parser.add_argument(
+        "--store-url",
+        default=os.environ.get("PLP_DEMO_STORE_URL"),
+        help="PostgreSQL database for --nodes 2+ (default: $PLP_DEMO_STORE_URL)",
+    )
+    args = parser.parse_args(argv or [])
+    workdir = Path(args.workdir).resolve()
+    if args.nodes <= 1:
+        return run_demo(workdir)
+    if not args.store_url:
+        print("demo --nodes needs a PostgreSQL database: --store-url postgresql://... or"
+              " PLP_DEMO_STORE_URL (the nodes share their work through it)")  # fmt: skip
+        return 2
+    from .demo_cluster import run_cluster_demo
+
+    return run_cluster_demo(workdir, args.nodes, args.store_url)

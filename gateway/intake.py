@@ -94,7 +94,9 @@ class Intake:
         self.directory = DirectoryConfig()  # [directory]: members' choices (reloadable)
         self.counters = {"accepted": 0, "duplicates": 0, "rejected": 0, "cancels": 0}
 
-    async def handle(self, message: aiomqtt.Message) -> None:
+    async def handle(self, message: aiomqtt.Message, ack: Ack | None = None) -> None:
+        """Store (or reject) a job or a cancel, then acknowledge it (`ack`: on another
+        connection than the node's own, gateway.adoption)."""
         topic = str(message.topic)
         payload = (
             message.payload if isinstance(message.payload, bytes) else str(message.payload).encode()
@@ -128,7 +130,7 @@ class Intake:
             seen = self.check.take_unsaved()
             if seen:
                 await self._store.run(self._store.store.remember_nonces, seen)
-        self._ack(message)
+        (ack or self._ack)(message)
 
     def _reject(
         self, errors: list[JobErrorItem], job_id: str | None, topic: str, total: int = 0

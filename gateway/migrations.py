@@ -135,8 +135,24 @@ V2: tuple[str, ...] = (
 )""",
 )
 
+#: Version 3: several nodes on one store (issue 13). A node's row holds its lease; a
+#: delivery a node took from the shared store names that node's boot (`claimed_by`), valid
+#: while that boot's lease lives (one row renewed per heartbeat, not one per delivery).
+V3: tuple[str, ...] = (
+    """CREATE TABLE IF NOT EXISTS nodes (
+    node TEXT PRIMARY KEY,
+    boot_id TEXT NOT NULL,
+    started_at {REAL} NOT NULL,
+    heartbeat {REAL} NOT NULL,
+    lease_until {REAL} NOT NULL,
+    mqtt_client TEXT NOT NULL
+)""",
+    "ALTER TABLE deliveries ADD COLUMN claimed_by TEXT",
+    "CREATE INDEX IF NOT EXISTS deliveries_claim ON deliveries(state, channel, claimed_by)",
+)
+
 #: Every migration, in order: MIGRATIONS[i] brings the schema from version i to i + 1.
-MIGRATIONS: tuple[tuple[str, ...], ...] = (V1, V2)
+MIGRATIONS: tuple[tuple[str, ...], ...] = (V1, V2, V3)
 
 _VERSION_TABLE = (
     "CREATE TABLE IF NOT EXISTS schema_version"

@@ -70,8 +70,15 @@ class Scheduler:
         status: StatusPublisher,
         reply_window: float = 24 * 3600,
         link_down_fallback_after: float = 60.0,
+        owner: str | None = None,
     ) -> None:
         self._store = store
+        # Several nodes (gateway.cluster): this node's boot id, which its claims must hold;
+        # deliveries then come from the shared store (`take`), not from this node's intake.
+        self._owner = owner
+        self.wake = asyncio.Event()  # the cluster feed looks for work at once
+        self._taking: dict[str, int] = {}  # channel -> claimed, not yet in its queue
+        self._nodes = 1  # live nodes sharing the channels' rates
         # A delivery with a fallback channel waits this long for a link of its own channel,
         # then fails `link_down` so that its fallback starts (`[jobs] link_down_fallback_after`).
         self.link_down_fallback_after = link_down_fallback_after
@@ -111,9 +118,17 @@ class Scheduler:
         limits = lane.channel.limits()
         for slots in lane.slots.values():
             slots.resize(limits.concurrency)
-        if limits.rate != lane.rate or lane.limiter is None:
-            lane.rate = limits.rate
-            lane.limiter = make_limiter(limits.rate)
+        # Several nodes: a channel's rate (e-mail messages/s, calls/s) is for all together.
+        rate = limits.rate / self._nodes
+        if rate != lane.rate or lane.limiter is None:
+            lane.rate = rate
+            lane.limiter = make_limiter(rate)
+
+    def set_nodes(self, nodes: int) -> None:
+        """How many live nodes share the channels' rates (gateway.cluster)."""
+        if nodes != self._nodes:
+            self._nodes = max(1, nodes)
+            self.reload_limits()
 
     def reload_limits(self) -> None:
         for lane in self._lanes.values():
@@ -121,6 +136,12 @@ class Scheduler:
 
     # -- lifecycle ------------------------------------------------------------------------
     async def start(self) -> None:
+        if self._owner is not None:
+            # The shared store feeds this node (gateway.cluster): what a previous boot of it
+            # held is freed by the reaper like a dead node's, not taken back here.
+            self._start_dispatchers()
+            log.info("scheduler started: fed from the shared store")
+            return
         interrupted = await self._store.run(self._store.store.recover_interrupted)
         if interrupted:
             log.warning(
@@ -136,6 +157,10 @@ class Scheduler:
             if job is None:
                 continue
             self._spawn(self._enqueue_prepared(job, [r for r, _ in rows]))
+        self._start_dispatchers()
+        log.info("scheduler started: %d pending deliveries in %d jobs", len(pending), len(by_job))
+
+    def _start_dispatchers(self) -> None:
         for name, lane in self._lanes.items():
             for prio in Priority:
                 self._dispatchers.append(
@@ -144,7 +169,6 @@ class Scheduler:
                     )
                 )
         self._dispatchers.append(asyncio.create_task(self._expiry_loop(), name="expiry"))
-        log.info("scheduler started: %d pending deliveries in %d jobs", len(pending), len(by_job))
 
     async def stop(self, grace: float) -> None:
         """Take no new attempts; let running ones finish for `grace` s, then interrupt them."""
@@ -176,6 +200,42 @@ class Scheduler:
     def queue_waiting(self) -> dict[str, dict[tuple[str, str], int]]:
         """Per channel `{(priority, state): n}` (for metrics; see `ChannelQueue.waiting`)."""
         return {name: lane.queue.waiting() for name, lane in self._lanes.items()}
+
+    # -- several nodes (gateway.cluster) -------------------------------------------------
+    def room(self, channel: str, batch: int) -> tuple[int, int]:
+        """How many more deliveries of `channel` this node should claim: (any priority,
+        hot only). What it holds ready, in flight or being queued counts against `batch`."""
+        lane = self._lanes[channel]
+        depth = lane.queue.depth()
+        busy = len(lane.inflight) + self._taking.get(channel, 0)
+        return (
+            batch - busy - depth["hot"] - depth["cold"],
+            batch - busy - depth["hot"],
+        )
+
+    async def take(self, rows: Sequence[tuple[DeliveryRow, Priority]]) -> None:
+        """Queue deliveries this node claimed from the shared store."""
+        by_job: dict[str, list[DeliveryRow]] = {}
+        for row, _ in rows:
+            by_job.setdefault(row.job_id, []).append(row)
+        for job_id, job_rows in by_job.items():
+            job = await self._job(job_id)
+            if job is None:
+                continue
+            channel = job_rows[0].channel
+            self._taking[channel] = self._taking.get(channel, 0) + len(job_rows)
+            self._spawn(self._take_job(job, channel, job_rows))
+
+    async def _take_job(self, job: Job, channel: str, rows: list[DeliveryRow]) -> None:
+        try:
+            await self._prepare_and_push(job, channel, rows)
+        finally:
+            self._taking[channel] -= len(rows)
+
+    def reaped(self, rows: Sequence[DeliveryRow]) -> None:
+        """A dead node's attempts in flight were made `retrying` (by this node's reaper)."""
+        for row in rows:
+            self._status.delivery(Change(row, DeliveryState.SENDING))
 
     def _spawn(self, coro: object) -> None:
         task: asyncio.Task[None] = asyncio.create_task(coro)  # type: ignore[arg-type]
@@ -220,6 +280,10 @@ class Scheduler:
                 self._status.job_dirty(job.id, immediate=True)
 
     async def _enqueue_prepared(self, job: Job, rows: list[DeliveryRow]) -> None:
+        if self._owner is not None:
+            # Several nodes: every node's feed claims them from the shared store (`take`).
+            self.wake.set()
+            return
         by_channel: dict[str, list[DeliveryRow]] = {}
         for row in rows:
             by_channel.setdefault(row.channel, []).append(row)
@@ -304,6 +368,21 @@ class Scheduler:
                     log.info("job %s expired", row.id)
                     await self.close_job(row.id, JobState.EXPIRED, "expired")
             await self._end_receipt_waits(now)
+            if self._owner is not None:
+                for change in await self._store.run(self._store.store.match_orphan_receipts):
+                    await self._changed(change)
+                await self._finish_shared_jobs()
+
+    async def _finish_shared_jobs(self) -> None:
+        """Several nodes: two nodes closing a job's last deliveries at once each still see
+        the other's open (uncommitted) and neither ends the job; this sweep does."""
+        for row in await self._store.run(self._store.store.active_jobs):
+            if row.id in self._closed:
+                continue
+            finished = await self._store.run(self._store.store.transition_job_if_done, row.id)
+            if finished is not None:
+                self._status.job_dirty(row.id, immediate=True)
+                self._forget(row.id)
 
     async def _end_receipt_waits(self, now: float) -> None:
         """A job whose only open deliveries are `sent` for longer than their channel's
@@ -349,7 +428,11 @@ class Scheduler:
     async def _attempt(self, lane: _Lane, delivery_id: int, job_id: str) -> None:
         store = self._store.store
         job = await self._job(job_id)
-        claim = await self._claim(delivery_id)
+        claim = await (
+            self._claim(delivery_id)
+            if self._owner is None
+            else self._claim(delivery_id, self._owner)
+        )
         if claim is None or job is None:
             return
         self._status.delivery(claim)
@@ -520,7 +603,10 @@ class Scheduler:
         log.info("delivery %d failed (%s): falling back to %s", d.id, d.last_error, target)
         self._status.delivery(Change(row, DeliveryState.QUEUED))
         if row.state is DeliveryState.QUEUED:
-            self._spawn(self._prepare_and_push(job, target, [row]))
+            if self._owner is not None:
+                self.wake.set()  # claimed from the shared store like any delivery
+            else:
+                self._spawn(self._prepare_and_push(job, target, [row]))
 
     # -- late news from channels ------------------------------------------------------
     async def reports(self, reports: Sequence[Report]) -> None:

@@ -132,6 +132,9 @@ class StatusPublisher:
         self._store = store
         self._interval = job_interval
         self._dirty: set[str] = set()
+        # Whether this node publishes job statuses: several nodes (gateway.cluster) leave it
+        # to one of them, so that a job's retained status never goes back to older counts.
+        self.publishes_jobs: Callable[[], bool] = lambda: True
         self._wake = asyncio.Event()
         self.boot_id = uuid.uuid4().hex
         self.started = time.time()
@@ -296,6 +299,8 @@ class StatusPublisher:
         for job_id in list(self._events):
             self._publish_events(job_id)
         dirty, self._dirty = self._dirty, set()
+        if not self.publishes_jobs():
+            return
         for job_id in dirty:
             await self.publish_job(job_id)
 

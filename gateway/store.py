@@ -38,6 +38,7 @@ from .rows import (
     updated_row,
 )
 from .secret import is_reference
+from .store_cluster import ClusterClaims
 from .store_db import SqliteDb
 from .store_directory import DirectoryStore
 from .store_jobs import PENDING, Jobs
@@ -69,7 +70,7 @@ _OPEN = ("queued", "sending", "retrying", "held", "sent")
 log = logging.getLogger(__name__)
 
 
-class SqlStore(DirectoryStore, Jobs):
+class SqlStore(DirectoryStore, Jobs, ClusterClaims):
     """The store's logic on a `gateway.store_db.Db`, whichever engine is behind it: here
     deliveries' transitions, the hot path's batches and receipts; jobs in `Jobs`
     (gateway.store_jobs), purge and replay proofs in `Retention`, transactions below."""
@@ -164,8 +165,10 @@ class SqlStore(DirectoryStore, Jobs):
         sending, counting the attempt; None for a delivery no longer pending."""
         now = time.time()
         ids = [args[0] for args, _ in calls]
+        # Several nodes: each call is `(delivery_id, owner)`, one owner (this node's boot).
+        owner = calls[0][0][1] if calls and len(calls[0][0]) > 1 else None
         result: list[Change | Exception | None] = self._tx(
-            lambda: store_batches.claim(self._db, ids, now)
+            lambda: store_batches.claim(self._db, ids, now, owner)
         )
         return result
 
@@ -248,6 +251,38 @@ class SqlStore(DirectoryStore, Jobs):
             out.append(results[start : start + len(receipts)])
             start += len(receipts)
         return out
+
+    def match_orphan_receipts(self, limit: int = 1000) -> list[Change]:
+        """Apply receipts kept as orphans whose provider id is now known. Several nodes: a
+        receipt on node B for node A's submit, stored while A's record of that submit was
+        not committed yet, saw neither the other (each transaction its own snapshot)."""
+        now = time.time()
+        lock = "" if self._db.name == "sqlite" else " FOR UPDATE OF o SKIP LOCKED"
+
+        def work() -> list[Change]:
+            rows = self._db.execute(
+                "SELECT o.channel, o.provider_id, o.state, o.reason FROM orphan_receipts o"  # noqa: S608
+                " JOIN provider_ids p ON p.channel = o.channel AND p.provider_id = o.provider_id"
+                f" LIMIT ?{lock}",
+                (limit,),
+            ).fetchall()
+            if not rows:
+                return []
+            receipts = [
+                (r["channel"], r["provider_id"], DeliveryState(r["state"]), r["reason"])
+                for r in rows
+            ]
+            self._db.executemany(
+                "DELETE FROM orphan_receipts WHERE channel=? AND provider_id=?",
+                [(channel, pid) for channel, pid, _, _ in receipts],
+            )
+            results = store_batches.apply_receipts(
+                self._db, receipts, now, self._maybe_finish_job, self._apply_receipt
+            )
+            return [change for _, change in results if change is not None]
+
+        result: list[Change] = self._tx(work)
+        return result
 
     def _apply_receipt(
         self, channel: str, provider_id: str, state: DeliveryState, reason: str | None, now: float

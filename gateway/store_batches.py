@@ -80,9 +80,13 @@ def _finish_jobs(out: list[Any], last: dict[str, int], finish: FinishJob, now: f
             out[i] = (known, Change(change.delivery, change.old_state, finished))
 
 
-def claim(db: Db, ids: Sequence[int], now: float) -> list[Change | Exception | None]:
+def claim(
+    db: Db, ids: Sequence[int], now: float, owner: str | None = None
+) -> list[Change | Exception | None]:
     """queued/retrying -> sending for each id, counting the attempt; None when it is no
-    longer pending (claimed already, cancelled...)."""
+    longer pending (claimed already, cancelled...). With `owner` (a node's boot id, several
+    nodes on one store), only deliveries that boot still holds (gateway.store_cluster)."""
+    held = _still_held(db, ids, owner) if owner is not None else None
     rows = rows_by_id(db, ids)
     out: list[Change | Exception | None] = []
     taken: dict[int, None] = {}  # claimed in this batch, in order
@@ -92,7 +96,7 @@ def claim(db: Db, ids: Sequence[int], now: float) -> list[Change | Exception | N
         if r is None:
             out.append(StoreError(f"no delivery {did}"))
             continue
-        if r["state"] not in _CLAIMABLE or did in taken:
+        if r["state"] not in _CLAIMABLE or did in taken or (held is not None and did not in held):
             out.append(None)
             continue
         taken[did] = None
@@ -109,6 +113,22 @@ def claim(db: Db, ids: Sequence[int], now: float) -> list[Change | Exception | N
         )
     _mark_running(db, jobs, now)
     return out
+
+
+def _still_held(db: Db, ids: Sequence[int], owner: str) -> set[int]:
+    """The ids `owner` holds, locked against other nodes until the commit."""
+    held: set[int] = set()
+    for chunk in _chunks(list(dict.fromkeys(ids))):
+        lock = "" if db.name == "sqlite" else " FOR UPDATE"
+        held.update(
+            r["id"]
+            for r in db.execute(
+                f"SELECT id FROM deliveries WHERE id IN ({_marks(len(chunk))})"  # noqa: S608
+                f" AND claimed_by=? AND state IN ({_marks(len(_CLAIMABLE))}){lock}",
+                (*chunk, owner, *_CLAIMABLE),
+            )
+        )
+    return held
 
 
 def record_sent(

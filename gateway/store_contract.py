@@ -14,6 +14,7 @@ from .directory import Audience, Member, Plp
 from .domain import DeliveryState, Job, JobState, Priority
 from .rows import AddResult, Change, DeliveryRow, JobRow
 from .signing import SeenNonce
+from .store_cluster import NodeRow, Reaped
 from .store_directory import ImportResult
 from .store_tx import Call
 
@@ -87,6 +88,31 @@ class StoreContract(Protocol):
 
     def recover_interrupted(self) -> list[DeliveryRow]: ...
 
+    # several nodes on one store (gateway.store_cluster)
+    def heartbeat(
+        self,
+        node: str,
+        boot_id: str,
+        lease: float,
+        now: float | None = None,
+        mqtt_client: str = "",
+    ) -> None: ...
+
+    def leave(self, node: str, boot_id: str) -> int: ...
+
+    def reap_dead(self, now: float | None = None) -> Reaped: ...
+
+    def claim_due(
+        self,
+        boot_id: str,
+        channel: str,
+        limit: int,
+        now: float | None = None,
+        priority: Priority | None = None,
+    ) -> list[tuple[DeliveryRow, Priority]]: ...
+
+    def nodes(self) -> list[NodeRow]: ...
+
     def acknowledge_member(self, job_id: str, rindex: int, except_id: int) -> list[Change]: ...
 
     def find_member_by_phone(self, phone: str, since: float) -> list[DeliveryRow]: ...
@@ -99,6 +125,8 @@ class StoreContract(Protocol):
     def apply_receipts_batch(
         self, calls: Sequence[Call]
     ) -> list[list[tuple[bool, Change | None]] | Exception]: ...
+
+    def match_orphan_receipts(self, limit: int = 1000) -> list[Change]: ...
 
     def purge_orphan_receipts(self, older_than: float) -> int: ...
 

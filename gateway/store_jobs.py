@@ -56,9 +56,13 @@ class Jobs(Retention):
             if existing is not None:
                 same = existing["content_hash"] == content_hash
                 return (AddResult.DUPLICATE if same else AddResult.CONFLICT), []
-            self._db.execute(
+            # Two nodes may store the same id at once (several nodes, gateway.cluster): the
+            # unique key decides, and the later one waits for the first's commit and finds
+            # it (a clean DUPLICATE, not an error).
+            inserted = self._db.execute(
                 "INSERT INTO jobs(id, content_hash, priority, test, state, body, created_at,"
-                " updated_at, expires_at) VALUES (?,?,?,?,?,?,?,?,?)",
+                " updated_at, expires_at) VALUES (?,?,?,?,?,?,?,?,?)"
+                " ON CONFLICT (id) DO NOTHING",
                 (
                     job.id,
                     content_hash,
@@ -71,6 +75,12 @@ class Jobs(Retention):
                     job.expires_at.timestamp(),
                 ),
             )
+            if inserted.rowcount == 0:
+                first = self._db.execute(
+                    "SELECT content_hash FROM jobs WHERE id = ?", (job.id,)
+                ).fetchone()
+                same = first is not None and first["content_hash"] == content_hash
+                return (AddResult.DUPLICATE if same else AddResult.CONFLICT), []
             params = [
                 _delivery_params(job.id, r, channel, enabled_channels, now)
                 for r in job.recipients

@@ -24,6 +24,7 @@ from gateway.privacy import address_hash, mask_phone
 from . import pdu as P
 from .config import SmscConfig, SmsConfig
 from .encoding import Encoded, TooLong, encode_text
+from .pacing import BURST, MIN_RATE
 from .receipts import DeliveryReport, KeywordMatcher, MobileOriginated, canonical_id, classify
 from .session import Session
 
@@ -112,6 +113,17 @@ class SmsChannel:
         self._rebinding = asyncio.get_running_loop().create_task(
             self._rebind(config, previous), name="sms-rebind"
         )
+
+    def share(self, nodes: int) -> None:
+        """Several nodes on the same SMSC accounts: each bind gets its share of its link's
+        `rate` (what the operator sold is for all nodes together). Each pacer may catch up
+        BURST slots plus the one under way, so that much per node is kept aside:
+        together the nodes stay within the rate in any second."""
+        for session in self.sessions:
+            rate = session.config.rate
+            if rate > 0 and nodes > 1:
+                rate = max(MIN_RATE, (rate - (BURST + 1) * nodes) / nodes)
+            session.pacer.set_rate(rate)
 
     async def _rebind(self, config: SmsConfig, previous: asyncio.Task[None] | None) -> None:
         if previous is not None:

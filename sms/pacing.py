@@ -69,6 +69,16 @@ class Pacer:
         self._accepted = _PerSecond(clock())
         self.throttle_events = 0
 
+    def set_rate(self, rate: float) -> None:
+        """A new configured rate without binding again (several nodes share one account:
+        gateway.cluster). A rate lowered by throttling stays lowered; a higher one is
+        climbed back to as after throttling."""
+        if rate == self.configured:
+            return
+        self.configured = self.ceiling = rate
+        if rate <= 0 or self.rate <= 0 or self.rate > rate:
+            self.rate = rate
+
     def _recover(self, now: float) -> None:
         if self.rate == self.configured or now - self._last_change < self._recovery:
             return

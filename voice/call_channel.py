@@ -124,6 +124,11 @@ class VoiceChannel:
         await self._ami.stop()
         await self._audio.stop()
 
+    def share(self, nodes: int) -> None:
+        """Several nodes on the same trunk (gateway.cluster): each places at most its share
+        of `max_channels`, so that together they never exceed what the trunk has."""
+        self._slots.resize(max(1, self._cfg.max_channels // max(1, nodes)))
+
     def reconfigure(self, config: VoiceConfig) -> None:
         """A configuration reload: limits, retry rules and call keys apply to the next calls;
         changed `[voice.ami]` settings reconnect the session (calls in progress are
