@@ -243,10 +243,8 @@ class Gateway:
         self.publish_health()
 
     async def _on_connect(self) -> None:
-        # Health first: a monitor that sees `online` then reads this health, not an older one
-        # (both go in order on the health link).
+        # Health first; the job link then says `online` itself, beside its will (MqttLink).
         self.publish_health()
-        self.status.availability(True)
         if self.discovery is not None:
             # Retained, on the health link like the topics they read (a duplicate process
             # of this node sends none); again at each connect, for a broker that lost them.
@@ -548,7 +546,7 @@ class Gateway:
         self.publish_health()
         if self._failure is not None:
             # Tell the world at once, before the (bounded) stop of the attempts in flight.
-            self.status.availability(False)
+            await self.link.say_offline(2)
         # Each step is bounded and may fail (a broken store is one reason to be here): the
         # stop goes on, so the last health and `offline` are still published.
         await _step("scheduler", self.scheduler.stop(STOP_GRACE), STOP_GRACE + 5)
@@ -559,9 +557,8 @@ class Gateway:
         await _step("status", self.status.flush(), 5)
         self._final = "failed" if self._failure is not None else "stopped"
         self.publish_health()
-        self.status.availability(False)
-        # Also on the job link: the health link may be the task that died.
-        self.link.publish(self.topics.availability, b"offline", retain=True)
+        # On the job link, where the will is: a clean stop sends no will.
+        await self.link.say_offline(5)
         if self.link.connected.is_set():
             await self.link.flush(5)
         await self.presence.close()

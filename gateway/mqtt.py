@@ -244,6 +244,11 @@ class MqttLink:
                     delay = self._cfg.reconnect_initial_delay
                     if self._on_connect is not None:
                         await self._on_connect()
+                    # The birth beside the will: `online` goes on the connection whose will is
+                    # `offline`, so the broker, which reads a connection's data before acting
+                    # on its loss, can never leave `online` after a crash (on another
+                    # connection, a kill -9 could let `online` land after the will).
+                    await self._announce(client, online=True)
                     async with asyncio.TaskGroup() as tg:
                         tg.create_task(self._keep_subscriptions(client))
                         await self._pump_in(client)
@@ -255,6 +260,25 @@ class MqttLink:
                 self._client = None
             await asyncio.sleep(delay)
             delay = min(delay * 2, self._cfg.reconnect_max_delay)
+
+    async def _announce(self, client: aiomqtt.Client, *, online: bool) -> None:
+        will = self._will
+        payload = b"online" if online else will.payload
+        await client.publish(will.topic, payload, qos=will.qos, retain=will.retain)
+
+    async def say_offline(self, timeout: float) -> bool:
+        """A clean stop sends no will: publish it ourselves, on the job connection, before
+        closing it. True once the broker confirmed it."""
+        client = self._client
+        if client is None or not self.connected.is_set():
+            return False
+        try:
+            async with asyncio.timeout(timeout):
+                await self._announce(client, online=False)
+        except (aiomqtt.MqttError, TimeoutError) as exc:
+            log.warning("could not publish availability offline: %s", exc)
+            return False
+        return True
 
     async def _status_first(self) -> None:
         """Take jobs once what happens to them can be reported (the first health then says

@@ -118,8 +118,8 @@ class StatusPublisher:
         rejected_retention: float = 30 * 86400,
     ) -> None:
         self._publish = publish
-        # The node's retained topics (availability, health): the daemon sends them through
-        # their own connection (gateway.presence).
+        # The node's health: the daemon sends it through its own connection (gateway.presence);
+        # the availability goes with the job connection's will (gateway.mqtt).
         self.publish_node: Publish = publish
         # A rejected job's retained status is cleared this long after (`[store] retention_days`).
         self.rejected_retention = rejected_retention
@@ -305,10 +305,6 @@ class StatusPublisher:
             await self.publish_job(job_id)
 
     # -- gateway ---------------------------------------------------------------------
-    def availability(self, online: bool) -> None:
-        payload = b"online" if online else b"offline"
-        self.publish_node(self.topics.availability, payload, retain=True)
-
     def health(
         self, state: str, links: Mapping[str, Any], queues: Mapping[str, Any], **extra: Any
     ) -> None:
