@@ -16,7 +16,7 @@ import hashlib
 import json
 import re
 from collections.abc import Mapping, Set
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 
@@ -259,6 +259,20 @@ def parse_job(
     `numbers` holds each phone channel's number policy: a member's number outside it fails on
     that channel (`number_not_allowed`), the member's other channels go on."""
     now = now or datetime.now(UTC)
+    spec = validate_job(payload, limits, enabled_channels, now)
+    return _to_domain(spec, limits, now, phone_region, numbers or {}), spec
+
+
+def validate_job(
+    payload: bytes,
+    limits: JobsConfig,
+    enabled_channels: frozenset[str],
+    now: datetime | None = None,
+) -> JobIn:
+    """Validate raw bytes into a job's spec, every member included, or raise JobRejected.
+    Nothing per member that cannot reject the job (parsing numbers) is done here: a large job
+    turns its members into domain recipients chunk by chunk (`job_header`, `members`)."""
+    now = now or datetime.now(UTC)
     if len(payload) > limits.max_payload_bytes:
         raise JobRejected(
             [
@@ -296,7 +310,7 @@ def parse_job(
     errors = _semantic_errors(spec, limits, enabled_channels, now)
     if errors:
         raise JobRejected(errors, spec.id)
-    return _to_domain(spec, limits, now, phone_region, numbers or {}), spec
+    return spec
 
 
 def read_job(payload: bytes, limits: JobsConfig) -> dict[str, Any]:
@@ -473,9 +487,18 @@ def _to_domain(
     region: str,
     numbers: Mapping[str, NumberPolicy],
 ) -> Job:
+    recipients = members(spec, 0, len(spec.recipients), region, numbers)
+    return replace(job_header(spec, limits, now), recipients=tuple(recipients))
+
+
+def members(
+    spec: JobIn, start: int, stop: int, region: str, numbers: Mapping[str, NumberPolicy]
+) -> list[Recipient]:
+    """The domain recipients of members `start` to `stop` of a validated spec."""
     languages = tuple(spec.message)
     recipients = []
-    for i, r in enumerate(spec.recipients):
+    for i in range(start, min(stop, len(spec.recipients))):
+        r = spec.recipients[i]
         phone = email = phone_error = email_error = None
         refused: frozenset[str] = frozenset()
         # Only the addresses this member's channels (and fallbacks) can use are parsed:
@@ -510,6 +533,11 @@ def _to_domain(
                 phone_refused=refused,
             )
         )
+    return recipients
+
+
+def job_header(spec: JobIn, limits: JobsConfig, now: datetime) -> Job:
+    """The job without its recipients (they come by `members`)."""
     options: dict[str, object] = {}
     if spec.voice is not None:
         options["voice"] = spec.voice.model_dump()
@@ -520,7 +548,7 @@ def _to_domain(
         message={str(k): v for k, v in spec.message.items()},
         subject={str(k): v for k, v in spec.subject.items()},
         channels=tuple(spec.channels),
-        recipients=tuple(recipients),
+        recipients=(),
         expires_at=_expiry(spec, limits, now),
         options=options,
         fallback={str(k): str(v) for k, v in spec.fallback.items()},

@@ -98,8 +98,12 @@ V1: tuple[str, ...] = (
 )""",
 )
 
+# A large job is stored in chunks (gateway.store_jobs `begin_job`, `add_members`): `complete`
+# is 0 until its last chunk is in, and a job is never done before (a redelivery resumes it).
+V2: tuple[str, ...] = ("ALTER TABLE jobs ADD COLUMN complete INTEGER NOT NULL DEFAULT 1",)
+
 #: Every migration, in order: MIGRATIONS[i] brings the schema from version i to i + 1.
-MIGRATIONS: tuple[tuple[str, ...], ...] = (V1,)
+MIGRATIONS: tuple[tuple[str, ...], ...] = (V1, V2)
 
 _VERSION_TABLE = (
     "CREATE TABLE IF NOT EXISTS schema_version"

@@ -128,7 +128,8 @@ def row_to_job(r: Row) -> JobRow:
     )
 
 
-def job_to_body(job: Job) -> str:
+def job_to_body(job: Job, members: list[list[Any]] | None = None) -> str:
+    """The job's stored body; `members` (each `member_to_body`) instead of job.recipients."""
     return json.dumps(
         {
             "message": job.message,
@@ -136,14 +137,18 @@ def job_to_body(job: Job) -> str:
             "channels": list(job.channels),
             "options": job.options,
             "fallback": job.fallback,
-            "recipients": [
-                [r.ref, r.lang, list(r.channels), r.phone, r.email, r.phone_error, r.email_error]
-                + ([sorted(r.phone_refused)] if r.phone_refused else [])
-                for r in job.recipients
-            ],
+            "recipients": (
+                members if members is not None else [member_to_body(r) for r in job.recipients]
+            ),
         },
         ensure_ascii=False,
         separators=(",", ":"),
+    )
+
+
+def member_to_body(r: Recipient) -> list[Any]:
+    return [r.ref, r.lang, list(r.channels), r.phone, r.email, r.phone_error, r.email_error] + (
+        [sorted(r.phone_refused)] if r.phone_refused else []
     )
 
 
