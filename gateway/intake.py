@@ -254,6 +254,7 @@ class Intake:
                 rows = await self._store.run(
                     store.add_members, header.id, new, self._scheduler.enabled, body
                 )
+                log.debug("job %s: members %d to %d stored", header.id, start, stop - 1)
                 if rows:
                     await self._scheduler.job_accepted(header, rows)
             start, size = stop, CHUNK_MEMBERS
