@@ -35,8 +35,8 @@ def test_a_chunked_job_resumes_after_a_crash_and_is_never_done_before_its_last_c
         store.transition(row.id, DeliveryState.DELIVERED)
     assert store.transition_job_if_done("big") is None
     assert store.finish_receipt_waits({"email": 0.0}) == []
-    row = store.job_row("big")
-    assert row is not None and row.state is JobState.RUNNING
+    job_row = store.job_row("big")
+    assert job_row is not None and job_row.state is JobState.RUNNING
 
     # The daemon dies here; the broker delivers the job again: the intake resumes at 10.
     assert store.begin_job(header, digest) == (AddResult.NEW, 10)
