@@ -28,6 +28,12 @@ TARGET_RSS_MB = 150.0
 TARGET_RATE = 2500.0
 
 
+def cpu_seconds(pid: int) -> float:
+    """The process's CPU time so far (user + system, all its threads)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def peak_rss_mb(pid: int) -> float:
     """The process's peak resident set (VmHWM), in MB."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -56,6 +62,7 @@ async def run(n: int, window: int) -> None:
                 await obs.wait(lambda: obs.on("/gateway/test/availability"), 30)
                 await sim.wait(lambda s: s["bound"] >= 1, 30)
                 idle_mb = peak_rss_mb(gw.proc.pid)
+                cpu0, load0 = cpu_seconds(gw.proc.pid), os.getloadavg()[0]
                 payload = json.dumps(sms_job("big-job", members(n)))
                 t0 = time.monotonic()
                 await obs.publish("plp/jobs", payload)
@@ -65,6 +72,8 @@ async def run(n: int, window: int) -> None:
                 await obs.wait_job("big-job", "done", timeout=900)
                 t_done = time.monotonic()
                 rss = peak_rss_mb(gw.proc.pid)
+                cpu = cpu_seconds(gw.proc.pid) - cpu0
+                load1 = os.getloadavg()[0]
         finally:
             if gw is not None:
                 gw.stop()
@@ -83,6 +92,8 @@ async def run(n: int, window: int) -> None:
     print(f"submits/s first..last        {sustained:.0f}")
     print(f"job 'done' (all receipts)    {t_done - t0:.2f} s after publish")
     print(f"duplicates at the SMSC       {stats['duplicates']}")
+    print(f"daemon CPU over the job      {cpu:.1f} s ({n / cpu:.0f} members per CPU second)")
+    print(f"load average before / after  {load0:.1f} / {load1:.1f} (2 cores: above 2, shared)")
     print(f"daemon RSS idle / peak       {idle_mb:.0f} MB / {rss:.0f} MB"
           f"  (target {TARGET_RSS_MB:.0f} MB: {rss / TARGET_RSS_MB:.2f}x)")  # fmt: skip
 

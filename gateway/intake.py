@@ -25,12 +25,11 @@ from .jobs import (
     JobErrorItem,
     JobIn,
     JobRejected,
-    content_hash,
     job_header,
     members,
     one_line,
     read_job,
-    validate_job,
+    validate_and_hash,
 )
 from .numbers import NumberPolicy
 from .payload import display
@@ -160,8 +159,8 @@ class Intake:
                 await _sized(size, read_job, payload, self.limits)
                 payload = await _sized(size, self.check.check, payload)
             now = datetime.now(UTC)
-            spec = await _sized(
-                size, validate_job, payload, self.limits, self._scheduler.enabled, now
+            spec, digest = await _sized(
+                size, validate_and_hash, payload, self.limits, self._scheduler.enabled, now
             )
         except SignatureError as exc:
             # Unauthenticated: nothing is written under the job's own topics (a forger must not
@@ -179,7 +178,6 @@ class Intake:
         header = job_header(spec, self.limits, now)
         total = len(spec.recipients)
         try:
-            digest = await _sized(size, content_hash, payload)
             if total <= CHUNK_MEMBERS:
                 job = replace(header, recipients=tuple(await self._members(spec, 0, total)))
                 result, rows = await self._store.run(

@@ -207,7 +207,11 @@ def _errors_from(
 
 def content_hash(payload: bytes) -> str:
     """Hash of the job's meaning, not its bytes: re-sends with other key order still match."""
-    canonical = json.dumps(read_json(payload), sort_keys=True, separators=(",", ":"))
+    return _hash_of(read_json(payload))
+
+
+def _hash_of(data: Any) -> str:
+    canonical = json.dumps(data, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
@@ -272,6 +276,25 @@ def validate_job(
     """Validate raw bytes into a job's spec, every member included, or raise JobRejected.
     Nothing per member that cannot reject the job (parsing numbers) is done here: a large job
     turns its members into domain recipients chunk by chunk (`job_header`, `members`)."""
+    return _validate(payload, limits, enabled_channels, now, hashed=False)[0]
+
+
+def validate_and_hash(
+    payload: bytes, limits: JobsConfig, enabled_channels: frozenset[str], now: datetime
+) -> tuple[JobIn, str]:
+    """`validate_job` and `content_hash` with one parse (a 10 MB job's takes ~0.13 s)."""
+    spec, digest = _validate(payload, limits, enabled_channels, now, hashed=True)
+    assert digest is not None
+    return spec, digest
+
+
+def _validate(
+    payload: bytes,
+    limits: JobsConfig,
+    enabled_channels: frozenset[str],
+    now: datetime | None,
+    hashed: bool,
+) -> tuple[JobIn, str | None]:
     now = now or datetime.now(UTC)
     if len(payload) > limits.max_payload_bytes:
         raise JobRejected(
@@ -289,6 +312,7 @@ def validate_job(
     oversized = _oversized(data)
     if oversized is not None:
         raise JobRejected([oversized], job_id)
+    digest = _hash_of(data) if hashed else None  # before the members are freed below
     errors: list[JobErrorItem] = []
     total = 0
     recipients = data.get("recipients")
@@ -310,7 +334,7 @@ def validate_job(
     errors = _semantic_errors(spec, limits, enabled_channels, now)
     if errors:
         raise JobRejected(errors, spec.id)
-    return spec
+    return spec, digest
 
 
 def read_job(payload: bytes, limits: JobsConfig) -> dict[str, Any]:
