@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import replace
 from datetime import UTC, datetime
-from typing import Any, ParamSpec, Protocol, TypeVar
+from typing import ParamSpec, Protocol, TypeVar
 
 import aiomqtt
 
@@ -34,7 +34,7 @@ from .jobs import (
 from .numbers import NumberPolicy
 from .payload import display
 from .privacy import scrub
-from .rows import AddResult, job_to_body, member_to_body
+from .rows import AddResult, job_to_body, member_json
 from .scheduler import Scheduler
 from .signing import CancelRequest, SeenNonce, SignatureError, parse_cancel
 from .status import StatusPublisher, Topics
@@ -240,12 +240,12 @@ class Intake:
             log.info("job %s: resuming its intake after %d stored members", header.id, stored)
         total = len(spec.recipients)
         # Compact, for the job's body (a fallback needs a member's other addresses).
-        bodies: list[list[Any]] = []
+        bodies: list[str] = []
         start, size = 0, FIRST_CHUNK
         while start < total:
             stop = min(start + size, total)
             chunk = await self._members(spec, start, stop)
-            bodies += [member_to_body(r) for r in chunk]
+            bodies += [member_json(r) for r in chunk]
             new = [r for r in chunk if r.index >= stored]
             body = job_to_body(header, bodies) if stop == total else None
             if new or body is not None:

@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 from gateway.config import JobsConfig
 from gateway.domain import DeliveryState, JobState
 from gateway.jobs import content_hash, job_header, members, validate_job
-from gateway.rows import AddResult, job_to_body, member_to_body
+from gateway.rows import AddResult, job_to_body, member_json
 from gateway.store import SqlStore
 from tests.fixtures import email_job
 from tests.fixtures import members as people
@@ -42,7 +42,7 @@ def test_a_chunked_job_resumes_after_a_crash_and_is_never_done_before_its_last_c
     assert store.begin_job(header, digest) == (AddResult.NEW, 10)
     assert store.begin_job(header, "other content")[0] is AddResult.CONFLICT
     rest = members(spec, 10, 30, "BE", {})
-    body = job_to_body(header, [member_to_body(r) for r in members(spec, 0, 30, "BE", {})])
+    body = job_to_body(header, [member_json(r) for r in members(spec, 0, 30, "BE", {})])
     second = store.add_members("big", rest, EMAIL, body)
     assert [r.rindex for r in second] == list(range(10, 30))
     assert store.begin_job(header, digest) == (AddResult.DUPLICATE, 0)
