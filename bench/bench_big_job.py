@@ -34,6 +34,20 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+async def sample_rss(pid: int, t0: float, out: list[tuple[float, float]]) -> None:
+    """(seconds after publish, RSS MB) every 0.25 s: when the peak comes tells what holds it."""
+    while True:
+        out.append((time.monotonic() - t0, rss_mb(pid)))
+        await asyncio.sleep(0.25)
+
+
 def peak_rss_mb(pid: int) -> float:
     """The process's peak resident set (VmHWM), in MB."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -65,6 +79,8 @@ async def run(n: int, window: int) -> None:
                 cpu0, load0 = cpu_seconds(gw.proc.pid), os.getloadavg()[0]
                 payload = json.dumps(sms_job("big-job", members(n)))
                 t0 = time.monotonic()
+                samples: list[tuple[float, float]] = []
+                sampler = asyncio.create_task(sample_rss(gw.proc.pid, t0, samples))
                 await obs.publish("plp/jobs", payload)
                 first = await sim.wait(lambda s: s["counters"].get("accepted", 0) >= 1, 600)
                 stats = await sim.wait(lambda s: s["counters"].get("accepted", 0) >= n, 900)
@@ -72,6 +88,7 @@ async def run(n: int, window: int) -> None:
                 await obs.wait_job("big-job", "done", timeout=900)
                 t_done = time.monotonic()
                 rss = peak_rss_mb(gw.proc.pid)
+                sampler.cancel()
                 cpu = cpu_seconds(gw.proc.pid) - cpu0
                 load1 = os.getloadavg()[0]
         finally:
@@ -94,6 +111,10 @@ async def run(n: int, window: int) -> None:
     print(f"duplicates at the SMSC       {stats['duplicates']}")
     print(f"daemon CPU over the job      {cpu:.1f} s ({n / cpu:.0f} members per CPU second)")
     print(f"load average before / after  {load0:.1f} / {load1:.1f} (2 cores: above 2, shared)")
+    at, top = max(samples, key=lambda x: x[1])
+    marks = "  ".join(f"{t:.0f}s:{m:.0f}" for t, m in samples[:: max(1, len(samples) // 12)])
+    print(f"daemon RSS over time (MB)    {marks}")
+    print(f"daemon RSS sampled peak      {top:.0f} MB at {at:.1f} s after publish")
     print(f"daemon RSS idle / peak       {idle_mb:.0f} MB / {rss:.0f} MB"
           f"  (target {TARGET_RSS_MB:.0f} MB: {rss / TARGET_RSS_MB:.2f}x)")  # fmt: skip
 

@@ -29,6 +29,7 @@ from .jobs import (
     members,
     one_line,
     read_job,
+    release_members,
     validate_and_hash,
 )
 from .numbers import NumberPolicy
@@ -245,6 +246,7 @@ class Intake:
         while start < total:
             stop = min(start + size, total)
             chunk = await self._members(spec, start, stop)
+            release_members(spec, start, stop)
             bodies += [member_json(r) for r in chunk]
             new = [r for r in chunk if r.index >= stored]
             body = job_to_body(header, bodies) if stop == total else None
