@@ -3,7 +3,9 @@
 The reference first, in the same run: the SMSC simulator's own ceiling (a pipelined raw
 client). Then the daemon as a process: MQTT publish -> first submit_sm at the SMSC, submit_sm/s
 over the job, and the daemon's peak RSS (VmHWM from /proc), with the ratio to each target.
-Run: .venv/bin/python -m bench.bench_big_job [--recipients 100000] [--window 50]
+Run: .venv/bin/python -m bench.bench_big_job [--recipients 100000] [--window 50] [--profile F]
+`--profile F` runs the daemon under cProfile (its event loop's thread; slower) and prints
+where that thread's time went, its stats in F.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ import argparse
 import asyncio
 import json
 import os
+import pstats
+import subprocess
 import sys
 import tempfile
 import time
@@ -26,6 +30,25 @@ from tests.sms_fixtures import SmscProcess, sms_job  # noqa: E402
 TARGET_FIRST_S = 0.5
 TARGET_RSS_MB = 150.0
 TARGET_RATE = 2500.0
+
+
+class ProfiledGateway(GatewayProcess):
+    """The daemon under cProfile: the stats are written when it stops (SIGTERM)."""
+
+    def __init__(self, config: Path, workdir: Path, stats: Path) -> None:
+        super().__init__(config, workdir)
+        self.stats = stats
+
+    def start(self, env: dict[str, str] | None = None) -> None:
+        env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
+        argv = ["-m", "cProfile", "-o", str(self.stats), "-m", "gateway", "run"]
+        self.proc = subprocess.Popen(
+            [sys.executable, *argv, "--config", str(self.config)],
+            stdout=subprocess.DEVNULL,
+            stderr=open(self.log_path, "ab"),  # noqa: SIM115
+            env=env,
+            cwd=ROOT,
+        )
 
 
 def cpu_seconds(pid: int) -> float:
@@ -56,7 +79,7 @@ def peak_rss_mb(pid: int) -> float:
     return float("nan")
 
 
-async def run(n: int, window: int) -> None:
+async def run(n: int, window: int, profile: Path | None) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(os.environ.get("BENCH_DIR", tmp))
         (work / "broker").mkdir()
@@ -70,6 +93,8 @@ async def run(n: int, window: int) -> None:
             level = os.environ.get("BENCH_LOG", "WARNING")
             config.write_text(config.read_text().replace('level = "DEBUG"', f'level = "{level}"'))
             gw = GatewayProcess(config, work)
+            if profile is not None:
+                gw = ProfiledGateway(config, work, profile)
             gw.start()
             assert gw.proc is not None
             async with Observer(broker, topics=("jobs/+/status", "gateway/#")) as obs:
@@ -89,6 +114,8 @@ async def run(n: int, window: int) -> None:
                 t_done = time.monotonic()
                 rss = peak_rss_mb(gw.proc.pid)
                 sampler.cancel()
+            if profile is not None:
+                gw.terminate(300)
                 cpu = cpu_seconds(gw.proc.pid) - cpu0
                 load1 = os.getloadavg()[0]
         finally:
@@ -115,6 +142,8 @@ async def run(n: int, window: int) -> None:
     marks = "  ".join(f"{t:.0f}s:{m:.0f}" for t, m in samples[:: max(1, len(samples) // 12)])
     print(f"daemon RSS over time (MB)    {marks}")
     print(f"daemon RSS sampled peak      {top:.0f} MB at {at:.1f} s after publish")
+    if profile is not None:
+        pstats.Stats(str(profile)).sort_stats("tottime").print_stats(25)
     print(f"daemon RSS idle / peak       {idle_mb:.0f} MB / {rss:.0f} MB"
           f"  (target {TARGET_RSS_MB:.0f} MB: {rss / TARGET_RSS_MB:.2f}x)")  # fmt: skip
 
@@ -126,14 +155,17 @@ async def main_async(args: argparse.Namespace) -> None:
         ceiling = await raw_ceiling(raw, min(3 * args.recipients, 300_000))
     print(f"# simulator ceiling, pipelined raw client, receipts on: {ceiling:,.0f} submit_sm/s")
     print(f"# gateway daemon, one {args.recipients:,}-member SMS job, window {args.window}")
-    await run(args.recipients, args.window)
+    await run(args.recipients, args.window, args.profile)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--recipients", type=int, default=100_000)
     parser.add_argument("--window", type=int, default=50)
-    asyncio.run(main_async(parser.parse_args()))
+    parser.add_argument("--profile", type=Path, help="cProfile the daemon, stats to this file")
+    args = parser.parse_args()
+    args.profile = args.profile.resolve() if args.profile else None  # the daemon runs elsewhere
+    asyncio.run(main_async(args))
 
 
 if __name__ == "__main__":
