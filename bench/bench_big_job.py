@@ -113,11 +113,11 @@ async def run(n: int, window: int, profile: Path | None) -> None:
                 await obs.wait_job("big-job", "done", timeout=900)
                 t_done = time.monotonic()
                 rss = peak_rss_mb(gw.proc.pid)
+                cpu = cpu_seconds(gw.proc.pid) - cpu0
+                load1 = os.getloadavg()[0]
                 sampler.cancel()
             if profile is not None:
                 gw.terminate(300)
-                cpu = cpu_seconds(gw.proc.pid) - cpu0
-                load1 = os.getloadavg()[0]
         finally:
             if gw is not None:
                 gw.stop()
