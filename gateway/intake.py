@@ -179,7 +179,9 @@ class Intake:
         header = job_header(spec, self.limits, now)
         total = len(spec.recipients)
         try:
-            if total <= CHUNK_MEMBERS:
+            # A fallback delivery is made from the member in the job's body, which a chunked
+            # job has only once complete: a job with fallbacks is stored in one transaction.
+            if total <= CHUNK_MEMBERS or spec.fallback:
                 job = replace(header, recipients=tuple(await self._members(spec, 0, total)))
                 result, rows = await self._store.run(
                     self._store.store.add_job, job, digest, self._scheduler.enabled
