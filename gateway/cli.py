@@ -1,5 +1,5 @@
 """`plp-gateway` command line: run, check-config, send, sign, status, report, purge, schema,
-simulate, tts, demo, init."""
+simulate, tts, demo, init, directory."""
 
 from __future__ import annotations
 
@@ -429,6 +429,9 @@ def parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="run the main job end to end on this machine")
     demo.add_argument("rest", nargs="*", help="work directory (default ./demo-state)")
     demo.set_defaults(func=cmd_demo)
+    from .directory_cli import add_parser as add_directory
+
+    add_directory(sub, _CONFIG_HELP)
     p.formatter_class = _HelpFormatter
     for command in sub.choices.values():
         command.formatter_class = _HelpFormatter

@@ -29,6 +29,7 @@ from sms.config import SmsConfig
 from voice.config import VoiceConfig
 
 from .channel import RetryPolicy
+from .choices import DirectoryConfig
 from .errors import ConfigError
 from .homeassistant import HomeAssistantConfig, node_id_problem
 from .metrics import MetricsConfig
@@ -130,7 +131,7 @@ class EmailConfig(Section):
     username: str | None = None
     password: Secret | None = None
     timeout: float = Field(30.0, gt=0)
-    concurrency: int = Field(4, ge=1, le=256)
+    concurrency: int = Field(16, ge=1, le=256)
     rate: float = Field(0.0, ge=0, description="messages per second, 0 = unlimited")
     message_id_domain: str | None = None  # default: the sender's domain
     probe_interval: float = Field(
@@ -174,6 +175,7 @@ class Config(Section):
     security: SecurityConfig = SecurityConfig()
     metrics: MetricsConfig = MetricsConfig()
     homeassistant: HomeAssistantConfig = HomeAssistantConfig()
+    directory: DirectoryConfig = DirectoryConfig()
 
     @field_validator("node")
     @classmethod

@@ -79,7 +79,7 @@ class Gateway:
         self.link = MqttLink(
             config.mqtt,
             config.client_id,
-            [self.topics.jobs, self.topics.cancel_filter],
+            [self.topics.jobs, self.topics.cancel_filter, self.topics.directory_filter],
             will=Outgoing(self.topics.availability, b"offline", qos=1, retain=True),
             buffer=config.status.event_buffer,
         )
@@ -128,6 +128,8 @@ class Gateway:
             check=self.verifier,
             numbers=number_policies(config, self.channels),
         )
+        self.intake.directory = config.directory
+        self.scheduler.directory = config.directory
         self.link.set_handlers(self.intake.handle, self._on_connect)
         self.ready_hooks: list[Callable[[], None]] = []
         self.notifier = Notifier.from_env()
@@ -401,6 +403,7 @@ class Gateway:
             log.warning("reload: [homeassistant] changes need a restart; ignored")
         self.intake.limits = new.jobs
         self.intake.numbers = number_policies(new, self.channels)
+        self.intake.directory = self.scheduler.directory = new.directory
         self.verifier.reconfigure(new.security)
         for name in ("email", "sms", "voice"):
             old_section, new_section = getattr(self.config, name), getattr(new, name)

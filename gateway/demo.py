@@ -4,17 +4,21 @@ A private mosquitto, a local SMTP sink, the SMSC simulator (SMPP 3.4 over TCP, r
 2 s), the AMI simulator standing in for Asterisk, the gateway on a demo configuration, a
 sample hot alert to a sample PLP of 20 members in FR/NL/DE/EN by e-mail, SMS and phone call
 (press 1 to acknowledge), one member answering "BIEN RECU" by SMS (acknowledged: no more
-calls), live per-recipient progress, the report.
+calls), live per-recipient progress, the report. Every message the broker carried on `plp/#`
+is recorded in `<workdir>/mqtt.jsonl` (topic, retain flag, payload as text) for integrators to
+read, and for the schema test to validate.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -200,6 +204,35 @@ async def _drill(config: Any, job: dict[str, Any], smsc: _Smsc) -> int:
             await reply
 
 
+class _Recorder:
+    """Every message on `plp/#`, one JSON line each, from a paho client in its own thread."""
+
+    def __init__(self, port: int, path: Path) -> None:
+        import paho.mqtt.client as paho
+        from paho.mqtt.enums import CallbackAPIVersion
+
+        self._out = path.open("w", encoding="utf-8")
+        subscribed = threading.Event()
+        self._client = paho.Client(CallbackAPIVersion.VERSION2, client_id="demo-recorder")
+        self._client.on_connect = lambda c, *_: c.subscribe("plp/#", qos=1)
+        self._client.on_message = self._write
+        self._client.on_subscribe = lambda *_: subscribed.set()
+        self._client.connect("127.0.0.1", port)
+        self._client.loop_start()
+        if not subscribed.wait(10):
+            raise TimeoutError("the recorder could not subscribe")
+
+    def _write(self, _client: Any, _userdata: Any, msg: Any) -> None:
+        text = msg.payload.decode("utf-8", errors="replace")
+        line = {"topic": msg.topic, "retain": bool(msg.retain), "payload": text}
+        self._out.write(json.dumps(line, ensure_ascii=False) + "\n")
+
+    def stop(self) -> None:
+        self._client.loop_stop()
+        self._client.disconnect()
+        self._out.close()
+
+
 def run_demo(workdir: Path) -> int:
     if workdir.exists():
         shutil.rmtree(workdir)
@@ -237,6 +270,7 @@ def run_demo(workdir: Path) -> int:
             )
         )
         wait_port(mqtt_port)
+        recorder = _Recorder(mqtt_port, workdir / "mqtt.jsonl")
         smtp.start()
         smsc = _Smsc(workdir)
         smsc.start()
@@ -269,7 +303,9 @@ def run_demo(workdir: Path) -> int:
               f"{counters.get('mo_injected', 0)} member reply")  # fmt: skip
         gw.send_signal(signal.SIGTERM)
         code = gw.wait(30)
+        recorder.stop()
         print(f"demo: gateway stopped cleanly (exit {code})")
+        print(f"demo: every MQTT message of the run in {workdir / 'mqtt.jsonl'}")
         # One member has an invalid address on purpose: the job still ends "done".
         return 0 if rc in (0, 1) and code == 0 else 1
     finally:

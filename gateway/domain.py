@@ -6,6 +6,7 @@ Plain Python, no transport: the store, scheduler and channels all speak these ty
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -47,7 +48,11 @@ _FINAL_JOB_STATES = frozenset(
 
 
 class DeliveryState(enum.StrEnum):
-    """One recipient x channel. `sent` waits for a receipt; the last five are final."""
+    """One recipient x channel. `sent` waits for a receipt; `held` waits for the end of the
+    member's quiet hours (cold only); delivered to unsubscribed are final.
+
+    `capped` (the member's daily cap of cold messages was reached) and `unsubscribed` (the
+    member replied STOP) are a member's own choice: the message was not sent, on purpose."""
 
     QUEUED = "queued"
     SENDING = "sending"
@@ -58,6 +63,9 @@ class DeliveryState(enum.StrEnum):
     FAILED = "failed"
     EXPIRED = "expired"
     CANCELLED = "cancelled"
+    HELD = "held"
+    CAPPED = "capped"
+    UNSUBSCRIBED = "unsubscribed"
 
     @property
     def final(self) -> bool:
@@ -76,16 +84,30 @@ FINAL_DELIVERY_STATES = frozenset(
         DeliveryState.FAILED,
         DeliveryState.EXPIRED,
         DeliveryState.CANCELLED,
+        DeliveryState.CAPPED,
+        DeliveryState.UNSUBSCRIBED,
     }
 )
 PENDING_DELIVERY_STATES = frozenset(
-    {DeliveryState.QUEUED, DeliveryState.SENDING, DeliveryState.RETRYING}
+    {DeliveryState.QUEUED, DeliveryState.SENDING, DeliveryState.RETRYING, DeliveryState.HELD}
 )
 
 # Allowed transitions. `delivered -> acknowledged` is a member confirming after delivery
 # (press 1, SMS reply); `sent -> retrying` is a receipt saying "try again" (rare).
 TRANSITIONS: dict[DeliveryState, frozenset[DeliveryState]] = {
     DeliveryState.QUEUED: frozenset(
+        {
+            DeliveryState.SENDING,
+            DeliveryState.FAILED,
+            DeliveryState.EXPIRED,
+            DeliveryState.CANCELLED,
+            DeliveryState.HELD,
+            DeliveryState.CAPPED,
+            DeliveryState.UNSUBSCRIBED,
+        }
+    ),
+    # Held until the member's quiet hours end, then sent like a queued one.
+    DeliveryState.HELD: frozenset(
         {
             DeliveryState.SENDING,
             DeliveryState.FAILED,
@@ -126,6 +148,8 @@ TRANSITIONS: dict[DeliveryState, frozenset[DeliveryState]] = {
     DeliveryState.FAILED: frozenset({DeliveryState.ACKNOWLEDGED}),
     DeliveryState.EXPIRED: frozenset(),
     DeliveryState.CANCELLED: frozenset(),
+    DeliveryState.CAPPED: frozenset(),
+    DeliveryState.UNSUBSCRIBED: frozenset(),
 }
 
 
@@ -155,10 +179,42 @@ def pick_language(available: tuple[str, ...], wanted: str | None) -> str:
     return available[0]
 
 
-def compose_text(message: dict[str, str], lang: str, *, test: bool) -> str:
-    """What a member reads in `lang`; a drill says it is a test, in the member's language."""
+#: The PLP's code word under a written message (authenticity: members know the word).
+CODE_WORD_LINE: dict[str, str] = {
+    "fr": "Mot de code : {}",
+    "nl": "Codewoord: {}",
+    "de": "Codewort: {}",
+    "en": "Code word: {}",
+}
+
+
+def compose_text(
+    message: dict[str, str], lang: str, *, test: bool, code_word: str | None = None
+) -> str:
+    """What a member reads in `lang`; a drill says it is a test, in the member's language;
+    the PLP's code word, when there is one, ends it."""
     text = message[lang]
-    return TEST_PREFIX[lang] + text if test else text
+    text = TEST_PREFIX[lang] + text if test else text
+    if code_word:
+        text += "\n" + CODE_WORD_LINE[lang].format(code_word)
+    return text
+
+
+def job_code_word(options: Mapping[str, object]) -> str | None:
+    """The code word of a job: its own (`voice.code_word`), else its PLP's (directory)."""
+    for key in ("voice", "plp"):
+        section = options.get(key)
+        if isinstance(section, dict) and section.get("code_word"):
+            return str(section["code_word"])
+    return None
+
+
+def job_sender_id(options: Mapping[str, object]) -> str | None:
+    """The PLP's own sender id (SMS source address, e-mail From name), when it has one."""
+    section = options.get("plp")
+    if isinstance(section, dict) and section.get("sender_id"):
+        return str(section["sender_id"])
+    return None
 
 
 def compose_subject(subject: dict[str, str], lang: str, *, test: bool) -> str:

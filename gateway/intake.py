@@ -16,8 +16,11 @@ from typing import ParamSpec, Protocol, TypeVar
 
 import aiomqtt
 
+from . import directory_sync
 from .async_store import AsyncStore
+from .choices import DirectoryConfig, apply_choices
 from .config import JobsConfig
+from .directory import followed_members
 from .domain import Job, JobState, Recipient
 from .errors import StoreError
 from .job_id import valid_job_id
@@ -25,19 +28,22 @@ from .jobs import (
     JobErrorItem,
     JobIn,
     JobRejected,
+    Resolved,
     job_header,
+    member_count,
     members,
     one_line,
     read_job,
     release_members,
     validate_and_hash,
+    wants_store,
 )
 from .numbers import NumberPolicy
 from .payload import display
 from .privacy import scrub
-from .rows import AddResult, job_to_body, member_json
+from .rows import AddResult, DeliveryRow, job_to_body, member_json
 from .scheduler import Scheduler
-from .signing import CancelRequest, SeenNonce, SignatureError, parse_cancel
+from .signing import CancelRequest, SeenNonce, SignatureError, Verifier, parse_cancel
 from .status import StatusPublisher, Topics
 
 P = ParamSpec("P")
@@ -96,6 +102,7 @@ class Intake:
         self._ack = ack
         self.check = check
         self.numbers = numbers or {}  # each phone channel's number policy (reloadable)
+        self.directory = DirectoryConfig()  # [directory]: members' choices (reloadable)
         self.counters = {"accepted": 0, "duplicates": 0, "rejected": 0, "cancels": 0}
 
     async def handle(self, message: aiomqtt.Message) -> None:
@@ -108,7 +115,10 @@ class Intake:
                 await self._job(payload)
             else:
                 job_id = self._topics.cancel_job_id(topic)
-                if job_id is not None and not valid_job_id(job_id):
+                plp_id = self._topics.directory_plp(topic)
+                if plp_id is not None:
+                    await self._directory_sync(plp_id, payload)
+                elif job_id is not None and not valid_job_id(job_id):
                     # No job can have it: answered without a look in the store.
                     error = JobErrorItem("topic", "invalid_format", "the job id breaks the id rule")
                     self._reject([error], None, topic)
@@ -152,6 +162,7 @@ class Intake:
         topic = self._topics.jobs
         log.debug("job payload received (%d bytes)", len(payload))
         received = payload
+        resolved: Resolved | None = None
         try:
             size = len(payload)
             if self.check is not None and size <= self.limits.max_payload_bytes:
@@ -159,9 +170,16 @@ class Intake:
                 # Read within bounds first: the check parses the payload too.
                 await _sized(size, read_job, payload, self.limits)
                 payload = await _sized(size, self.check.check, payload)
+            resolved = await self._resolve(payload)
             now = datetime.now(UTC)
             spec, digest = await _sized(
-                size, validate_and_hash, payload, self.limits, self._scheduler.enabled, now
+                size,
+                validate_and_hash,
+                payload,
+                self.limits,
+                self._scheduler.enabled,
+                now,
+                resolved,
             )
         except SignatureError as exc:
             # Unauthenticated: nothing is written under the job's own topics (a forger must not
@@ -176,19 +194,22 @@ class Intake:
                     self._status.job_rejected(rej.job_id)
             return
         started = time.perf_counter()
-        header = job_header(spec, self.limits, now)
-        total = len(spec.recipients)
+        resolved = resolved or Resolved()
+        header = job_header(spec, self.limits, now, resolved)
+        # The job's own recipients, then its audience's members (or a follow-up's members).
+        total = member_count(spec, resolved)
         try:
             # A fallback delivery is made from the member in the job's body, which a chunked
             # job has only once complete: a job with fallbacks is stored in one transaction.
             if total <= CHUNK_MEMBERS or spec.fallback:
-                job = replace(header, recipients=tuple(await self._members(spec, 0, total)))
+                chunk = await self._members(spec, resolved, 0, total)
+                job = replace(header, recipients=tuple(chunk))
                 result, rows = await self._store.run(
                     self._store.store.add_job, job, digest, self._scheduler.enabled
                 )
             else:
                 job, rows = header, []
-                result = await self._in_chunks(header, spec, digest)
+                result = await self._in_chunks(header, spec, resolved, digest)
         except StoreError:
             if self.check is not None:
                 self.check.discard(received)
@@ -211,6 +232,7 @@ class Intake:
             log.info("job %s received again: already known, not run twice", job.id)
             self._status.job_dirty(job.id, immediate=True)
             return
+        rows = await self._choices(job, rows, resolved)
         self.counters["accepted"] += 1
         log.info(
             "job %s accepted: priority=%s test=%s recipients=%d stored in %.1f ms",
@@ -223,14 +245,38 @@ class Intake:
         if rows:
             await self._scheduler.job_accepted(job, rows)
 
-    async def _members(self, spec: JobIn, start: int, stop: int) -> list[Recipient]:
-        """Members `start` to `stop` as domain recipients (their numbers parsed, ~17 us
-        each): off the loop when there are many."""
-        if stop - start <= INLINE_MEMBERS:
-            return members(spec, start, stop, PHONE_REGION, self.numbers)
-        return await asyncio.to_thread(members, spec, start, stop, PHONE_REGION, self.numbers)
+    async def _members(
+        self, spec: JobIn, resolved: Resolved, start: int, stop: int
+    ) -> list[Recipient]:
+        """Members `start` to `stop` as domain recipients: off the loop when there are many
+        numbers to parse (~17 us each) or many directory members (~3 us each, none parsed)."""
+        parsed = min(stop, len(spec.recipients)) - start
+        if parsed <= INLINE_MEMBERS and stop - start <= FIRST_CHUNK:
+            return members(spec, start, stop, PHONE_REGION, self.numbers, resolved)
+        return await asyncio.to_thread(
+            members, spec, start, stop, PHONE_REGION, self.numbers, resolved
+        )
 
-    async def _in_chunks(self, header: Job, spec: JobIn, digest: str) -> AddResult:
+    async def _choices(
+        self, job: Job, rows: list[DeliveryRow], resolved: Resolved
+    ) -> list[DeliveryRow]:
+        """Quiet hours, the daily cap and STOP, as the directory's members chose, applied to
+        the job's new deliveries (all of them, or a chunk's) before the scheduler sees them."""
+        if not rows or resolved.audience is None or not resolved.audience.members:
+            return rows
+        return await self._store.run(
+            apply_choices,
+            self._store.store,
+            job,
+            rows,
+            resolved.audience.members,
+            self.directory,
+            datetime.now(UTC),
+        )
+
+    async def _in_chunks(
+        self, header: Job, spec: JobIn, resolved: Resolved, digest: str
+    ) -> AddResult:
         """Store a large job in chunks, each handed to the scheduler once it is stored: the
         first members are being sent while the rest are read. The job is complete (and the
         broker acknowledged, by the caller) after the last chunk; a redelivery after a crash
@@ -241,13 +287,13 @@ class Intake:
             return result
         if stored:
             log.info("job %s: resuming its intake after %d stored members", header.id, stored)
-        total = len(spec.recipients)
+        total = member_count(spec, resolved)
         # Compact, for the job's body (a fallback needs a member's other addresses).
         bodies: list[str] = []
         start, size = 0, FIRST_CHUNK
         while start < total:
             stop = min(start + size, total)
-            chunk = await self._members(spec, start, stop)
+            chunk = await self._members(spec, resolved, start, stop)
             release_members(spec, start, stop)
             bodies += [member_json(r) for r in chunk]
             new = [r for r in chunk if r.index >= stored]
@@ -257,12 +303,51 @@ class Intake:
                     store.add_members, header.id, new, self._scheduler.enabled, body
                 )
                 log.debug("job %s: members %d to %d stored", header.id, start, stop - 1)
+                rows = await self._choices(header, rows, resolved)
                 if rows:
                     await self._scheduler.job_accepted(header, rows)
             start, size = stop, CHUNK_MEMBERS
         if await self._store.run(store.transition_job_if_done, header.id):
             self._status.job_dirty(header.id, immediate=True)
         return result
+
+    async def _resolve(self, payload: bytes) -> Resolved | None:
+        """What the store knows of the job's audience (the directory's members, frozen into
+        the job now) and of the job it follows; None for a job that names neither."""
+        if b'"audience"' not in payload and b'"follows"' not in payload:
+            return None  # the usual job: not read twice
+        if len(payload) > self.limits.max_payload_bytes:
+            return None  # refused unread by the parser
+        asked, follows = wants_store(read_job(payload, self.limits))
+        store = self._store.store
+        audience = followed = options = None
+        if asked is not None:
+            audience = await self._store.run(store.resolve_audience, *asked)
+        if follows is not None:
+            followed, options = await self._store.run(followed_members, store, follows)
+        return Resolved(audience, followed, options)
+
+    async def _directory_sync(self, plp_id: str, payload: bytes) -> None:
+        """A signed member list from the central database (gateway.directory_sync)."""
+        if not directory_sync.valid_plp(plp_id) or not isinstance(self.check, Verifier):
+            result = {"plp": None, "ok": False, "error": "invalid PLP id or no signing keys"}
+            if directory_sync.valid_plp(plp_id):
+                self._status.directory_result(plp_id, {**result, "plp": plp_id})
+            log.warning("directory sync on %s refused", display(plp_id, 80))
+            return
+        try:
+            sync = directory_sync.check(self.check, payload, plp_id, self.limits.max_recipients)
+        except SignatureError as exc:
+            log.warning("directory sync for %s refused: %s", plp_id, exc.reason)
+            self._status.directory_result(plp_id, {"plp": plp_id, "ok": False, "error": exc.reason})
+            return
+        result = await self._store.run(directory_sync.apply, self._store.store, sync, self.numbers)
+        log.info(
+            "directory sync for %s: %s",
+            plp_id,
+            ", ".join(f"{k}={result.get(k)}" for k in ("ok", "added", "updated", "removed")),
+        )
+        self._status.directory_result(plp_id, result)
 
     async def _cancel(self, job_id: str, payload: bytes, topic: str, retained: bool) -> None:
         if retained:

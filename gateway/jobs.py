@@ -34,6 +34,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from .config import JobsConfig
+from .directory import Audience, plp_options, recipient_ref, to_recipients
 from .domain import Job, Priority, Recipient
 from .job_id import JOB_ID_PATTERN, valid_job_id
 from .numbers import NumberPolicy, kind_of
@@ -100,6 +101,21 @@ class RecipientIn(_Model):
     )
 
 
+PLP_ID_PATTERN = r"^[a-z0-9][a-z0-9_.-]{0,63}$"
+GROUP_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,39}$"
+
+
+class AudienceIn(_Model):
+    """Members of the gateway's PLP directory, resolved when the job is accepted."""
+
+    plps: list[Annotated[str, Field(pattern=PLP_ID_PATTERN)]] = Field(
+        min_length=1, description="PLP ids, e.g. zone5344-tilleuls"
+    )
+    groups: list[Annotated[str, Field(pattern=GROUP_PATTERN)]] = Field(
+        default_factory=list, description="only members of one of these groups (default: all)"
+    )
+
+
 class JobIn(_Model):
     """An alert job. Unknown fields are rejected."""
 
@@ -111,7 +127,18 @@ class JobIn(_Model):
         default_factory=dict, description="e-mail subject, one line"
     )
     channels: list[ChannelName] = Field(min_length=1)
-    recipients: list[RecipientIn] = Field(min_length=1)
+    recipients: list[RecipientIn] = Field(
+        default_factory=list, description="members given here; or `audience`, or `follows`"
+    )
+    audience: AudienceIn | None = Field(
+        None, description="members from the PLP directory, instead of or besides recipients"
+    )
+    follows: str | None = Field(
+        None,
+        pattern=JOB_ID_PATTERN,
+        description="an earlier job: this one goes to the members it reached, on the channel"
+        " that reached each (no recipients nor audience then)",
+    )
     expires_at: JsonDatetime | None = None
     ttl: float | None = Field(None, gt=0, description="seconds; instead of expires_at")
     voice: VoiceOptions | None = None
@@ -257,14 +284,17 @@ def parse_job(
     now: datetime | None = None,
     phone_region: str = "BE",
     numbers: Mapping[str, NumberPolicy] | None = None,
+    resolved: Resolved | None = None,
 ) -> tuple[Job, JobIn]:
     """Validate raw bytes into a Job. Raises JobRejected with every problem found.
 
     `numbers` holds each phone channel's number policy: a member's number outside it fails on
-    that channel (`number_not_allowed`), the member's other channels go on."""
+    that channel (`number_not_allowed`), the member's other channels go on. `resolved` holds
+    what the store said of the job's `audience` and `follows` (`gateway.intake` asks it)."""
     now = now or datetime.now(UTC)
-    spec = validate_job(payload, limits, enabled_channels, now)
-    return _to_domain(spec, limits, now, phone_region, numbers or {}), spec
+    resolved = resolved or Resolved()
+    spec = validate_job(payload, limits, enabled_channels, now, resolved)
+    return _to_domain(spec, limits, now, phone_region, numbers or {}, resolved), spec
 
 
 def validate_job(
@@ -272,18 +302,23 @@ def validate_job(
     limits: JobsConfig,
     enabled_channels: frozenset[str],
     now: datetime | None = None,
+    resolved: Resolved | None = None,
 ) -> JobIn:
     """Validate raw bytes into a job's spec, every member included, or raise JobRejected.
     Nothing per member that cannot reject the job (parsing numbers) is done here: a large job
     turns its members into domain recipients chunk by chunk (`job_header`, `members`)."""
-    return _validate(payload, limits, enabled_channels, now, hashed=False)[0]
+    return _validate(payload, limits, enabled_channels, now, resolved, hashed=False)[0]
 
 
 def validate_and_hash(
-    payload: bytes, limits: JobsConfig, enabled_channels: frozenset[str], now: datetime
+    payload: bytes,
+    limits: JobsConfig,
+    enabled_channels: frozenset[str],
+    now: datetime,
+    resolved: Resolved | None = None,
 ) -> tuple[JobIn, str]:
     """`validate_job` and `content_hash` with one parse (a 10 MB job's takes ~0.13 s)."""
-    spec, digest = _validate(payload, limits, enabled_channels, now, hashed=True)
+    spec, digest = _validate(payload, limits, enabled_channels, now, resolved, hashed=True)
     assert digest is not None
     return spec, digest
 
@@ -293,6 +328,7 @@ def _validate(
     limits: JobsConfig,
     enabled_channels: frozenset[str],
     now: datetime | None,
+    resolved: Resolved | None,
     hashed: bool,
 ) -> tuple[JobIn, str | None]:
     now = now or datetime.now(UTC)
@@ -332,9 +368,93 @@ def _validate(
     if total:
         raise JobRejected(errors, job_id, total)
     errors = _semantic_errors(spec, limits, enabled_channels, now)
+    errors += _reference_errors(spec, resolved or Resolved(), limits)
     if errors:
         raise JobRejected(errors, spec.id)
     return spec, digest
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """What the store knows of a job's `audience` (its members) and `follows` (the earlier
+    job's members that it reached, each on the channel that reached them; None: no such
+    job)."""
+
+    audience: Audience | None = None
+    followed: tuple[Recipient, ...] | None = None
+    followed_options: Mapping[str, object] | None = None
+
+
+def wants_store(data: Mapping[str, Any]) -> tuple[tuple[list[str], list[str]] | None, str | None]:
+    """(the audience's PLPs and groups, the followed job's id) to ask the store for, when the
+    payload names them well enough to ask; the schema judges the rest."""
+    audience = data.get("audience")
+    asked = None
+    if isinstance(audience, dict):
+        plps, groups = audience.get("plps"), audience.get("groups", [])
+        if (
+            isinstance(plps, list)
+            and isinstance(groups, list)
+            and 0 < len(plps) <= MAX_MEMBERS
+            and len(groups) <= MAX_MEMBERS
+            and all(isinstance(p, str) for p in plps + groups)
+        ):
+            asked = (plps, groups)
+    follows = data.get("follows")
+    return asked, follows if valid_job_id(follows) else None
+
+
+def _reference_errors(spec: JobIn, resolved: Resolved, limits: JobsConfig) -> list[JobErrorItem]:
+    """Who the job goes to: recipients, an audience the directory knows, or a follow-up."""
+    errors: list[JobErrorItem] = []
+    if spec.follows is not None:
+        if spec.recipients or spec.audience is not None:
+            errors.append(
+                JobErrorItem(
+                    "$.follows", "conflict", "a follow-up goes to the earlier job's members only"
+                )
+            )
+        elif resolved.followed is None:
+            errors.append(JobErrorItem("$.follows", "unknown_job", f"no job {spec.follows}"))
+        elif not resolved.followed:
+            errors.append(
+                JobErrorItem("$.follows", "nobody_reached", "the earlier job reached nobody")
+            )
+        return errors
+    if not spec.recipients and spec.audience is None:
+        # An empty list is too short, as it always was; no list at all is a missing field.
+        code = "too_short" if "recipients" in spec.model_fields_set else "missing_field"
+        errors.append(JobErrorItem("$.recipients", code, "give recipients, audience or follows"))
+    if spec.audience is not None:
+        found = resolved.audience
+        if found is None:
+            errors.append(JobErrorItem("$.audience", "no_directory", "the directory is not read"))
+        else:
+            errors += [
+                JobErrorItem(f"$.audience.plps[{i}]", "unknown_plp", "not in the directory")
+                for i in found.unknown_plps
+            ]
+            errors += [
+                JobErrorItem(f"$.audience.groups[{i}]", "unknown_group", "no member in it")
+                for i in found.unknown_groups
+            ]
+            total = len(found.members) + len(spec.recipients)
+            if total > limits.max_recipients:
+                errors.append(
+                    JobErrorItem(
+                        "$.audience",
+                        "too_many_recipients",
+                        f"{total} recipients > limit {limits.max_recipients}",
+                    )
+                )
+            refs = {r.ref for r in spec.recipients if r.ref is not None}
+            several = len({m.plp for m in found.members}) > 1
+            twice = next((m for m in found.members if recipient_ref(m, several) in refs), None)
+            if twice is not None:
+                errors.append(
+                    JobErrorItem("$.audience", "duplicate_ref", f"{twice.ref} is in recipients too")
+                )
+    return errors
 
 
 def read_job(payload: bytes, limits: JobsConfig) -> dict[str, Any]:
@@ -358,6 +478,10 @@ def _oversized(data: dict[str, Any]) -> JobErrorItem | None:
     one type error, whatever its size; the recipients are counted against max_recipients."""
     places: list[tuple[tuple[int | str, ...], Any]] = [((), data)]
     places += [((k,), data.get(k)) for k in ("message", "subject", "channels", "voice", "fallback")]
+    audience = data.get("audience")
+    places.append((("audience",), audience))
+    if isinstance(audience, dict):
+        places += [(("audience", k), audience.get(k)) for k in ("plps", "groups")]
     recipients = data.get("recipients")
     if isinstance(recipients, list):
         # No allocation per member: a 100,000-member loop that allocates wakes the collector.
@@ -513,18 +637,65 @@ def _to_domain(
     now: datetime,
     region: str,
     numbers: Mapping[str, NumberPolicy],
+    resolved: Resolved,
 ) -> Job:
-    recipients = members(spec, 0, len(spec.recipients), region, numbers)
-    return replace(job_header(spec, limits, now), recipients=tuple(recipients))
+    recipients = members(spec, 0, member_count(spec, resolved), region, numbers, resolved)
+    return replace(job_header(spec, limits, now, resolved), recipients=tuple(recipients))
+
+
+def member_count(spec: JobIn, resolved: Resolved) -> int:
+    """How many members a validated job has: its recipients then its audience's members, or
+    the members a follow-up reaches."""
+    if spec.follows is not None and resolved.followed is not None:
+        return len(resolved.followed)
+    audience = resolved.audience if spec.audience is not None else None
+    return len(spec.recipients) + (len(audience.members) if audience is not None else 0)
 
 
 def members(
-    spec: JobIn, start: int, stop: int, region: str, numbers: Mapping[str, NumberPolicy]
+    spec: JobIn,
+    start: int,
+    stop: int,
+    region: str,
+    numbers: Mapping[str, NumberPolicy],
+    resolved: Resolved | None = None,
 ) -> list[Recipient]:
-    """The domain recipients of members `start` to `stop` of a validated spec."""
+    """The domain recipients of members `start` to `stop` of a validated spec: its own
+    recipients first, then its audience's members (`resolved`); a follow-up's are the members
+    the earlier job reached."""
+    resolved = resolved or Resolved()
     languages = tuple(spec.message)
+    if spec.follows is not None and resolved.followed is not None:
+        return [
+            replace(r, index=i, lang=r.lang if r.lang in languages else languages[0])
+            for i, r in enumerate(resolved.followed[start:stop], start)
+        ]
+    given = len(spec.recipients)
+    recipients = _given(spec, start, min(stop, given), region, numbers, languages)
+    if spec.audience is not None and resolved.audience is not None and stop > given:
+        recipients += to_recipients(
+            resolved.audience,
+            spec.channels,
+            languages,
+            {str(k): str(v) for k, v in spec.fallback.items()},
+            numbers,
+            given,
+            slice(max(start - given, 0), stop - given),
+        )
+    return recipients
+
+
+def _given(
+    spec: JobIn,
+    start: int,
+    stop: int,
+    region: str,
+    numbers: Mapping[str, NumberPolicy],
+    languages: tuple[str, ...],
+) -> list[Recipient]:
+    """The domain recipients of the job's own members `start` to `stop`."""
     recipients = []
-    for i in range(start, min(stop, len(spec.recipients))):
+    for i in range(start, stop):
         r = spec.recipients[i]
         phone = email = phone_error = email_error = None
         refused: frozenset[str] = frozenset()
@@ -572,11 +743,30 @@ def release_members(spec: JobIn, start: int, stop: int) -> None:
     spec.recipients[start:stop] = [_RELEASED] * (min(stop, len(spec.recipients)) - start)
 
 
-def job_header(spec: JobIn, limits: JobsConfig, now: datetime) -> Job:
+def job_header(
+    spec: JobIn, limits: JobsConfig, now: datetime, resolved: Resolved | None = None
+) -> Job:
     """The job without its recipients (they come by `members`)."""
+    resolved = resolved or Resolved()
     options: dict[str, object] = {}
     if spec.voice is not None:
         options["voice"] = spec.voice.model_dump()
+    if spec.audience is not None and resolved.audience is not None:
+        found = resolved.audience
+        options["audience"] = spec.audience.model_dump()
+        plp = found.plps.get(spec.audience.plps[0]) if len(spec.audience.plps) == 1 else None
+        if plp is not None:
+            options["plp"] = plp_options(plp)
+            voice = options.get("voice")
+            if plp.code_word and not (isinstance(voice, dict) and voice.get("code_word")):
+                # A call says the PLP's code word too (voice/compose.py reads it here).
+                base = voice if isinstance(voice, dict) else VoiceOptions().model_dump()
+                options["voice"] = {**base, "code_word": plp.code_word}
+    if spec.follows is not None and resolved.followed is not None:
+        options["follows"] = spec.follows
+        for key in ("plp", "audience"):  # the earlier job's PLP: its code word, its sender id
+            if resolved.followed_options and key in resolved.followed_options:
+                options[key] = resolved.followed_options[key]
     return Job(
         id=spec.id,
         priority=Priority.parse(spec.priority),

@@ -19,10 +19,12 @@ class _JsonFormatter(logging.Formatter):
             + f".{int(record.msecs):03d}Z",
             "level": record.levelname,
             "logger": record.name,
-            "msg": scrub(record.getMessage()),
+            "msg": record.getMessage(),  # masked by MaskPersonalData, the handler's filter
         }
-        if record.exc_info:
-            entry["exc"] = scrub(self.formatException(record.exc_info))
+        if record.exc_info and not record.exc_text:
+            record.exc_text = scrub(self.formatException(record.exc_info))
+        if record.exc_text:
+            entry["exc"] = record.exc_text
         return json.dumps(entry, ensure_ascii=False)
 
 
@@ -46,8 +48,8 @@ class MaskPersonalData(logging.Filter):
 
 
 class _TextFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        return scrub(super().format(record))
+    """The record arrives masked (MaskPersonalData runs before any formatter): no second
+    scan here, where the line's own date would cost the number matcher ~80 us a line."""
 
 
 # sd-daemon(3) priority prefixes: journald strips them and files the line at that priority.

@@ -1,4 +1,6 @@
-"""E-mail channel over SMTP (aiosmtplib): a small pool of reused connections.
+"""E-mail channel over SMTP: a pool of reused connections, opened by aiosmtplib, whose mail
+transactions are pipelined where the server offers it (`smtp_pipeline`); each job's message is
+rendered once per language and copied per recipient (`mail_message`).
 
 4xx replies are temporary, 5xx permanent. The Message-ID is derived from job and recipient,
 so a retried message is recognisable as the same alert by the receiving side.
@@ -14,18 +16,20 @@ import contextlib
 import enum
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from email.message import EmailMessage
-from email.utils import format_datetime, formatdate
 
 import aiosmtplib
+from aiosmtplib.email import extract_sender, flatten_message
 
 from .channel import Attempt, Limits, Outcome
 from .config import EmailConfig
-from .domain import DeliveryState, Job, Priority
+from .domain import DeliveryState, Job
 from .errors import ChannelError, LinkDown, PermanentError, TemporaryError
+from .mail_message import MessageTemplates, build_message
 from .privacy import mask_email
 from .queues import Slots
+from .smtp_pipeline import Pipeline
 
 log = logging.getLogger("gateway.mail")
 
@@ -35,31 +39,6 @@ class LinkState(enum.StrEnum):
     UP = "up"
     DOWN = "down"
     AUTH_FAILED = "auth_failed"
-
-
-def message_id(job_id: str, ref: str, domain: str) -> str:
-    left = f"{job_id}.{ref}".replace(":", "=")
-    return f"<plp.{left}@{domain}>"
-
-
-def build_message(attempt: Attempt, sender: str, domain: str) -> EmailMessage:
-    msg = EmailMessage()
-    msg["From"] = sender
-    msg["To"] = attempt.address
-    msg["Subject"] = attempt.subject
-    msg["Date"] = formatdate(localtime=False)
-    msg["Message-ID"] = message_id(attempt.job_id, attempt.ref, domain)
-    msg["Auto-Submitted"] = "auto-generated"
-    msg["X-PLP-Job"] = attempt.job_id
-    msg["X-PLP-Expires"] = format_datetime(attempt.expires_at)
-    if attempt.priority is Priority.HOT:
-        msg["Importance"] = "high"
-        msg["X-Priority"] = "1"
-    if attempt.test:
-        msg["X-PLP-Test"] = "yes"
-    msg.set_content(attempt.text, charset="utf-8")
-    msg["Content-Language"] = attempt.lang  # after set_content, which resets Content-*
-    return msg
 
 
 def _classify(exc: BaseException) -> ChannelError:
@@ -86,6 +65,66 @@ def _by_code(code: int, text: str) -> ChannelError:
     return PermanentError(f"smtp_{code}", text)
 
 
+class _Connection:
+    """A pooled connection: aiosmtplib opens it (TLS, EHLO, STARTTLS, AUTH), then a `Pipeline`
+    carries its mail transactions. Closed, it opens again with a fresh client."""
+
+    def __init__(self, factory: Callable[[], aiosmtplib.SMTP], timeout: float) -> None:
+        self._factory = factory
+        self._timeout = timeout
+        self.pipe: Pipeline | None = None
+        self.eight_bit = False
+        self.smtputf8 = False
+
+    @property
+    def is_connected(self) -> bool:
+        return self.pipe is not None and self.pipe.is_connected
+
+    async def open(self) -> None:
+        self.close()
+        client = self._factory()
+        try:
+            await client.connect()  # STARTTLS and AUTH too, when configured
+            if client.is_ehlo_or_helo_needed:
+                await client.ehlo()
+            self.eight_bit = client.supports_extension("8bitmime")
+            self.smtputf8 = client.supports_extension("smtputf8")
+            self.pipe = Pipeline.take_over(client, self._timeout)
+        except BaseException:
+            client.close()
+            raise
+
+    def close(self) -> None:
+        if self.pipe is not None:
+            self.pipe.close()
+            self.pipe = None
+
+    async def quit(self) -> None:
+        if self.pipe is not None and self.pipe.is_connected:
+            await self.pipe.quit()
+
+
+def _serialise(msg: EmailMessage, address: str, conn: _Connection) -> tuple[bytes, str, list[str]]:
+    """A message as aiosmtplib's `send_message` would put it on the wire, with its envelope
+    sender and MAIL FROM options."""
+    sender = extract_sender(msg)
+    if sender is None:
+        raise aiosmtplib.SMTPNotSupported("no sender address")  # a misconfigured `sender`
+    options = []
+    utf8 = not (sender + address).isascii()
+    if utf8:
+        if not conn.smtputf8:
+            raise aiosmtplib.SMTPNotSupported(
+                "An address containing non-ASCII characters was provided, but "
+                "SMTPUTF8 is not supported by this server"
+            )
+        options.append("SMTPUTF8")
+    if conn.eight_bit:
+        options.append("BODY=8BITMIME")
+    data = flatten_message(msg, utf8=utf8, cte_type="8bit" if conn.eight_bit else "7bit")
+    return data, sender, options
+
+
 class EmailChannel:
     name = "email"
 
@@ -93,7 +132,7 @@ class EmailChannel:
         self._cfg = cfg
         # Idle connections. Every client exists once: idle here or held by a send, which gives
         # it back (or a fresh one) however the send ends, so the pool never runs dry.
-        self._pool: asyncio.Queue[aiosmtplib.SMTP] = asyncio.Queue()
+        self._pool: asyncio.Queue[_Connection] = asyncio.Queue()
         # Turns at a connection: the scheduler lets hot and cold sends in with a concurrency
         # each; the next free connection goes to a waiting hot send before any cold one.
         self._turns = Slots(cfg.concurrency)
@@ -107,11 +146,14 @@ class EmailChannel:
         self._last_sent = float("-inf")  # monotonic time of the last accepted message
         self._probe_task: asyncio.Task[None] | None = None
         self._probe_now = asyncio.Event()
+        self._templates = MessageTemplates()
+        self._stopping = False
 
     def reconfigure(self, cfg: EmailConfig) -> None:
         """New settings (server, credentials, concurrency...) apply at once: idle connections
         are replaced now, the ones in use when their send ends."""
         self._cfg = cfg
+        self._templates.clear()  # the sender or the Message-ID domain may have changed
         idle = [self._pool.get_nowait() for _ in range(self._pool.qsize())]
         for client in idle:
             client.close()
@@ -123,10 +165,10 @@ class EmailChannel:
 
     def _grow(self) -> None:
         while self._clients < self._cfg.concurrency:
-            self._pool.put_nowait(self._new_client())
+            self._pool.put_nowait(_Connection(self._new_client, self._cfg.timeout))
             self._clients += 1
 
-    def _give_back(self, client: aiosmtplib.SMTP, broken: bool) -> None:
+    def _give_back(self, client: _Connection, broken: bool) -> None:
         self._in_use.discard(id(client))
         stale = id(client) in self._stale
         self._stale.discard(id(client))
@@ -135,7 +177,7 @@ class EmailChannel:
             client.close()
         elif broken or stale:
             client.close()
-            self._pool.put_nowait(self._new_client())
+            self._pool.put_nowait(_Connection(self._new_client, self._cfg.timeout))
         else:
             self._pool.put_nowait(client)
 
@@ -146,12 +188,17 @@ class EmailChannel:
     async def start(self) -> None:
         self._grow()
         if self._probe_task is None:
+            self._stopping = False
             self._probe_now.set()
             self._probe_task = asyncio.create_task(self._probe_loop(), name="smtp-probe")
 
     async def stop(self) -> None:
         task, self._probe_task = self._probe_task, None
         if task is not None:
+            # Python 3.11's wait_for (inside aiosmtplib) can swallow a cancellation that lands
+            # as a reply arrives; the flag and the event end the loop even then.
+            self._stopping = True
+            self._probe_now.set()
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
@@ -184,13 +231,12 @@ class EmailChannel:
             return await self._send(attempt)
 
     async def _send(self, attempt: Attempt) -> Outcome:
-        msg = build_message(attempt, self._cfg.sender, self.domain)
         client = await self._pool.get()
         self._in_use.add(id(client))
         try:
             if not client.is_connected:
-                await client.connect()
-            await client.send_message(msg)
+                await client.open()
+            msg_id = await self._transmit(client, attempt)
         except asyncio.CancelledError:
             self._give_back(client, broken=True)
             raise
@@ -217,13 +263,29 @@ class EmailChannel:
         self._last_sent = time.monotonic()
         return Outcome(
             DeliveryState.DELIVERED,
-            provider_ids=(str(msg["Message-ID"]),),
+            provider_ids=(msg_id,),
             detail="accepted by mail server",
         )
 
+    async def _transmit(self, conn: _Connection, attempt: Attempt) -> str:
+        """Send one message on an open connection; returns its Message-ID."""
+        pipe = conn.pipe
+        assert pipe is not None
+        rendered = self._templates.render(
+            attempt, self._cfg.sender, self.domain, eight_bit=conn.eight_bit
+        )
+        if rendered is None:  # an address or id the template cannot take as it is
+            msg = build_message(attempt, self._cfg.sender, self.domain)
+            data, sender, options = _serialise(msg, attempt.address, conn)
+            await pipe.sendmail(sender, attempt.address, data, options)
+            return str(msg["Message-ID"])
+        options = ["BODY=8BITMIME"] if conn.eight_bit else []
+        await pipe.sendmail(rendered.envelope_sender, attempt.address, rendered.data, options)
+        return rendered.message_id
+
     # -- probing ---------------------------------------------------------------------------
     async def _probe_loop(self) -> None:
-        while True:
+        while not self._stopping:
             forced = self._probe_now.is_set()
             self._probe_now.clear()
             # Mail accepted within the interval already proves the link: probe only when idle.

@@ -98,12 +98,49 @@ V1: tuple[str, ...] = (
 )""",
 )
 
-# A large job is stored in chunks (gateway.store_jobs `begin_job`, `add_members`): `complete`
-# is 0 until its last chunk is in, and a job is never done before (a redelivery resumes it).
-V2: tuple[str, ...] = ("ALTER TABLE jobs ADD COLUMN complete INTEGER NOT NULL DEFAULT 1",)
+#: Version 2: the PLP directory (issue 14). Members are personal data: `remove-member` deletes
+#: them (and pseudonymises their stored deliveries); `phone_kind` is the number's kind, computed
+#: at import, so that resolving a 10,000-member audience parses no number.
+V2: tuple[str, ...] = (
+    """CREATE TABLE IF NOT EXISTS plps (
+    id TEXT PRIMARY KEY,
+    names TEXT NOT NULL DEFAULT '{{}}',
+    zone TEXT,
+    code_word TEXT,
+    sender_id TEXT,
+    coordinators TEXT NOT NULL DEFAULT '[]',
+    updated_at {REAL} NOT NULL
+)""",
+    """CREATE TABLE IF NOT EXISTS members (
+    plp_id TEXT NOT NULL REFERENCES plps(id) ON DELETE CASCADE,
+    ref TEXT NOT NULL,
+    phone TEXT,
+    phone_kind TEXT,
+    email TEXT,
+    lang TEXT NOT NULL,
+    no_voice INTEGER NOT NULL DEFAULT 0,
+    quiet_hours TEXT,
+    consent_at TEXT,
+    cold_unsubscribed INTEGER NOT NULL DEFAULT 0,
+    updated_at {REAL} NOT NULL,
+    PRIMARY KEY (plp_id, ref)
+)""",
+    "CREATE INDEX IF NOT EXISTS members_phone ON members(phone)",
+    """CREATE TABLE IF NOT EXISTS member_groups (
+    plp_id TEXT NOT NULL,
+    ref TEXT NOT NULL,
+    grp TEXT NOT NULL,
+    PRIMARY KEY (plp_id, grp, ref),
+    FOREIGN KEY (plp_id, ref) REFERENCES members(plp_id, ref) ON DELETE CASCADE
+)""",
+)
+
+#: Version 3: a large job is stored in chunks (gateway.store_jobs `begin_job`, `add_members`):
+#: `complete` is 0 until its last chunk is in; a job is never done before (a redelivery resumes).
+V3: tuple[str, ...] = ("ALTER TABLE jobs ADD COLUMN complete INTEGER NOT NULL DEFAULT 1",)
 
 #: Every migration, in order: MIGRATIONS[i] brings the schema from version i to i + 1.
-MIGRATIONS: tuple[tuple[str, ...], ...] = (V1, V2)
+MIGRATIONS: tuple[tuple[str, ...], ...] = (V1, V2, V3)
 
 _VERSION_TABLE = (
     "CREATE TABLE IF NOT EXISTS schema_version"

@@ -1,10 +1,19 @@
-"""The broker link: one persistent-session aiomqtt client with manual acknowledgement.
+"""The broker link: the job connection (one persistent-session aiomqtt client with manual
+acknowledgement) and the status connection (a clean session that publishes what the gateway
+reports).
 
 aiomqtt has no public manual-ack API, so we switch it on in the paho client aiomqtt wraps
 (through gateway/mqtt_adapter.py, the one module that reaches inside aiomqtt),
 *before* connecting (after CONNACK the broker replays queued jobs at once and paho would
 acknowledge them itself). Outgoing messages go through a bounded queue that survives
 broker outages; incoming messages are handed to one handler, in order.
+
+Why two connections: a stock broker leaves Nagle's algorithm on (mosquitto's
+`set_tcp_nodelay false`). On a connection that also carries the gateway's QoS 1 status
+traffic, the broker's PUBACKs are small writes still awaiting our TCP acknowledgement when
+the next job comes, and the job waits behind them for our delayed ACK (up to 40 ms). On a
+connection of its own the broker only sends jobs, each acknowledged (PUBACK) once stored,
+so nothing of the broker's is unacknowledged when the next one comes.
 """
 
 from __future__ import annotations
@@ -23,8 +32,10 @@ import paho.mqtt.client as paho
 from . import mqtt_adapter
 from .config import MqttConfig
 
-PUBLISH_BATCH = 64  # status messages published concurrently
-PUBLISH_TIMEOUT = 10.0  # seconds for the broker to confirm a batch
+PUBLISH_BATCH = 64  # status messages handed to paho per turn of the event loop
+PUBLISH_WINDOW = 256  # status messages published and not yet confirmed, at most
+PUBLISH_TIMEOUT = 10.0  # seconds without a confirmation while some are awaited
+STATUS_FIRST = 2.0  # seconds the job connection waits, at most, for the status connection
 
 log = logging.getLogger("gateway.mqtt")
 
@@ -63,6 +74,9 @@ class MqttLink:
     ) -> None:
         self._cfg = cfg
         self._client_id = client_id
+        # Clean session: the queue of what to publish is ours (self._out), not the broker's.
+        # Stable per node like the job session's, so a restarted process replaces its own.
+        self._status_id = f"{client_id}-status"
         self._subscriptions = subscriptions
         self._will = will
         self._out: deque[Outgoing] = deque()
@@ -78,9 +92,12 @@ class MqttLink:
         self._intake_changed = asyncio.Event()
         self.allowed = asyncio.Event()
         self.allowed.set()
-        self.connected = asyncio.Event()
+        self.connected = asyncio.Event()  # the job connection
+        self.status_connected = asyncio.Event()
+        self._status_now = asyncio.Event()  # cuts the status connection's backoff short
         self.dropped = 0
-        self.last_error: str | None = None
+        self._jobs_error: str | None = None  # last failure of each connection, while down
+        self._status_error: str | None = None
         self.connects = 0
 
     def set_handlers(self, handler: MessageHandler, on_connect: ConnectHook) -> None:
@@ -88,8 +105,13 @@ class MqttLink:
         self._on_connect = on_connect
 
     @property
+    def last_error(self) -> str | None:
+        return self._jobs_error or self._status_error
+
+    @property
     def state(self) -> str:
-        return "up" if self.connected.is_set() else "down"
+        up = self.connected.is_set() and self.status_connected.is_set()
+        return "up" if up else "down"
 
     def publish(
         self, topic: str, payload: bytes | str, *, qos: int = 1, retain: bool = False
@@ -159,48 +181,59 @@ class MqttLink:
             # recognises its id, nothing is lost or doubled.
             log.info("ack of mid %d not sent (rc %s); broker will redeliver", message.mid, rc)
 
-    def _make_client(self) -> aiomqtt.Client:
+    def _make_client(self, *, jobs: bool) -> aiomqtt.Client:
+        """The job connection (`jobs`: persistent session, the availability will, manual
+        acknowledgement) or the status connection (clean session, no will)."""
         cfg = self._cfg
         tls_params = tls_parameters(cfg)
+        will = self._will
         client = aiomqtt.Client(
             hostname=cfg.host,
             port=cfg.port,
-            identifier=self._client_id,
-            clean_session=False,
+            identifier=self._client_id if jobs else self._status_id,
+            clean_session=not jobs,
             username=cfg.username,
             password=cfg.password,
             keepalive=cfg.keepalive,
-            will=aiomqtt.Will(
-                self._will.topic, self._will.payload, qos=self._will.qos, retain=self._will.retain
-            ),
+            will=aiomqtt.Will(will.topic, will.payload, qos=will.qos, retain=will.retain)
+            if jobs
+            else None,
             tls_params=tls_params,
             tls_insecure=cfg.tls.insecure if cfg.tls is not None else None,
             timeout=10,
-            # Unlimited in paho: _pump_out bounds what is in flight (PUBLISH_BATCH), and a
+            # Unlimited in paho: _pump_out bounds what is in flight (PUBLISH_WINDOW), and a
             # limit makes paho scan every unconfirmed message at each PUBACK.
             max_inflight_messages=0,
         )
-        # Must happen before connecting: see the module docstring.
-        mqtt_adapter.enable_manual_ack(client)
-        # _pump_out publishes in batches of PUBLISH_BATCH: that many pending calls is normal
-        # and must not log a warning each time.
-        mqtt_adapter.set_pending_calls_threshold(client, 4 * PUBLISH_BATCH)
+        if jobs:
+            # Must happen before connecting: see the module docstring.
+            mqtt_adapter.enable_manual_ack(client)
+        else:
+            # _pump_out keeps up to PUBLISH_WINDOW publications in flight: that many
+            # pending calls is normal and must not log a warning each time.
+            mqtt_adapter.set_pending_calls_threshold(client, 2 * PUBLISH_WINDOW)
         mqtt_adapter.no_delay(client)
         return client
 
     async def run(self) -> None:
-        """Connect, serve, reconnect with backoff; until cancelled."""
+        """Both connections, each reconnecting with backoff on its own; until cancelled."""
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(self._run_status(), name="mqtt-status")
+            await self._run_jobs()
+
+    async def _run_jobs(self) -> None:
         delay = self._cfg.reconnect_initial_delay
         while True:
             await self.allowed.wait()
-            client = self._make_client()
+            await self._status_first()
+            client = self._make_client(jobs=True)
             try:
                 async with client:
                     self._client = client
                     self._intake_changed.clear()
                     await self._sync_subscriptions(client)
                     self.connects += 1
-                    self.last_error = None
+                    self._jobs_error = None
                     self.connected.set()
                     log.info(
                         "connected to MQTT broker %s:%d as %s",
@@ -212,16 +245,60 @@ class MqttLink:
                     if self._on_connect is not None:
                         await self._on_connect()
                     async with asyncio.TaskGroup() as tg:
-                        tg.create_task(self._pump_out(client))
                         tg.create_task(self._keep_subscriptions(client))
                         await self._pump_in(client)
             except* aiomqtt.MqttError as eg:
-                self.last_error = str(eg.exceptions[0])
-                log.warning("MQTT link down: %s; reconnecting in %.1fs", self.last_error, delay)
+                self._jobs_error = str(eg.exceptions[0])
+                log.warning("MQTT link down: %s; reconnecting in %.1fs", self._jobs_error, delay)
             finally:
                 self.connected.clear()
                 self._client = None
             await asyncio.sleep(delay)
+            delay = min(delay * 2, self._cfg.reconnect_max_delay)
+
+    async def _status_first(self) -> None:
+        """Take jobs once what happens to them can be reported (the first health then says
+        `up`): both normally connect within milliseconds, and after an outage the status
+        connection retries at once rather than at the end of its own backoff. But a status
+        connection the broker refuses must not keep alerts out for more than STATUS_FIRST."""
+        if self.status_connected.is_set():
+            return
+        self._status_now.set()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(STATUS_FIRST):
+                await self.status_connected.wait()
+
+    async def _run_status(self) -> None:
+        """Publish the outgoing queue on its own connection; what the broker has not
+        confirmed when it drops goes again on the next one."""
+        delay = self._cfg.reconnect_initial_delay
+        while True:
+            await self.allowed.wait()
+            self._status_now.clear()
+            try:
+                async with self._make_client(jobs=False) as client:
+                    self._status_error = None
+                    self.status_connected.set()
+                    log.info("status connection up as %s", self._status_id)
+                    delay = self._cfg.reconnect_initial_delay
+                    async with asyncio.TaskGroup() as tg:
+                        tg.create_task(self._pump_out(client))
+                        # Subscribed to nothing: this only notices the connection drop,
+                        # which cancels _pump_out (it requeues what is unconfirmed).
+                        async for _ in client.messages:
+                            pass
+            except* aiomqtt.MqttError as eg:
+                self._status_error = f"status connection: {eg.exceptions[0]}"
+                log.warning(
+                    "MQTT link down (status connection): %s; reconnecting in %.1fs",
+                    eg.exceptions[0],
+                    delay,
+                )
+            finally:
+                self.status_connected.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(delay):
+                    await self._status_now.wait()
             delay = min(delay * 2, self._cfg.reconnect_max_delay)
 
     async def _pump_in(self, client: aiomqtt.Client) -> None:
@@ -235,27 +312,54 @@ class MqttLink:
                 raise aiomqtt.MqttError(f"message handler failed: {exc}") from exc
 
     async def _pump_out(self, client: aiomqtt.Client) -> None:
-        """Publish the outgoing queue in batches through paho, confirmed per batch.
+        """Publish the outgoing queue through paho, up to PUBLISH_WINDOW unconfirmed.
 
         aiomqtt's `publish()` costs a future and a timeout task per message; status events
-        come by thousands per second, so messages go to paho directly and the batch is
-        confirmed when every QoS 1 message has its PUBACK (one wake-up per PUBACK burst).
-        Unconfirmed messages go back to the head of the queue for the next connection.
+        come by thousands per second, so messages go to paho directly and are confirmed in
+        order from their PUBACKs (one wake-up per PUBACK burst). More go out while earlier
+        ones wait for theirs: a broker with Nagle on (a stock mosquitto) holds its PUBACKs
+        until a segment of ours acknowledges the first, so waiting for a whole batch stalls
+        each batch for our delayed ACK (~40 ms: at most ~1,600 messages/s). Unconfirmed
+        messages go back to the head of the queue for the next connection.
         """
-        acked = asyncio.Event()
-        mqtt_adapter.chain_on_publish(client, acked.set)
-        while True:
-            if not self._out:
-                self._out_ready.clear()
-                await self._out_ready.wait()
-                continue
-            batch = [self._out.popleft() for _ in range(min(PUBLISH_BATCH, len(self._out)))]
-            self._sending = len(batch)
-            try:
-                sent = self._publish_now(client, batch)
-                await self._confirmed(sent, acked)
-            finally:
-                self._sending = 0
+        wake = self._out_ready  # a message to send, or a PUBACK
+        mqtt_adapter.chain_on_publish(client, wake.set)
+        loop = asyncio.get_running_loop()
+        inflight: deque[tuple[Outgoing, paho.MQTTMessageInfo]] = deque()
+        progress = loop.time()  # last time the broker confirmed something (or none waited)
+        try:
+            while True:
+                wake.clear()
+                if inflight and inflight[0][1].is_published():
+                    progress = loop.time()
+                    while inflight and inflight[0][1].is_published():
+                        inflight.popleft()
+                room = min(PUBLISH_WINDOW - len(inflight), len(self._out), PUBLISH_BATCH)
+                if room > 0:
+                    if not inflight:
+                        progress = loop.time()
+                    batch = [self._out.popleft() for _ in range(room)]
+                    inflight.extend(self._publish_now(client, batch))
+                    self._sending = len(inflight)
+                    await asyncio.sleep(0)  # paho writes, PUBACKs are read, between batches
+                    continue
+                self._sending = len(inflight)
+                if not inflight:
+                    await wake.wait()
+                    continue
+                left = progress + PUBLISH_TIMEOUT - loop.time()
+                try:
+                    async with asyncio.timeout(max(left, 0)):
+                        await wake.wait()
+                except TimeoutError:
+                    raise aiomqtt.MqttError(
+                        f"{len(inflight)} publications not confirmed in {PUBLISH_TIMEOUT:.0f} s"
+                    ) from None
+        finally:
+            # The connection ended (or a publication failed: _publish_now put its batch
+            # back first): keep for the next connection what the broker has not confirmed.
+            self._requeue([m for m, info in inflight if not info.is_published()])
+            self._sending = 0
 
     def _publish_now(
         self, client: aiomqtt.Client, batch: list[Outgoing]
@@ -278,30 +382,6 @@ class MqttLink:
                 raise aiomqtt.MqttError(f"publish failed: {paho.error_string(info.rc)}")
             sent.append((m, info))
         return sent
-
-    async def _confirmed(
-        self, sent: list[tuple[Outgoing, paho.MQTTMessageInfo]], acked: asyncio.Event
-    ) -> None:
-        first = 0  # sent[:first] are confirmed; PUBACKs come (almost always) in order
-        try:
-            async with asyncio.timeout(PUBLISH_TIMEOUT):
-                while True:
-                    acked.clear()
-                    while first < len(sent) and sent[first][1].is_published():
-                        first += 1
-                    if first == len(sent):
-                        return
-                    await acked.wait()
-        except BaseException as exc:
-            # Timed out, or cancelled because the connection ended: keep for the next
-            # connection what the broker has not confirmed.
-            unconfirmed = [m for m, info in sent[first:] if not info.is_published()]
-            self._requeue(unconfirmed)
-            if isinstance(exc, TimeoutError):
-                raise aiomqtt.MqttError(
-                    f"{len(unconfirmed)} publications not confirmed in {PUBLISH_TIMEOUT:.0f} s"
-                ) from None
-            raise
 
     def _requeue(self, messages: list[Outgoing]) -> None:
         """Put messages back at the head of the outgoing queue, in their order."""

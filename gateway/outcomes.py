@@ -179,8 +179,8 @@ def _column(state: DeliveryState) -> str:
         return "acknowledged"
     if state is DeliveryState.RETRYING:
         return "retrying"
-    if state is DeliveryState.CANCELLED:
-        return "cancelled"
+    if state in (DeliveryState.CANCELLED, DeliveryState.CAPPED, DeliveryState.UNSUBSCRIBED):
+        return "cancelled"  # not sent on purpose
     if state.final:
         return "failed"
     return "pending"

@@ -68,6 +68,25 @@ TEXTS: dict[str, tuple[str, str, str, str]] = {
         "Kanal auf diesem Gateway deaktiviert",
         "channel disabled on this gateway",
     ),
+    # members' own choices (the PLP directory)
+    "quiet_hours": (
+        "en attente de la fin des heures calmes du membre",
+        "wacht op het einde van de rusturen van het lid",
+        "wartet auf das Ende der Ruhezeit des Mitglieds",
+        "waiting for the end of the member's quiet hours",
+    ),
+    "daily_cap": (
+        "plafond quotidien de messages non urgents atteint",
+        "dagelijks maximum aan niet-dringende berichten bereikt",
+        "Tageshöchstzahl nicht dringender Nachrichten erreicht",
+        "the member's daily cap of non-urgent messages was reached",
+    ),
+    "unsubscribed": (
+        "le membre s'est désinscrit (STOP)",
+        "het lid heeft zich afgemeld (STOP)",
+        "das Mitglied hat sich abgemeldet (STOP)",
+        "the member unsubscribed (STOP)",
+    ),
     # addresses
     "missing_email": (
         "pas d'adresse e-mail",

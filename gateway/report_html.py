@@ -73,6 +73,9 @@ LABELS: dict[str, tuple[str, str, str, str]] = {
     "st_failed": ("échec", "mislukt", "fehlgeschlagen", "failed"),
     "st_expired": ("expiré", "verlopen", "abgelaufen", "expired"),
     "st_cancelled": ("arrêté", "gestopt", "gestoppt", "stopped"),
+    "st_held": ("retenu (heures calmes)", "uitgesteld (rusturen)", "zurückgehalten", "held"),
+    "st_capped": ("non envoyé (plafond)", "niet verzonden (maximum)", "nicht gesendet", "capped"),
+    "st_unsubscribed": ("désinscrit", "afgemeld", "abgemeldet", "unsubscribed"),
     # job states
     "job_accepted": ("acceptée", "aanvaard", "angenommen", "accepted"),
     "job_running": ("en cours", "bezig", "läuft", "running"),

@@ -12,9 +12,12 @@ import logging
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Literal
 
 from .async_store import AsyncStore, Batched, WriteBatch
 from .channel import Attempt, Channel, Outcome, Receipt, Reply, Report
+from .choices import DirectoryConfig, keyword
 from .domain import (
     DeliveryState,
     Job,
@@ -23,18 +26,24 @@ from .domain import (
     can_transition,
     compose_subject,
     compose_text,
+    job_code_word,
 )
 from .errors import NotSent, PermanentError, TemporaryError
 from .privacy import mask_phone, scrub
 from .queues import ChannelQueue, Slots, make_limiter
-from .rows import Change, DeliveryRow
+from .replies import confirmation, forward
+from .rows import AddResult, Change, DeliveryRow
 from .status import StatusPublisher, iso
 
 log = logging.getLogger("gateway.scheduler")
 
+# A new job's deliveries that wait for an attempt: queued now, or held until quiet hours end.
+_WAITING = (DeliveryState.QUEUED, DeliveryState.HELD)
+
 # Least wait before a delivery that never reached its provider is tried again: the channel
 # usually waits for a link itself, but one that answers at once must not make it spin.
 NOT_SENT_MIN_DELAY = 0.2
+ANNOUNCE_CHUNK = 100  # deliveries announced per turn of the event loop when a job arrives
 
 
 @dataclass
@@ -75,6 +84,7 @@ class Scheduler:
         self._tasks: set[asyncio.Task[None]] = set()
         self._dispatchers: list[asyncio.Task[None]] = []
         self._stopping = False
+        self.directory = DirectoryConfig()  # [directory]: replies STOP/START, coordinators
         self._reply_window = reply_window
         self.counters: dict[str, int] = {
             "attempts": 0,
@@ -184,14 +194,23 @@ class Scheduler:
     async def job_accepted(self, job: Job, rows: list[DeliveryRow]) -> None:
         """A new job is in the store: announce its deliveries and queue them."""
         self._jobs[job.id] = job
-        queued = [r for r in rows if r.state is DeliveryState.QUEUED]
-        # The attempts are queued first (an alert's first SMS should not wait behind the
-        # publication of its announcements); they cannot get ahead of the `queued` events,
-        # which are all published before this coroutine next awaits.
-        self._spawn(self._enqueue_prepared(job, queued))
+        # Held ones (a member's quiet hours) are queued for when they end.
+        queued = [r for r in rows if r.state in _WAITING]
         self._status.job_dirty(job.id, immediate=True)
-        for row in rows:
-            self._status.delivery(Change(row, DeliveryState.QUEUED))
+        # Each delivery is announced (`queued`) before its attempt can start. Announcing takes
+        # a while for a large job (an event and a log line each: 1.6 s for 10,000 members), so
+        # it goes in chunks, each released to its lane once announced, with a turn of the loop
+        # between them: the first e-mail of a large alert does not wait for the last member's
+        # announcement. A small job is one chunk, queued as soon as this coroutine yields.
+        for start in range(0, len(rows), ANNOUNCE_CHUNK):
+            chunk = rows[start : start + ANNOUNCE_CHUNK]
+            for row in chunk:
+                self._status.delivery(Change(row, DeliveryState.QUEUED))
+            ready = [r for r in chunk if r.state in _WAITING]
+            if ready:  # chunks share the job's one preparation and queue in order
+                self._spawn(self._enqueue_prepared(job, ready))
+            if start + ANNOUNCE_CHUNK < len(rows):
+                await asyncio.sleep(0)
         for row in rows:
             if row.state is DeliveryState.FAILED:
                 await self._after_final(row, job)
@@ -346,7 +365,13 @@ class Scheduler:
             ref=d.ref,
             address=d.address,
             lang=d.lang,
-            text=compose_text(job.message, d.lang, test=job.test),
+            # Voice speaks the code word itself (voice/compose.py); SMS and e-mail write it.
+            text=compose_text(
+                job.message,
+                d.lang,
+                test=job.test,
+                code_word=job_code_word(job.options) if d.channel != "voice" else None,
+            ),
             subject=compose_subject(job.subject, d.lang, test=job.test),
             priority=job.priority,
             number=d.attempts,
@@ -530,7 +555,12 @@ class Scheduler:
                 "time": iso(time.time()),
             }
         )
-        if match is None or not reply.acknowledges:
+        word = keyword(reply.text) if reply.channel == "sms" else None
+        if word is not None or not reply.acknowledges:
+            # STOP / START, or words for the PLP's coordinators: for directory members.
+            await self._member_reply(reply, word)
+            return
+        if match is None:
             return
         change = await self._store.run(
             self._store.store.transition,
@@ -540,6 +570,32 @@ class Scheduler:
         )
         if change is not None:
             await self._changed(change)
+
+    async def _member_reply(self, reply: Reply, word: Literal["stop", "start"] | None) -> None:
+        store = self._store.store
+        members = await self._store.run(store.find_members, None, reply.sender)
+        now = datetime.now(UTC)
+        jobs: list[Job] = []
+        for m in members:
+            if word is not None:
+                await self._store.run(store.set_cold_unsubscribed, m.plp, m.ref, word == "stop")
+                log.info("member %s of %s replied %s", m.ref, m.plp, word.upper())
+            else:
+                plp = await self._store.run(store.plp, m.plp)
+                forwarded = (
+                    None
+                    if plp is None
+                    else forward(plp, m, reply.text, self.directory.coordinator_sms, now)
+                )
+                if forwarded is not None:
+                    log.info("reply of member %s forwarded to the coordinators of %s", m.ref, m.plp)
+                    jobs.append(forwarded)
+        if word is not None and members:
+            jobs.append(confirmation(members[0], word, now))  # one SMS, in their language
+        for job in jobs:
+            result, rows = await self._store.run(store.add_job, job, job.id, self.enabled)
+            if result is AddResult.NEW:
+                await self.job_accepted(job, rows)
 
 
 def _acknowledgeable(rows: Sequence[DeliveryRow], channel: str) -> DeliveryRow | None:

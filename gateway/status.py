@@ -57,6 +57,7 @@ class Topics:
         self.availability = f"{prefix}/gateway/{node}/availability"
         self.health = f"{prefix}/gateway/{node}/health"
         self.inbound_sms = f"{prefix}/inbound/sms"
+        self.directory_filter = f"{prefix}/directory/+/sync"
 
     # A job's topics are built only from an id that keeps the id rule (InvalidJobId else):
     # one topic level under <prefix>/jobs/, never a wildcard, never another job's subtree.
@@ -68,6 +69,17 @@ class Topics:
 
     def job_delivery_batches(self, job_id: str) -> str:
         return f"{self.prefix}/jobs/{checked_job_id(job_id)}/deliveries/batch"
+
+    def directory_result(self, plp_id: str) -> str:
+        return f"{self.prefix}/directory/{plp_id}/result"
+
+    def directory_plp(self, topic: str) -> str | None:
+        """The PLP of a `<prefix>/directory/<plp>/sync` topic."""
+        parts = topic.split("/")
+        base = self.prefix.split("/")
+        if len(parts) == len(base) + 3 and parts[: len(base)] == base and parts[-1] == "sync":
+            return parts[len(base) + 1] if parts[len(base)] == "directory" else None
+        return None
 
     def cancel_job_id(self, topic: str) -> str | None:
         parts = topic.split("/")
@@ -146,7 +158,7 @@ class StatusPublisher:
             event["detail"] = d.detail
         if d.provider_ids:
             event["provider_id_hash"] = [address_hash(p) for p in d.provider_ids]
-        if d.next_attempt_at and d.state.value == "retrying":
+        if d.next_attempt_at and d.state.value in ("retrying", "held"):
             event["next_attempt_at"] = iso(d.next_attempt_at)
         if d.possibly_sent:
             event["possibly_sent"] = True
@@ -255,6 +267,9 @@ class StatusPublisher:
         for sink in self.sinks:
             for code in {e.get("code", "unknown") for e in errors}:
                 sink.reject(code)
+
+    def directory_result(self, plp_id: str, payload: Mapping[str, Any]) -> None:
+        self._publish(self.topics.directory_result(plp_id), dumps(dict(payload)), qos=1)
 
     def inbound(self, payload: Mapping[str, Any]) -> None:
         self._publish(self.topics.inbound_sms, dumps(dict(payload)), qos=1)

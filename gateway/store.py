@@ -39,6 +39,7 @@ from .rows import (
 )
 from .secret import is_reference
 from .store_db import SqliteDb
+from .store_directory import DirectoryStore
 from .store_jobs import PENDING, Jobs
 from .store_retention import TOMBSTONE_SECONDS
 from .store_tx import Call
@@ -63,12 +64,12 @@ __all__ = [
 #: umask (SQLite gives the companions the mode of the database file).
 FILE_MODE = 0o600
 
-_OPEN = ("queued", "sending", "retrying", "sent")
+_OPEN = ("queued", "sending", "retrying", "held", "sent")
 
 log = logging.getLogger(__name__)
 
 
-class SqlStore(Jobs):
+class SqlStore(DirectoryStore, Jobs):
     """The store's logic on a `gateway.store_db.Db`, whichever engine is behind it: here
     deliveries' transitions, the hot path's batches and receipts; jobs in `Jobs`
     (gateway.store_jobs), purge and replay proofs in `Retention`, transactions below."""
@@ -96,7 +97,7 @@ class SqlStore(Jobs):
         if not check:
             return None
         left = self._db.execute(
-            "SELECT 1 FROM deliveries WHERE job_id=? AND state IN (?,?,?,?) LIMIT 1",
+            "SELECT 1 FROM deliveries WHERE job_id=? AND state IN (?,?,?,?,?) LIMIT 1",
             (job_id, *_OPEN),
         ).fetchone()
         if left is not None:
@@ -128,7 +129,7 @@ class SqlStore(Jobs):
                 " AND s.state='sent') AS unreceipted FROM jobs j"
                 " WHERE j.state='running' AND j.complete=1"
                 " AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.job_id=j.id AND"
-                " (d.state IN ('queued','sending','retrying') OR (d.state='sent' AND"
+                " (d.state IN ('queued','sending','retrying','held') OR (d.state='sent' AND"
                 f" d.updated_at > (CASE d.channel {cutoff} ELSE -1e300 END))))",
                 params,
             ).fetchall()
@@ -205,7 +206,7 @@ class SqlStore(Jobs):
         def work() -> list[Change]:
             rows = self._db.execute(
                 "SELECT * FROM deliveries WHERE job_id=? AND rindex=? AND id<>?"
-                " AND state IN (?,?,?)",
+                " AND state IN (?,?,?,?)",
                 (job_id, rindex, except_id, *PENDING),
             ).fetchall()
             out = []

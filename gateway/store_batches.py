@@ -21,7 +21,7 @@ from .rows import Change, row_to_delivery
 from .store_db import Db, Row
 
 _CHUNK = 500  # bound variables per IN (...) list, far under SQLite's limit
-_CLAIMABLE = ("queued", "retrying")
+_CLAIMABLE = ("queued", "retrying", "held")
 
 K = TypeVar("K")
 

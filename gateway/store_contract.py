@@ -10,9 +10,11 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol, TypeVar
 
+from .directory import Audience, Member, Plp
 from .domain import DeliveryState, Job, JobState, Priority, Recipient
 from .rows import AddResult, Change, DeliveryRow, JobRow
 from .signing import SeenNonce
+from .store_directory import ImportResult
 from .store_tx import Call
 
 T = TypeVar("T")
@@ -127,3 +129,31 @@ class StoreContract(Protocol):
     def remember_nonces(self, seen: Sequence[SeenNonce]) -> None: ...
 
     def seen_nonces(self) -> list[SeenNonce]: ...
+
+    # the PLP directory (gateway.store_directory)
+    def set_plp(self, plp: Plp, now: float | None = None) -> None: ...
+
+    def plp(self, plp_id: str) -> Plp | None: ...
+
+    def plps(self) -> list[tuple[Plp, int]]: ...
+
+    def import_members(
+        self,
+        plp_id: str,
+        members: Sequence[Member],
+        replace: bool = False,
+        plp: Plp | None = None,
+        now: float | None = None,
+    ) -> ImportResult: ...
+
+    def members(self, plp_id: str, groups: Sequence[str] = ()) -> list[Member]: ...
+
+    def find_members(self, ref: str | None = None, phone: str | None = None) -> list[Member]: ...
+
+    def set_cold_unsubscribed(self, plp_id: str, ref: str, value: bool) -> bool: ...
+
+    def resolve_audience(self, plps: Sequence[str], groups: Sequence[str] = ()) -> Audience: ...
+
+    def cold_counts_since(self, since: float, except_job: str) -> dict[str, int]: ...
+
+    def remove_member(self, ref: str, plp_id: str | None = None) -> int: ...

@@ -23,7 +23,7 @@ from .rows import (
 )
 from .store_retention import Retention
 
-PENDING = ("queued", "sending", "retrying")
+PENDING = ("queued", "sending", "retrying", "held")
 
 # Members stored after their job was closed (a cancel or the expiry during a large intake).
 _CLOSED = {
@@ -315,7 +315,7 @@ class Jobs(Retention):
         rows = self._read(
             lambda: self._db.execute(
                 "SELECT d.*, j.priority AS jprio FROM deliveries d JOIN jobs j ON j.id = d.job_id"
-                " WHERE d.state IN ('queued','sending','retrying')"
+                " WHERE d.state IN ('queued','sending','retrying','held')"
                 " AND j.state IN ('accepted','running') ORDER BY d.id"
             ).fetchall()
         )
@@ -339,7 +339,7 @@ class Jobs(Retention):
 
         def work() -> list[Change]:
             rows = self._db.execute(
-                "SELECT * FROM deliveries WHERE job_id=? AND state IN (?,?,?)",
+                "SELECT * FROM deliveries WHERE job_id=? AND state IN (?,?,?,?)",
                 (job_id, *PENDING),
             ).fetchall()
             changes = []

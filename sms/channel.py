@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 import phonenumbers
 
 from gateway.channel import Attempt, Limits, Outcome, Receipt, Reply, Reports, RetryPolicy
-from gateway.domain import DeliveryState, Job
+from gateway.domain import DeliveryState, Job, job_sender_id
 from gateway.errors import LinkDown, LinkUnavailable, PermanentError, TemporaryError
 from gateway.numbers import kind_of_e164, parse_e164, refusal
 from gateway.privacy import address_hash, mask_phone
@@ -204,7 +204,9 @@ class SmsChannel:
         except TooLong as exc:
             raise PermanentError("too_long", str(exc)) from exc
         validity = validity_period(min(remaining, self.config.max_validity))
-        ton, npi, source = self._sender
+        # The PLP's own sender id (directory), else the configured one.
+        sender_id = job_sender_id(attempt.options)
+        ton, npi, source = self._sender if sender_id is None else sender_address(sender_id)
         parts = [
             P.SubmitSm(ton, npi, source, TON_INTERNATIONAL, NPI_ISDN,
                        attempt.address.removeprefix("+"), enc.esm_class, enc.data_coding,

@@ -81,6 +81,7 @@ class SmtpScript:
 
     replies: dict[str, list[str]] = field(default_factory=dict)
     delay: float = 0.0
+    pipelining: bool = False  # offer PIPELINING (aiosmtpd reads pipelined commands in order)
 
 
 class _Handler:
@@ -90,6 +91,14 @@ class _Handler:
         self.attempts: dict[str, int] = {}
         self.lock = threading.Lock()
         self.changed = threading.Condition(self.lock)
+
+    async def handle_EHLO(
+        self, server: Any, session: Any, envelope: Any, hostname: str, responses: list[str]
+    ) -> list[str]:
+        session.host_name = hostname  # what aiosmtpd does itself when there is no hook
+        if self.script.pipelining:
+            responses.insert(-1, "250-PIPELINING")
+        return responses
 
     async def handle_RCPT(
         self, server: Any, session: Any, envelope: Any, address: str, rcpt_options: Any

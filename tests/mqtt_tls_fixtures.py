@@ -22,7 +22,13 @@ from gateway.simulator_process import free_port, wait_port
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "configs" / "mosquitto"
-USERS = ("gateway", "dispatch", "monitoring", "stranger")  # stranger: valid login, no ACL entry
+USERS = (
+    "gateway",
+    "dispatch",
+    "monitoring",
+    "directory-sync",
+    "stranger",
+)  # stranger: valid login, no ACL entry
 
 
 @dataclass(frozen=True)

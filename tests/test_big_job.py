@@ -1,18 +1,31 @@
 """A large job is stored in chunks, each sent once stored, and complete after its last chunk:
 a redelivery after a crash mid-intake resumes it, no member lost or doubled (both engines).
-The daemon killed mid-intake: tests/test_restart_recovery.py."""
+A large audience job (the PLP directory) goes the same way, its members' choices applied to
+each chunk. The daemon killed mid-intake: tests/test_restart_recovery.py."""
 
 from __future__ import annotations
 
 import json
+from collections import Counter
 from datetime import UTC, datetime
+from pathlib import Path
 
 from gateway.config import JobsConfig
+from gateway.directory import Audience, Member, Plp
 from gateway.domain import DeliveryState, JobState
-from gateway.jobs import content_hash, job_header, members, validate_job
+from gateway.jobs import (
+    Resolved,
+    content_hash,
+    job_header,
+    member_count,
+    members,
+    parse_job,
+    validate_job,
+)
 from gateway.rows import AddResult, job_to_body, member_json
-from gateway.store import SqlStore
-from tests.fixtures import email_job
+from gateway.store import SqliteStore, SqlStore
+from tests.conftest import GatewayFactory
+from tests.fixtures import Observer, SmtpServer, email_job
 from tests.fixtures import members as people
 
 EMAIL = frozenset({"email"})
@@ -65,3 +78,58 @@ def test_members_stored_after_a_cancel_are_never_sent(any_store: SqlStore) -> No
     late = store.add_members("closed", members(spec, 2, 4, "BE", {}), EMAIL, "{}")
     assert {r.state for r in late} == {DeliveryState.CANCELLED}
     assert store.pending_deliveries() == []
+
+
+def test_an_audience_jobs_members_chunk_by_chunk_are_its_members_whole() -> None:
+    # Two PLPs (refs `<plp>:<ref>`), recipients given inline first, then the directory's.
+    found = Audience(
+        members=tuple(
+            Member(plp, f"{plp}-{i}", "nl", email=f"{plp}{i}@example.be")
+            for plp in ("a", "b")
+            for i in range(5)
+        ),
+        plps={"a": Plp("a"), "b": Plp("b")},
+    )
+    job = email_job("mixed", people(3), audience={"plps": ["a", "b"]})
+    payload = json.dumps(job).encode()
+    resolved = Resolved(audience=found)
+    whole, spec = parse_job(payload, JobsConfig(), EMAIL, resolved=resolved)
+    assert member_count(spec, resolved) == len(whole.recipients) == 13
+    chunks = [members(spec, a, a + 4, "BE", {}, resolved) for a in range(0, 13, 4)]
+    assert [r for chunk in chunks for r in chunk] == list(whole.recipients)
+    assert whole.recipients[3].ref == "a:a-0" and whole.recipients[3].index == 3
+    header = job_header(spec, JobsConfig(), datetime.now(UTC), resolved)
+    assert header.options == whole.options and header.options["audience"]
+
+
+async def test_a_large_audience_job_goes_in_chunks_with_its_members_choices(
+    gateway: GatewayFactory, observer: Observer, smtp: SmtpServer, tmp_path: Path
+) -> None:
+    n = 1_050  # per PLP: 2,100 members, stored in two chunks (256, then 1,844)
+    plps = [f"p{k}" for k in range(2)]
+    directory = [
+        Member(plp, f"{plp}-{i:04d}", "fr", email=f"{plp}-{i}@example.be")
+        for plp in plps
+        for i in range(n)
+    ]
+    store = SqliteStore(tmp_path / "gateway.sqlite3")
+    try:
+        for plp in plps:
+            store.import_members(plp, [m for m in directory if m.plp == plp], plp=Plp(plp))
+        # The last member of all (in the last chunk) replied STOP.
+        store.set_cold_unsubscribed(plps[-1], directory[-1].ref, True)
+    finally:
+        store.close()
+    proc = gateway('[directory]\nquiet_hours = ""\ncold_daily_cap = 0\n')
+    job = email_job("town", [], priority="cold", audience={"plps": plps})
+    del job["recipients"]
+    await observer.publish_job(job)
+    proc.wait_log("job town: members 256 to 2099 stored")
+    await observer.wait_job("town", "done", timeout=120)
+    final = {e["ref"]: e["state"] for e in observer.events("town")}
+    stop = f"{plps[-1]}:{directory[-1].ref}"
+    assert len(final) == 2 * n and final.pop(stop) == "unsubscribed"
+    assert set(final.values()) == {"delivered"}
+    received = Counter(m.rcpts[0] for m in smtp.mailbox)
+    assert len(received) == 2 * n - 1 and set(received.values()) == {1}
+    assert directory[-1].email not in received

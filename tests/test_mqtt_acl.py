@@ -107,6 +107,31 @@ async def test_monitoring_reads_status_but_never_a_job(broker: TlsBroker) -> Non
         assert str(msg.topic) == "plp/gateway/gw1/health"
 
 
+async def test_only_the_gateway_reads_a_directory_list_and_only_directory_sync_sends_one(
+    broker: TlsBroker,
+) -> None:
+    async with (
+        connect(broker, "gateway") as gw,
+        connect(broker, "dispatch") as dispatch,
+        connect(broker, "monitoring") as mon,
+        connect(broker, "directory-sync") as central,
+    ):
+        await gw.subscribe("plp/directory/+/sync", qos=1)
+        await dispatch.subscribe("plp/#", qos=1)
+        await mon.subscribe("plp/#", qos=1)
+        await central.subscribe("plp/directory/+/result", qos=1)
+        # A list holds members' data: neither dispatch nor monitoring may read it (or forge one).
+        await dispatch.publish("plp/directory/a/sync", b'{"forged": 1}', qos=1)
+        await central.publish("plp/directory/a/sync", b'{"plp": "a"}', qos=1)
+        msg = await next_message(gw)
+        assert (str(msg.topic), msg.payload) == ("plp/directory/a/sync", b'{"plp": "a"}')
+        await gw.publish("plp/directory/a/result", b'{"ok": true}', qos=1)
+        assert str((await next_message(central)).topic) == "plp/directory/a/result"
+        await gw.publish("plp/gateway/gw1/health", b'{"state": "ready"}', qos=1)
+        assert str((await next_message(dispatch)).topic) == "plp/gateway/gw1/health"
+        assert str((await next_message(mon)).topic) == "plp/gateway/gw1/health"
+
+
 async def test_the_certificate_not_the_login_names_the_user(broker: TlsBroker) -> None:
     """Another user's name and password with one's own certificate give one's own rights:
     a monitoring certificate with the gateway's login still never reads a job."""

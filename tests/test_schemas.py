@@ -231,3 +231,25 @@ async def test_every_payload_of_a_batched_run_and_a_killed_gateway_validates(
     assert {e["state"] for e in events} >= {"sending", "delivered"}
     assert "delivery-event" not in by_name
     assert by_name["health"][-1]["state"] == "offline"
+
+
+def test_every_payload_of_the_demo_validates(tmp_path: Path) -> None:
+    """`plp-gateway demo` as a user runs it (e-mail, SMS and voice to 20 members, a reply, a
+    clean stop): every message it put on the broker validates against its topic's schema."""
+    workdir = tmp_path / "demo"
+    run = subprocess.run(
+        [sys.executable, "-m", "gateway", "demo", str(workdir)],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+    )
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    lines = (workdir / "mqtt.jsonl").read_text(encoding="utf-8").splitlines()
+    seen = [Seen(m["topic"], m["payload"].encode(), m["retain"]) for m in map(json.loads, lines)]
+    by_name = check(seen, set())
+    assert {"job", "job-status", "delivery-event", "health", "availability", "inbound-sms"} <= set(
+        by_name
+    ), sorted(by_name)
+    assert len(by_name["delivery-event"]) >= 60  # 20 members x 3 channels, each several changes

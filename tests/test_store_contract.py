@@ -207,9 +207,9 @@ def test_a_newer_schema_is_refused_with_a_precise_error(store_factory: StoreFact
         lambda: store._db.execute("INSERT INTO schema_version VALUES (?, ?)", (99, time.time()))
     )
     store.close()
+    known = len(MIGRATIONS)
     with pytest.raises(
-        SchemaTooNew,
-        match=rf"schema version 99, newer than this gateway knows \({len(MIGRATIONS)}\)",
+        SchemaTooNew, match=rf"schema version 99, newer than this gateway knows \({known}\)"
     ):
         store_factory()
 
@@ -218,12 +218,12 @@ def test_migrations_run_in_order_once(tmp_path: Path) -> None:
     v2 = ("ALTER TABLE deliveries ADD COLUMN lease_until {REAL}",)
     conn = sqlite3.connect(tmp_path / "m.sqlite3", isolation_level=None)
     db = SqliteDb(conn)
-    known = len(MIGRATIONS)
-    assert migrate(db, MIGRATIONS) == known
-    assert migrate(db, (*MIGRATIONS, v2)) == known + 1
-    assert migrate(db, (*MIGRATIONS, v2)) == known + 1  # at that version: nothing runs again
+    n = len(MIGRATIONS)
+    assert migrate(db, MIGRATIONS) == n
+    assert migrate(db, (*MIGRATIONS, v2)) == n + 1
+    assert migrate(db, (*MIGRATIONS, v2)) == n + 1  # at n + 1 already: nothing runs again
     versions = [r["version"] for r in db.execute("SELECT version FROM schema_version")]
-    assert versions == list(range(1, known + 2))
+    assert versions == list(range(1, n + 2))
     conn.execute("SELECT lease_until FROM deliveries")
     conn.close()
 
