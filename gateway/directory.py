@@ -142,12 +142,15 @@ def to_recipients(
     fallback: Mapping[str, str],
     numbers: Mapping[str, NumberPolicy],
     start: int = 0,
+    span: slice = slice(None),
 ) -> list[Recipient]:
-    """The audience's members as a job's recipients, from index `start` on. Addresses are the
-    directory's, already normalised; each phone channel's number policy is applied here."""
+    """The audience's members (those in `span`: a large job takes them chunk by chunk) as a
+    job's recipients, the first member's index `start`. Addresses are the directory's, already
+    normalised; each phone channel's number policy is applied here."""
     several = len({m.plp for m in audience.members}) > 1
     out: list[Recipient] = []
-    for i, m in enumerate(audience.members):
+    first = span.indices(len(audience.members))[0]
+    for i, m in enumerate(audience.members[span], first):
         chans = member_channels(channels, m)
         needed = set(chans) | {fallback[c] for c in chans if c in fallback}
         refused: frozenset[str] = frozenset()

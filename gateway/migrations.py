@@ -151,8 +151,12 @@ V3: tuple[str, ...] = (
     "CREATE INDEX IF NOT EXISTS deliveries_claim ON deliveries(state, channel, claimed_by)",
 )
 
+#: Version 4: a large job is stored in chunks (gateway.store_jobs `begin_job`, `add_members`):
+#: `complete` is 0 until its last chunk is in; a job is never done before (a redelivery resumes).
+V4: tuple[str, ...] = ("ALTER TABLE jobs ADD COLUMN complete INTEGER NOT NULL DEFAULT 1",)
+
 #: Every migration, in order: MIGRATIONS[i] brings the schema from version i to i + 1.
-MIGRATIONS: tuple[tuple[str, ...], ...] = (V1, V2, V3)
+MIGRATIONS: tuple[tuple[str, ...], ...] = (V1, V2, V3, V4)
 
 _VERSION_TABLE = (
     "CREATE TABLE IF NOT EXISTS schema_version"

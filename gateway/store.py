@@ -105,7 +105,7 @@ class SqlStore(DirectoryStore, Jobs, ClusterClaims):
             return None
         cur = self._db.execute(
             "UPDATE jobs SET state='done', updated_at=?, finished_at=?"
-            " WHERE id=? AND state='running'",
+            " WHERE id=? AND state='running' AND complete=1",
             (now, now, job_id),
         )
         return JobState.DONE if cur.rowcount else None
@@ -127,7 +127,8 @@ class SqlStore(DirectoryStore, Jobs, ClusterClaims):
         def work() -> list[tuple[str, int]]:
             rows = self._db.execute(
                 "SELECT j.id, (SELECT count(*) FROM deliveries s WHERE s.job_id=j.id"  # noqa: S608
-                " AND s.state='sent') AS unreceipted FROM jobs j WHERE j.state='running'"
+                " AND s.state='sent') AS unreceipted FROM jobs j"
+                " WHERE j.state='running' AND j.complete=1"
                 " AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.job_id=j.id AND"
                 " (d.state IN ('queued','sending','retrying','held') OR (d.state='sent' AND"
                 f" d.updated_at > (CASE d.channel {cutoff} ELSE -1e300 END))))",

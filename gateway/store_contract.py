@@ -11,7 +11,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol, TypeVar
 
 from .directory import Audience, Member, Plp
-from .domain import DeliveryState, Job, JobState, Priority
+from .domain import DeliveryState, Job, JobState, Priority, Recipient
 from .rows import AddResult, Change, DeliveryRow, JobRow
 from .signing import SeenNonce
 from .store_cluster import NodeRow, Reaped
@@ -42,6 +42,19 @@ class StoreContract(Protocol):
         enabled_channels: frozenset[str],
         now: float | None = None,
     ) -> tuple[AddResult, list[DeliveryRow]]: ...
+
+    def begin_job(
+        self, job: Job, content_hash: str, now: float | None = None
+    ) -> tuple[AddResult, int]: ...
+
+    def add_members(
+        self,
+        job_id: str,
+        recipients: Sequence[Recipient],
+        enabled_channels: frozenset[str],
+        body: str | None = None,
+        now: float | None = None,
+    ) -> list[DeliveryRow]: ...
 
     def add_fallback(
         self, delivery_id: int, channel: str, enabled: frozenset[str]

@@ -4,6 +4,7 @@ closed (cancel, expiry), and a member's fallback delivery."""
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from .domain import DeliveryState, Job, JobState, Priority, Recipient
@@ -23,6 +24,12 @@ from .rows import (
 from .store_retention import Retention
 
 PENDING = ("queued", "sending", "retrying", "held")
+
+# Members stored after their job was closed (a cancel or the expiry during a large intake).
+_CLOSED = {
+    JobState.CANCELLED: (DeliveryState.CANCELLED, "cancelled"),
+    JobState.EXPIRED: (DeliveryState.EXPIRED, "expired"),
+}
 
 # One bit per delivery state, for grouping members by their set of states in SQL.
 _BITS = {state: 1 << i for i, state in enumerate(DeliveryState)}
@@ -96,6 +103,99 @@ class Jobs(Retention):
             return AddResult.NEW, [row_to_delivery(row) for row in rows]
 
         result: tuple[AddResult, list[DeliveryRow]] = self._tx(work, durable=True)
+        return result
+
+    def begin_job(
+        self, job: Job, content_hash: str, now: float | None = None
+    ) -> tuple[AddResult, int]:
+        """Store a large job's header, durably, before its members (`add_members`, in chunks).
+
+        NEW with how many members are already stored: 0, or where a redelivery resumes after
+        a crash mid-intake (same content, header in, not complete). DUPLICATE once complete,
+        CONFLICT for other content under the same id."""
+        now = now or time.time()
+
+        def work() -> tuple[AddResult, int]:
+            existing = self._db.execute(
+                "SELECT content_hash, complete FROM jobs WHERE id = ?", (job.id,)
+            ).fetchone()
+            if existing is None and (buried := self._tombstone(job.id)) is not None:
+                same = buried["content_hash"] == content_hash
+                return (AddResult.DUPLICATE if same else AddResult.CONFLICT), 0
+            if existing is not None:
+                if existing["content_hash"] != content_hash:
+                    return AddResult.CONFLICT, 0
+                if existing["complete"]:
+                    return AddResult.DUPLICATE, 0
+                # Each chunk is one transaction and chunks go in order: the members stored
+                # are exactly those up to the highest index.
+                top = self._db.execute(
+                    "SELECT max(rindex) AS top FROM deliveries WHERE job_id=?", (job.id,)
+                ).fetchone()
+                return AddResult.NEW, (0 if top["top"] is None else int(top["top"]) + 1)
+            self._db.execute(
+                "INSERT INTO jobs(id, content_hash, priority, test, state, body, created_at,"
+                " updated_at, expires_at, complete) VALUES (?,?,?,?,?,?,?,?,?,0)",
+                (
+                    job.id,
+                    content_hash,
+                    int(job.priority),
+                    int(job.test),
+                    JobState.ACCEPTED.value,
+                    job_to_body(job),
+                    now,
+                    now,
+                    job.expires_at.timestamp(),
+                ),
+            )
+            return AddResult.NEW, 0
+
+        result: tuple[AddResult, int] = self._tx(work, durable=True)
+        return result
+
+    def add_members(
+        self,
+        job_id: str,
+        recipients: Sequence[Recipient],
+        enabled_channels: frozenset[str],
+        body: str | None = None,
+        now: float | None = None,
+    ) -> list[DeliveryRow]:
+        """Store a chunk of a large job's members (their deliveries), durably. `body`, the
+        whole job's (`job_to_body`), comes with the last chunk and marks the job complete.
+
+        A chunk stored after the job was cancelled or expired gets that final state: no
+        member of a closed job is sent."""
+        now = now or time.time()
+
+        def work() -> list[DeliveryRow]:
+            job = self._db.execute("SELECT state FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            if job is None:
+                raise StoreError(f"no job {job_id}")
+            closed = _CLOSED.get(JobState(job["state"]))
+            start = self._db.execute("SELECT max(id) AS top FROM deliveries").fetchone()["top"]
+            params = [
+                _delivery_params(job_id, r, channel, enabled_channels, now)
+                for r in recipients
+                for channel in r.channels
+            ]
+            if closed is not None:
+                state, reason = closed
+                params = [(*p[:7], state.value, reason, *p[9:]) for p in params]
+            self._db.executemany(_INSERT_DELIVERY, params)
+            # Ids grow in insertion order: this chunk's rows are the job's past `start`.
+            rows = self._db.execute(
+                "SELECT * FROM deliveries WHERE id > ? AND job_id=? ORDER BY id",
+                (start or 0, job_id),
+            ).fetchall()
+            if body is not None:
+                self._db.execute(
+                    "UPDATE jobs SET body=?, complete=1, updated_at=? WHERE id=?",
+                    (body, now, job_id),
+                )
+            return [row_to_delivery(row) for row in rows]
+
+        result: list[DeliveryRow] = self._tx(work, durable=True)
         return result
 
     def add_fallback(

@@ -4,9 +4,11 @@ PostgreSQL restarted. Every test runs the daemon on SQLite and on PostgreSQL."""
 from __future__ import annotations
 
 import json
+import random
 import sqlite3
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -116,6 +118,67 @@ async def test_killed_between_receipt_and_commit_the_job_is_delivered_again(
     await observer.publish("plp/jobs/crash-1/cancel", json.dumps({"reason": "test over"}))
     status = await observer.wait_job("crash-1", "cancelled", timeout=60)
     assert status["deliveries"] == 15_000
+
+
+def query(tmp_path: Path, store_url: str | None, sql: str, *params: object) -> tuple[Any, ...]:
+    """One row of `sql` (`?` placeholders) from the daemon's store, on either engine."""
+    if store_url is None:
+        db = sqlite3.connect(tmp_path / "gateway.sqlite3")
+        try:
+            row: tuple[Any, ...] = db.execute(sql, params).fetchone()
+        finally:
+            db.close()
+        return row
+    with psycopg.connect(store_url) as conn:
+        found = conn.execute(sql.replace("?", "%s"), params).fetchone()
+    assert found is not None
+    return tuple(found)
+
+
+async def test_kill_9_mid_intake_of_a_large_job_then_redelivery_loses_and_doubles_no_member(
+    gateway: GatewayFactory,
+    observer: Observer,
+    smtp: SmtpServer,
+    tmp_path: Path,
+    store_url: str | None,
+) -> None:
+    # Stored in chunks: members 0-255, then 2,000 at a time; each chunk is sent once stored.
+    total, boundaries = 6_256, [256, 2_256, 4_256, 6_256]
+    smtp.script.delay = 0.01
+    proc = gateway()
+    chunk = random.randrange(len(boundaries) - 1)  # the kill lands in the chunk after it
+    await observer.publish_job(email_job("municipality", members(total), priority="cold"))
+    last = boundaries[chunk] - 1
+    proc.wait_log(f"job municipality: members {boundaries[chunk - 1] if chunk else 0} to {last}")
+    proc.kill()
+    stored, complete = query(
+        tmp_path,
+        store_url,
+        "SELECT (SELECT count(*) FROM deliveries WHERE job_id=?), complete FROM jobs WHERE id=?",
+        "municipality",
+        "municipality",
+    )
+    assert not complete, f"killed after chunk {chunk}: the job must not be complete yet"
+    assert stored in boundaries[chunk:-1], "a chunk is stored whole or not at all"
+
+    gateway()  # the broker delivers the unacknowledged job again: its intake resumes
+    await observer.wait(
+        lambda: (observer.status("municipality") or {}).get("deliveries") == total, timeout=120
+    )
+    rows, members_stored, complete = query(
+        tmp_path,
+        store_url,
+        "SELECT count(*), count(DISTINCT rindex), min(j.complete) FROM deliveries d"
+        " JOIN jobs j ON j.id = d.job_id WHERE d.job_id=?",
+        "municipality",
+    )
+    assert (rows, members_stored, complete) == (total, total, 1), "none lost, none doubled"
+    await observer.publish("plp/jobs/municipality/cancel", json.dumps({"reason": "test over"}))
+    await observer.wait_job("municipality", "cancelled", timeout=60)
+    counts = Counter(m.rcpts[0] for m in smtp.mailbox)
+    # Only attempts in flight at the kill (at most the SMTP concurrency, 4) may be resent.
+    assert sum(1 for n in counts.values() if n > 1) <= 4
+    assert all(n <= 2 for n in counts.values())
 
 
 @pytest.mark.parametrize("store_url", ["postgresql"], indirect=True)

@@ -1,0 +1,139 @@
+"""A large job is stored in chunks, each sent once stored, and complete after its last chunk:
+a redelivery after a crash mid-intake resumes it, no member lost or doubled (both engines).
+A large audience job (the PLP directory) goes the same way, its members' choices applied to
+each chunk. The daemon killed mid-intake: tests/test_restart_recovery.py."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from datetime import UTC, datetime
+from pathlib import Path
+
+from gateway.config import JobsConfig
+from gateway.directory import Audience, Member, Plp
+from gateway.domain import DeliveryState, JobState
+from gateway.jobs import (
+    Resolved,
+    content_hash,
+    job_header,
+    member_count,
+    members,
+    parse_job,
+    validate_job,
+)
+from gateway.rows import AddResult, job_to_body, member_json
+from gateway.store import SqliteStore, SqlStore
+from tests.conftest import GatewayFactory
+from tests.fixtures import Observer, SmtpServer, email_job
+from tests.fixtures import members as people
+
+EMAIL = frozenset({"email"})
+
+
+def test_a_chunked_job_resumes_after_a_crash_and_is_never_done_before_its_last_chunk(
+    any_store: SqlStore,
+) -> None:
+    store = any_store
+    payload = json.dumps(email_job("big", people(30))).encode()
+    spec = validate_job(payload, JobsConfig(), EMAIL)
+    header = job_header(spec, JobsConfig(), datetime.now(UTC))
+    digest = content_hash(payload)
+    assert store.begin_job(header, digest) == (AddResult.NEW, 0)
+    first = store.add_members("big", members(spec, 0, 10, "BE", {}), EMAIL)
+    assert [r.rindex for r in first] == list(range(10))
+    # Every stored member is final, but the job is not complete: not done.
+    for row in first:
+        store.transition(row.id, DeliveryState.SENDING)
+        store.transition(row.id, DeliveryState.DELIVERED)
+    assert store.transition_job_if_done("big") is None
+    assert store.finish_receipt_waits({"email": 0.0}) == []
+    job_row = store.job_row("big")
+    assert job_row is not None and job_row.state is JobState.RUNNING
+
+    # The daemon dies here; the broker delivers the job again: the intake resumes at 10.
+    assert store.begin_job(header, digest) == (AddResult.NEW, 10)
+    assert store.begin_job(header, "other content")[0] is AddResult.CONFLICT
+    rest = members(spec, 10, 30, "BE", {})
+    body = job_to_body(header, [member_json(r) for r in members(spec, 0, 30, "BE", {})])
+    second = store.add_members("big", rest, EMAIL, body)
+    assert [r.rindex for r in second] == list(range(10, 30))
+    assert store.begin_job(header, digest) == (AddResult.DUPLICATE, 0)
+
+    stored = store.deliveries("big")
+    assert sorted(d.rindex for d in stored) == list(range(30)), "none lost, none doubled"
+    job = store.job("big")
+    assert job is not None and [r.ref for r in job.recipients] == [f"m-{i:05d}" for i in range(30)]
+    assert store.transition_job_if_done("big") is None  # 20 members still queued
+
+
+def test_members_stored_after_a_cancel_are_never_sent(any_store: SqlStore) -> None:
+    store = any_store
+    payload = json.dumps(email_job("closed", people(4))).encode()
+    spec = validate_job(payload, JobsConfig(), EMAIL)
+    header = job_header(spec, JobsConfig(), datetime.now(UTC))
+    store.begin_job(header, content_hash(payload))
+    store.add_members("closed", members(spec, 0, 2, "BE", {}), EMAIL)
+    store.close_job("closed", JobState.CANCELLED, DeliveryState.CANCELLED, "cancelled")
+    late = store.add_members("closed", members(spec, 2, 4, "BE", {}), EMAIL, "{}")
+    assert {r.state for r in late} == {DeliveryState.CANCELLED}
+    assert store.pending_deliveries() == []
+
+
+def test_an_audience_jobs_members_chunk_by_chunk_are_its_members_whole() -> None:
+    # Two PLPs (refs `<plp>:<ref>`), recipients given inline first, then the directory's.
+    found = Audience(
+        members=tuple(
+            Member(plp, f"{plp}-{i}", "nl", email=f"{plp}{i}@example.be")
+            for plp in ("a", "b")
+            for i in range(5)
+        ),
+        plps={"a": Plp("a"), "b": Plp("b")},
+    )
+    job = email_job("mixed", people(3), audience={"plps": ["a", "b"]})
+    payload = json.dumps(job).encode()
+    resolved = Resolved(audience=found)
+    whole, spec = parse_job(payload, JobsConfig(), EMAIL, resolved=resolved)
+    assert member_count(spec, resolved) == len(whole.recipients) == 13
+    chunks = [members(spec, a, a + 4, "BE", {}, resolved) for a in range(0, 13, 4)]
+    assert [r for chunk in chunks for r in chunk] == list(whole.recipients)
+    assert whole.recipients[3].ref == "a:a-0" and whole.recipients[3].index == 3
+    header = job_header(spec, JobsConfig(), datetime.now(UTC), resolved)
+    assert header.options == whole.options and header.options["audience"]
+
+
+async def test_a_large_audience_job_is_stored_whole_with_its_members_choices(
+    gateway: GatewayFactory, observer: Observer, smtp: SmtpServer, tmp_path: Path
+) -> None:
+    # Per PLP: 2,100 members, more than a chunk, yet stored in one transaction: members from
+    # the directory are never chunked (a resume by position after a directory change could
+    # lose or double a member).
+    n = 1_050
+    plps = [f"p{k}" for k in range(2)]
+    directory = [
+        Member(plp, f"{plp}-{i:04d}", "fr", email=f"{plp}-{i}@example.be")
+        for plp in plps
+        for i in range(n)
+    ]
+    store = SqliteStore(tmp_path / "gateway.sqlite3")
+    try:
+        for plp in plps:
+            store.import_members(plp, [m for m in directory if m.plp == plp], plp=Plp(plp))
+        # The last member of all (in the last chunk) replied STOP.
+        store.set_cold_unsubscribed(plps[-1], directory[-1].ref, True)
+    finally:
+        store.close()
+    proc = gateway('[directory]\nquiet_hours = ""\ncold_daily_cap = 0\n')
+    job = email_job("town", [], priority="cold", audience={"plps": plps})
+    del job["recipients"]
+    await observer.publish_job(job)
+    proc.wait_log("job town accepted", timeout=120)
+    assert "job town: members" not in proc.log()  # one transaction, no chunks
+    await observer.wait_job("town", "done", timeout=120)
+    final = {e["ref"]: e["state"] for e in observer.events("town")}
+    stop = f"{plps[-1]}:{directory[-1].ref}"
+    assert len(final) == 2 * n and final.pop(stop) == "unsubscribed"
+    assert set(final.values()) == {"delivered"}
+    received = Counter(m.rcpts[0] for m in smtp.mailbox)
+    assert len(received) == 2 * n - 1 and set(received.values()) == {1}
+    assert directory[-1].email not in received
