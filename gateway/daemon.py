@@ -243,8 +243,10 @@ class Gateway:
         self.publish_health()
 
     async def _on_connect(self) -> None:
-        # Health first; the job link then says `online` itself, beside its will (MqttLink).
+        # Health first, confirmed; the job link then says `online` itself, beside its will
+        # (MqttLink): a monitor that sees `online` reads this start's health, not an older one.
         self.publish_health()
+        await self.presence.sent(2)
         if self.discovery is not None:
             # Retained, on the health link like the topics they read (a duplicate process
             # of this node sends none); again at each connect, for a broker that lost them.

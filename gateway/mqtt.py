@@ -261,7 +261,11 @@ class MqttLink:
             await asyncio.sleep(delay)
             delay = min(delay * 2, self._cfg.reconnect_max_delay)
 
+    _farewell = False  # `offline` said on a clean stop: no `online` after it
+
     async def _announce(self, client: aiomqtt.Client, *, online: bool) -> None:
+        if online and self._farewell:
+            return
         will = self._will
         payload = b"online" if online else will.payload
         await client.publish(will.topic, payload, qos=will.qos, retain=will.retain)
@@ -269,6 +273,7 @@ class MqttLink:
     async def say_offline(self, timeout: float) -> bool:
         """A clean stop sends no will: publish it ourselves, on the job connection, before
         closing it. True once the broker confirmed it."""
+        self._farewell = True
         client = self._client
         if client is None or not self.connected.is_set():
             return False

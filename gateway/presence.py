@@ -83,6 +83,8 @@ class Presence:
         self._last: dict[str, bytes] = {}  # topic -> latest payload (health, availability)
         self._pending: dict[str, bytes] = {}  # not sent yet, in order
         self._dirty = asyncio.Event()
+        self._idle = asyncio.Event()  # set while everything published is confirmed
+        self._idle.set()
         self._claims: set[bytes] = set()  # payloads published during the current claim
         self._client: aiomqtt.Client | None = None
         self._closing = False
@@ -97,7 +99,18 @@ class Presence:
         self._last[topic] = data
         self._pending.pop(topic, None)
         self._pending[topic] = data
+        self._idle.clear()
         self._dirty.set()
+
+    async def sent(self, timeout: float) -> bool:
+        """Wait until what was published is confirmed by the broker (bounded); True if so.
+        The daemon announces `online` (on the job connection) only after its health."""
+        try:
+            async with asyncio.timeout(timeout):
+                await self._idle.wait()
+        except TimeoutError:
+            return False
+        return True
 
     async def close(self) -> None:
         """Publish the last health and availability (best effort, bounded), then stop
@@ -166,6 +179,8 @@ class Presence:
                 if self.role is Role.CLAIMING and topic == self._topics.health:
                     self._claims.add(payload)
                 await client.publish(topic, payload, qos=1, retain=True, timeout=10)
+            if not self._pending:
+                self._idle.set()
 
     async def _serve(self, client: aiomqtt.Client) -> None:
         messages = client.messages
