@@ -206,7 +206,8 @@ class Intake:
             # So is a job whose members come from the store (an audience, a follow-up): a
             # redelivery after a crash mid-intake resumes by position, and a directory
             # changed in between would shift the positions (a member lost, another doubled).
-            if total <= CHUNK_MEMBERS or spec.fallback or resolved is not None:
+            from_store = spec.audience is not None or spec.follows is not None
+            if total <= CHUNK_MEMBERS or spec.fallback or from_store:
                 chunk = await self._members(spec, resolved, 0, total)
                 job = replace(header, recipients=tuple(chunk))
                 result, rows = await self._store.run(
