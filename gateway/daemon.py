@@ -160,6 +160,7 @@ class Gateway:
         self.intake.directory = config.directory
         self.scheduler.directory = config.directory
         self.link.set_handlers(self.intake.handle, self._on_connect)
+        self.link.on_intake = self.publish_health
         self.ready_hooks: list[Callable[[], None]] = []
         self.notifier = Notifier.from_env()
         self.watchdog = Watchdog(self.notifier, self._alive)
@@ -187,6 +188,14 @@ class Gateway:
         if self.presence.role in (Role.STANDBY, Role.DUPLICATE):
             return "conflict"
         if self.presence.role is Role.CLAIMING or not self.link.connects:
+            return "starting"
+        if (
+            self.presence.role is Role.SERVING
+            and self.link.connected.is_set()
+            and not self.link.taking_jobs
+        ):
+            # A standby taking over: `ready` once the broker confirmed its job subscription,
+            # so that nobody reads it ready (and publishes to it) before jobs reach it.
             return "starting"
         down = self.link.state != "up" or any(
             ch.health().get("state") in _DOWN for ch in self.channels.values()

@@ -162,6 +162,14 @@ class MqttLink:
         self._subscribed = on
 
     _subscribed = False
+    #: Called once the broker confirmed a change of the job subscription (the health then
+    #: says `ready` only when jobs really reach this gateway).
+    on_intake: Callable[[], None] | None = None
+
+    @property
+    def taking_jobs(self) -> bool:
+        """Connected, and the broker confirmed the job subscription."""
+        return self.connected.is_set() and self._subscribed
 
     async def _keep_subscriptions(self, client: aiomqtt.Client) -> None:
         while True:
@@ -170,6 +178,8 @@ class MqttLink:
             if self._intake != self._subscribed:
                 await self._sync_subscriptions(client)
                 log.info("job intake %s", "on" if self._subscribed else "off")
+                if self.on_intake is not None:
+                    self.on_intake()
 
     def ack(self, message: aiomqtt.Message) -> None:
         """Acknowledge a QoS>0 message: call only once it is safely stored."""
