@@ -40,12 +40,46 @@ _STATE_BITS = (
 )
 
 
+def _verdict(stored: Any, content_hash: str) -> AddResult:
+    """A job id already stored (or buried): the same content is a duplicate, other content a
+    conflict (the first stands)."""
+    return AddResult.DUPLICATE if stored["content_hash"] == content_hash else AddResult.CONFLICT
+
+
 def _states_of(mask: int) -> frozenset[DeliveryState]:
     return frozenset(state for state, bit in _BITS.items() if mask & bit)
 
 
 class Jobs(Retention):
     # -- jobs ---------------------------------------------------------------------------
+    def _insert_job(self, job: Job, content_hash: str, now: float, *, complete: bool) -> bool:
+        """The job's row; False when another writer stored that id first. Two nodes may store
+        the same id at once (several nodes, gateway.cluster): the unique key decides, and the
+        later one waits for the first's commit and finds it (a clean verdict, not an error).
+        `complete` is False for a large job whose members follow in chunks."""
+        inserted = self._db.execute(
+            "INSERT INTO jobs(id, content_hash, priority, test, state, body, created_at,"
+            " updated_at, expires_at, complete) VALUES (?,?,?,?,?,?,?,?,?,?)"
+            " ON CONFLICT (id) DO NOTHING",
+            (
+                job.id,
+                content_hash,
+                int(job.priority),
+                int(job.test),
+                JobState.ACCEPTED.value,
+                job_to_body(job),
+                now,
+                now,
+                job.expires_at.timestamp(),
+                int(complete),
+            ),
+        )
+        return inserted.rowcount != 0
+
+    def _verdict_of(self, job_id: str, content_hash: str) -> AddResult:
+        first = self._db.execute("SELECT content_hash FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        return AddResult.CONFLICT if first is None else _verdict(first, content_hash)
+
     def add_job(
         self,
         job: Job,
@@ -61,33 +95,9 @@ class Jobs(Retention):
                 "SELECT content_hash FROM jobs WHERE id = ?", (job.id,)
             ).fetchone() or self._tombstone(job.id)
             if existing is not None:
-                same = existing["content_hash"] == content_hash
-                return (AddResult.DUPLICATE if same else AddResult.CONFLICT), []
-            # Two nodes may store the same id at once (several nodes, gateway.cluster): the
-            # unique key decides, and the later one waits for the first's commit and finds
-            # it (a clean DUPLICATE, not an error).
-            inserted = self._db.execute(
-                "INSERT INTO jobs(id, content_hash, priority, test, state, body, created_at,"
-                " updated_at, expires_at) VALUES (?,?,?,?,?,?,?,?,?)"
-                " ON CONFLICT (id) DO NOTHING",
-                (
-                    job.id,
-                    content_hash,
-                    int(job.priority),
-                    int(job.test),
-                    JobState.ACCEPTED.value,
-                    job_to_body(job),
-                    now,
-                    now,
-                    job.expires_at.timestamp(),
-                ),
-            )
-            if inserted.rowcount == 0:
-                first = self._db.execute(
-                    "SELECT content_hash FROM jobs WHERE id = ?", (job.id,)
-                ).fetchone()
-                same = first is not None and first["content_hash"] == content_hash
-                return (AddResult.DUPLICATE if same else AddResult.CONFLICT), []
+                return _verdict(existing, content_hash), []
+            if not self._insert_job(job, content_hash, now, complete=True):
+                return self._verdict_of(job.id, content_hash), []
             params = [
                 _delivery_params(job.id, r, channel, enabled_channels, now)
                 for r in job.recipients
@@ -120,8 +130,7 @@ class Jobs(Retention):
                 "SELECT content_hash, complete FROM jobs WHERE id = ?", (job.id,)
             ).fetchone()
             if existing is None and (buried := self._tombstone(job.id)) is not None:
-                same = buried["content_hash"] == content_hash
-                return (AddResult.DUPLICATE if same else AddResult.CONFLICT), 0
+                return _verdict(buried, content_hash), 0
             if existing is not None:
                 if existing["content_hash"] != content_hash:
                     return AddResult.CONFLICT, 0
@@ -133,21 +142,8 @@ class Jobs(Retention):
                     "SELECT max(rindex) AS top FROM deliveries WHERE job_id=?", (job.id,)
                 ).fetchone()
                 return AddResult.NEW, (0 if top["top"] is None else int(top["top"]) + 1)
-            self._db.execute(
-                "INSERT INTO jobs(id, content_hash, priority, test, state, body, created_at,"
-                " updated_at, expires_at, complete) VALUES (?,?,?,?,?,?,?,?,?,0)",
-                (
-                    job.id,
-                    content_hash,
-                    int(job.priority),
-                    int(job.test),
-                    JobState.ACCEPTED.value,
-                    job_to_body(job),
-                    now,
-                    now,
-                    job.expires_at.timestamp(),
-                ),
-            )
+            if not self._insert_job(job, content_hash, now, complete=False):
+                return self._verdict_of(job.id, content_hash), 0
             return AddResult.NEW, 0
 
         result: tuple[AddResult, int] = self._tx(work, durable=True)

@@ -95,4 +95,5 @@ def test_the_checks_catch_what_they_guard_against() -> None:
     assert _MACHINE_PATH.search("exec /" + "work/venv/bin/python bench.py")
     assert _MACHINE_PATH.search("see /" + "home/alice/plp/docs")
     assert not _MACHINE_PATH.search("/var/lib/plp-gateway/gateway.sqlite3")
-    assert not _MACHINE_PATH.search("~/work/x and ./work/y and a/work/z")
+    # Relative forms are no machine's path (spelled in pieces, as above).
+    assert not _MACHINE_PATH.search("~/" + "work/x and ./" + "work/y and a/" + "work/z")
