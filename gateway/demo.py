@@ -233,16 +233,39 @@ class _Recorder:
         self._out.close()
 
 
+def start_broker(workdir: Path, port: int, procs: list[subprocess.Popen[bytes]]) -> None:
+    """A private mosquitto on 127.0.0.1:`port` (set_tcp_nodelay: see docs/benchmarks.md),
+    appended to `procs`; returns once it listens."""
+    conf = workdir / "mosquitto.conf"
+    conf.write_text(
+        f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
+        "set_tcp_nodelay true\n"
+    )
+    procs.append(
+        subprocess.Popen(
+            ["mosquitto", "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+    )
+    wait_port(port)
+
+
+def stop_all(procs: list[subprocess.Popen[bytes]], smtp: Controller) -> None:
+    """End the demo's processes, the last started first, and its SMTP sink."""
+    for p in reversed(procs):
+        if p.poll() is None:
+            p.terminate()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                p.wait(10)
+    with contextlib.suppress(Exception):
+        smtp.stop()
+
+
 def run_demo(workdir: Path) -> int:
     if workdir.exists():
         shutil.rmtree(workdir)
     (workdir / "mail").mkdir(parents=True)
     procs: list[subprocess.Popen[bytes]] = []
     mqtt_port, smtp_port = free_port(), free_port()
-    (workdir / "mosquitto.conf").write_text(
-        f"listener {mqtt_port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
-        "set_tcp_nodelay true\n"
-    )
     sink = _MailSink(workdir / "mail")
     smtp = Controller(sink, hostname="127.0.0.1", port=smtp_port)
     config_path = workdir / "gateway.toml"
@@ -262,14 +285,7 @@ def run_demo(workdir: Path) -> int:
         fh.write(voice_toml)
     try:
         print(f"demo: mosquitto on 127.0.0.1:{mqtt_port}, SMTP sink on 127.0.0.1:{smtp_port}")
-        procs.append(
-            subprocess.Popen(
-                ["mosquitto", "-c", str(workdir / "mosquitto.conf")],
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            )
-        )
-        wait_port(mqtt_port)
+        start_broker(workdir, mqtt_port, procs)
         recorder = _Recorder(mqtt_port, workdir / "mqtt.jsonl")
         smtp.start()
         smsc = _Smsc(workdir)
@@ -309,13 +325,7 @@ def run_demo(workdir: Path) -> int:
         # One member has an invalid address on purpose: the job still ends "done".
         return 0 if rc in (0, 1) and code == 0 else 1
     finally:
-        for p in reversed(procs):
-            if p.poll() is None:
-                p.terminate()
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    p.wait(10)
-        with contextlib.suppress(Exception):
-            smtp.stop()
+        stop_all(procs, smtp)
 
 
 def main(argv: list[str] | None = None) -> int:

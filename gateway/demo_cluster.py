@@ -22,9 +22,9 @@ from aiosmtpd.controller import Controller
 
 from .cluster import print_cluster
 from .config import load_config
-from .demo import LANGS, _MailSink, _Smsc, _wait_online
+from .demo import LANGS, _MailSink, _Smsc, _wait_online, start_broker, stop_all
 from .follow import follow_job
-from .simulator_process import free_port, wait_port
+from .simulator_process import free_port
 
 LEASE = 6.0  # short, so that the takeover shows within the demo
 
@@ -63,21 +63,11 @@ def run_cluster_demo(workdir: Path, n_nodes: int, store_url: str, members: int =
     (workdir / "mail").mkdir(parents=True)
     procs: list[subprocess.Popen[bytes]] = []
     mqtt_port, smtp_port = free_port(), free_port()
-    (workdir / "mosquitto.conf").write_text(
-        f"listener {mqtt_port} 127.0.0.1\nallow_anonymous true\nset_tcp_nodelay true\n"
-    )
     sink = _MailSink(workdir / "mail")
     smtp = Controller(sink, hostname="127.0.0.1", port=smtp_port)
     nodes: dict[str, subprocess.Popen[bytes]] = {}
     try:
-        procs.append(
-            subprocess.Popen(
-                ["mosquitto", "-c", str(workdir / "mosquitto.conf")],
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            )
-        )
-        wait_port(mqtt_port)
+        start_broker(workdir, mqtt_port, procs)
         smtp.start()
         smsc = _Smsc(workdir)
         smsc.start()
@@ -149,10 +139,4 @@ def run_cluster_demo(workdir: Path, n_nodes: int, store_url: str, members: int =
         print("      (a few more than one each: the killed node's attempts in flight)")
         return 0 if rc in (0, 1) else 1
     finally:
-        for p in reversed(procs):
-            if p.poll() is None:
-                p.terminate()
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    p.wait(10)
-        with contextlib.suppress(Exception):
-            smtp.stop()
+        stop_all(procs, smtp)
