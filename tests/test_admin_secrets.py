@@ -4,25 +4,13 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 from tests.conftest import GatewayFactory
-from tests.fixtures import ROOT, Observer, SmtpServer, email_job, members
+from tests.fixtures import Observer, SmtpServer, email_job, members
+from tests.test_cli import plp_gateway
 
 CREDENTIALS = "/nonexistent/run/credentials/plp-gateway.service"
-
-
-def plp_gateway(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "gateway", *args],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        check=False,
-        timeout=60,
-    )
 
 
 def with_credentials(config: Path) -> Path:

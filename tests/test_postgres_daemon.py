@@ -5,8 +5,6 @@ stops the gateway (exit 1, for systemd to start it again) and loses no job."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import time
 
 import pytest
@@ -15,8 +13,9 @@ from gateway.exit_codes import ExitCode
 from gateway.migrations import MIGRATIONS
 from gateway.store_pg import PostgresStore
 from tests.conftest import GatewayFactory
-from tests.fixtures import ROOT, Observer, SmtpServer, email_job, members
+from tests.fixtures import Observer, SmtpServer, email_job, members
 from tests.pg_fixtures import PostgresServer
+from tests.test_cli import plp_gateway
 
 PASSWORD = "s3cret-pw"
 
@@ -26,17 +25,6 @@ def gateway_store_toml(pg_url: str, monkeypatch: pytest.MonkeyPatch) -> str:
     # The daemon reads the URL, password included, from the environment (a secret).
     monkeypatch.setenv("PLP_TEST_STORE_URL", pg_url.replace("://plp@", f"://plp:{PASSWORD}@"))
     return 'url = "env:PLP_TEST_STORE_URL"\nreconnect_timeout = 1\n'
-
-
-def plp_gateway(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "gateway", *args],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        check=False,
-        timeout=60,
-    )
 
 
 async def test_check_config_status_and_purge_on_postgresql(
