@@ -15,6 +15,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import aiomqtt
+
 from . import (
     __version__,
     schemas,  # light: the models are imported only to print a schema
@@ -465,7 +467,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Likewise, so that `tts --help` shows the tts options.
         return cmd_tts(argparse.Namespace(rest=argv[1:]))
     args = parser().parse_args(argv)
-    result: int = args.func(args)
+    try:
+        result: int = args.func(args)
+    except aiomqtt.MqttError as exc:
+        # A command that talks to the broker (send, cancel, watch...) and cannot reach it:
+        # one line, no traceback, exit 1 (the broker may come back: worth trying again).
+        print(f"plp-gateway {argv[0]}: MQTT broker unreachable: {exc}", file=sys.stderr)
+        return int(ExitCode.FAILURE)
     return result
 
 

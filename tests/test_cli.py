@@ -174,3 +174,30 @@ def test_init_refuses_to_overwrite_unless_forced(
     assert cli_main(["init", str(dest), "--force"]) == 0
     assert config.read_bytes() == (ROOT / SHIPPED["gateway.toml"]).read_bytes()
     assert (dest / "mosquitto" / "acl").exists()
+
+
+def test_send_to_an_unreachable_broker_is_one_line_not_a_traceback(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as s:  # a port nothing listens on once closed
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    config = tmp_path / "gateway.toml"
+    config.write_text(f'[mqtt]\nhost = "127.0.0.1"\nport = {port}\n', encoding="utf-8")
+    job = tmp_path / "job.json"
+    job.write_text(
+        json.dumps(
+            {
+                "id": "cli-unreachable",
+                "priority": "hot",
+                "message": {"fr": "test"},
+                "channels": ["sms"],
+                "recipients": [{"ref": "a", "phone": "+32470123412"}],
+            }
+        ),
+        encoding="utf-8",
+    )
+    done = plp_gateway("send", "--config", str(config), str(job))
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr
+    assert "MQTT broker unreachable" in done.stderr
