@@ -44,7 +44,9 @@ CLEAR_CONFIRM_S = 30.0  # wait for the broker to confirm cleared retained status
 _DOWN = ("down", "degraded", "auth_failed")  # a channel's health state that degrades us
 
 
-def build_channels(config: Config, reports: Reports) -> dict[str, Channel]:
+def build_channels(
+    config: Config, reports: Reports, metrics: Metrics | None = None
+) -> dict[str, Channel]:
     channels: dict[str, Channel] = {}
     if config.email.enabled:
         channels["email"] = EmailChannel(config.email)
@@ -57,7 +59,9 @@ def build_channels(config: Config, reports: Reports) -> dict[str, Channel]:
         from voice.synthesis import Synthesizer
 
         # The channel starts and stops its synthesizer (the audio is made at acceptance).
-        channels["voice"] = VoiceChannel(config.voice, reports, Synthesizer(config.voice))
+        timed = metrics.tts_duration if metrics is not None else None
+        synthesizer = Synthesizer(config.voice, on_synthesis=timed)
+        channels["voice"] = VoiceChannel(config.voice, reports, synthesizer)
     return channels
 
 
@@ -111,13 +115,13 @@ class Gateway:
         self.link.allowed.clear()  # until the presence check has decided
         self._failure: dict[str, str] | None = None  # the task that ended unexpectedly
         self._final: str | None = None  # last health state, once stopped
-        self.channels = build_channels(config, self.reports)
+        self.metrics = Metrics(__version__, config.node) if config.metrics.enabled else None
+        self.channels = build_channels(config, self.reports, self.metrics)
         self.discovery = (
             Discovery(config.homeassistant, self.topics, self.channels, __version__)
             if config.homeassistant.discovery
             else None
         )
-        self.metrics = Metrics(__version__, config.node) if config.metrics.enabled else None
         self.scheduler = Scheduler(
             self.store,
             self._metered(self.channels),

@@ -220,6 +220,10 @@ class Metrics:
         self.tts_syntheses.labels(engine).inc()
         self.tts_seconds.labels(engine).observe(seconds)
 
+    def tts_duration(self, engine: str, seconds: float) -> None:
+        """One synthesis's time (its count comes with the voice channel's health counters)."""
+        self.tts_seconds.labels(engine).observe(seconds)
+
     def tts_cache_hit(self) -> None:
         self.tts_cache_hits.inc()
 

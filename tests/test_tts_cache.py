@@ -126,3 +126,28 @@ async def test_a_reload_with_new_templates_makes_new_audio_for_the_next_jobs(
         assert synth.stats()["syntheses"] == 3
     finally:
         await synth.stop()
+
+
+async def test_each_synthesis_is_timed_for_the_metrics_not_the_cache_hits(tmp_path: Path) -> None:
+    """`plp_gateway_tts_synthesis_duration_seconds` is fed by the synthesizer's hook."""
+    from gateway.metrics import Metrics
+
+    metrics = Metrics("test", "node-a")
+    timed: list[tuple[str, float]] = []
+
+    def on_synthesis(engine: str, seconds: float) -> None:
+        timed.append((engine, seconds))
+        metrics.tts_duration(engine, seconds)
+
+    synth = Synthesizer(VoiceConfig(sounds_dir=tmp_path), on_synthesis=on_synthesis)
+    await synth.start()
+    try:
+        job = voice_job("j-timed", {"fr": 3}, others=0, ack=True, repeat=1)
+        assert await synth.prepare(job) == {}
+        assert await synth.prepare(job) == {}  # the same audio again: served, not timed
+    finally:
+        await synth.stop()
+    assert [engine for engine, _ in timed] == ["espeak"]
+    assert timed[0][1] > 0
+    exposition = metrics.render().decode()
+    assert 'plp_gateway_tts_synthesis_duration_seconds_count{engine="espeak"} 1.0' in exposition

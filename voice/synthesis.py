@@ -57,8 +57,10 @@ class Synthesizer:
         *,
         engines: Mapping[str, TtsEngine] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        on_synthesis: Callable[[str, float], None] | None = None,
     ) -> None:
         self._config = config
+        self._on_synthesis = on_synthesis  # (engine, seconds) after each synthesis, e.g. metrics
         self._tts = config.tts
         self._dir = config.sounds_dir
         self._engines = dict(engines) if engines is not None else build_engines(config.tts)
@@ -302,13 +304,16 @@ class Synthesizer:
         self._counts["syntheses"] += 1
         self._counts[f"{engine.name}_syntheses"] += 1
         duration = audio.duration_of(len(data), fmt)
+        took = self._clock() - started
+        if self._on_synthesis is not None:
+            self._on_synthesis(engine.name, took)
         log.info(
             "tts: synthesized lang=%s engine=%s voice=%s: %.1f s of audio in %.2f s -> %s",
             lang,
             engine.name,
             voice,
             duration,
-            self._clock() - started,
+            took,
             path.name,
         )
         return self._result(engine, voice, lang, path, duration=duration, cached=False)
