@@ -2,9 +2,13 @@
 and the `Gate` that grants the window and the pacing slots together, hot first.
 
 Slots are reserved on an absolute timeline, so sleeping late does not lower the average rate;
-a small catch-up burst is allowed and nothing more. On throttling the bind remembers the rate
-the SMSC actually accepted (its ceiling), drops below it, climbs back to it, then probes
-slowly above it: against a fixed SMSC limit that means one throttling event now and then.
+a small catch-up burst is allowed and nothing more. Whatever the catch-up, a configured rate
+is also a hard cap: never more than `rate` submits in any `WINDOW` (1 s and 5 % more, so that
+the SMSC, which counts by its own clock after the network's and its own delays, never sees
+more than `rate` in any second: an account's rate is what the operator sold). On throttling
+the bind remembers the rate the SMSC actually accepted (its ceiling), drops below it, climbs
+back to it, then probes slowly above it: against a fixed SMSC limit that means one
+throttling event now and then.
 """
 
 from __future__ import annotations
@@ -13,11 +17,13 @@ import asyncio
 import heapq
 import itertools
 import time
+from collections import deque
 from collections.abc import Callable
 
 MIN_RATE = 1.0
 BURST = 2.0  # slots a late sender may catch up
 PROBE = 1.05  # growth of the ceiling per quiet interval spent at it
+WINDOW = 1.05  # at most `rate` submits in any WINDOW seconds (5 % headroom for jitter)
 
 
 class _PerSecond:
@@ -67,6 +73,7 @@ class Pacer:
         self._paused_until = 0.0
         self._last_change = clock()
         self._accepted = _PerSecond(clock())
+        self._granted: deque[float] = deque()  # the last slots taken, for the hard cap
         self.throttle_events = 0
 
     def set_rate(self, rate: float) -> None:
@@ -99,9 +106,22 @@ class Pacer:
         if self.rate <= 0:
             return start - now
         interval = 1.0 / self.rate
-        slot = max(self._next, start - BURST * interval)
+        slot = max(self._next, start - BURST * interval, self._cap_until())
         self._next = slot + interval
+        self._granted.append(max(slot, now))  # when it is used: now if late
+        while len(self._granted) > self._cap():
+            self._granted.popleft()
         return max(0.0, slot - now)
+
+    def _cap(self) -> int:
+        return max(1, int(self.rate))
+
+    def _cap_until(self) -> float:
+        """When one more submit keeps every WINDOW at `rate` or fewer."""
+        count = self._cap()
+        if len(self._granted) < count:
+            return 0.0
+        return self._granted[-count] + WINDOW
 
     def next_in(self) -> float:
         """Seconds until the next slot may be used, without reserving it."""
@@ -110,7 +130,7 @@ class Pacer:
         start = max(now, self._paused_until)
         if self.rate <= 0:
             return start - now
-        return max(0.0, max(self._next, start - BURST / self.rate) - now)
+        return max(0.0, max(self._next, start - BURST / self.rate, self._cap_until()) - now)
 
     def accepted(self) -> None:
         self._accepted.add(self._clock())
