@@ -6,8 +6,9 @@ directory, or the deliveries of the job it follows), which may change between th
 the redelivery: resolved again, the positions would shift (a member lost, another doubled). So
 the members' keys are stored with the header (`begin_job`), and a resumption takes its members
 from them, in their order: the members the job was accepted with, their addresses as the store
-has them now. A member gone from the store in between (erased, removed) keeps its place and
-ref, with no address: their deliveries fail with `member_gone` rather than vanish.
+has them now. A member gone from the store in between (erased, removed) keeps their place,
+under the pseudonym of an erased member and with no address: their deliveries fail with
+`member_gone` rather than vanish.
 Runs on the store's thread.
 """
 
@@ -22,6 +23,7 @@ from typing import Any
 from .directory import MEMBER_GONE, Audience, Member
 from .domain import Job, Recipient
 from .jobs import JobIn, Resolved
+from .privacy import erased_ref
 from .rows import AddResult
 from .store_contract import StoreContract
 
@@ -76,14 +78,14 @@ def thaw(store: StoreContract, keys: dict[str, Any], spec: JobIn, resolved: Reso
         followed = tuple(
             replace(now[ref], channels=(channel,))
             if ref in now
-            else Recipient(0, ref, "", (channel,), None, None, MEMBER_GONE, MEMBER_GONE)
+            else Recipient(0, erased_ref(ref), "", (channel,), None, None, MEMBER_GONE, MEMBER_GONE)
             for ref, channel in zip(keys["refs"], keys["channels"], strict=True)
         )
         return replace(resolved, followed=followed)
     pairs = [(plp, ref) for plp, refs in keys["plps"] for ref in refs]
     found = store.members_by_key(pairs)
     members = tuple(
-        m if m is not None else Member(plp, ref, "")
+        m if m is not None else Member(plp, erased_ref(f"{plp}:{ref}"), "")
         for m, (plp, ref) in zip(found, pairs, strict=True)
     )
     gone = frozenset(i for i, m in enumerate(found) if m is None)

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from .directory import Audience, Coordinator, Member, Plp
-from .privacy import address_hash
+from .privacy import erased_ref
 from .store_db import Row
 from .store_tx import Transactions
 
@@ -307,7 +307,7 @@ class DirectoryStore(Transactions):
                     "DELETE FROM members WHERE plp_id = ? AND ref = ?", (r["plp_id"], r["ref"])
                 )
                 # One pseudonym per member: their deliveries still count as one member.
-                pseudonym = f"erased-{address_hash(r['plp_id'] + ':' + r['ref'])}"
+                pseudonym = erased_ref(f"{r['plp_id']}:{r['ref']}")
                 for address in (r["phone"], r["email"]):
                     if address:
                         self._forget_address(address, pseudonym)
