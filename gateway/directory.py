@@ -48,7 +48,8 @@ class Member(NamedTuple):
     """A member of one PLP. `phone` is E.164 (normalised at import), `phone_kind` its kind
     (`BE/mobile`), so that an audience is resolved without parsing numbers. A tuple: an
     audience of 10,000 members is built from the store's rows ten times faster than as a
-    dataclass (the intake's hot path, docs/benchmarks.md)."""
+    dataclass (the intake's hot path, docs/benchmarks.md); its flags are then the store's
+    0/1, which test as the booleans they stand for."""
 
     plp: str
     ref: str
@@ -87,8 +88,8 @@ class Audience:
     unknown_groups: tuple[int, ...] = ()  # indexes into audience.groups
     plps: Mapping[str, Plp] = field(default_factory=dict)
     # Members frozen in a job but gone from the directory when its intake resumed after a
-    # crash (erased or removed in between): positions in `members`, each kept with its ref
-    # only, so that their deliveries fail with a reason instead of the member vanishing.
+    # crash (erased or removed in between): positions in `members`, each kept under an erased
+    # member's pseudonym, so that their deliveries fail with a reason instead of vanishing.
     departed: frozenset[int] = frozenset()
 
 
