@@ -16,7 +16,7 @@ from typing import ParamSpec, Protocol, TypeVar
 
 import aiomqtt
 
-from . import directory_sync
+from . import directory_sync, frozen
 from .async_store import AsyncStore
 from .choices import DirectoryConfig, apply_choices
 from .config import JobsConfig
@@ -203,11 +203,9 @@ class Intake:
         try:
             # A fallback delivery is made from the member in the job's body, which a chunked
             # job has only once complete: a job with fallbacks is stored in one transaction.
-            # So is a job whose members come from the store (an audience, a follow-up): a
-            # redelivery after a crash mid-intake resumes by position, and a directory
-            # changed in between would shift the positions (a member lost, another doubled).
-            from_store = spec.audience is not None or spec.follows is not None
-            if total <= CHUNK_MEMBERS or spec.fallback or from_store:
+            # (An audience's or a follow-up's members are frozen with the header: a resumed
+            # intake takes them from there, gateway.frozen.)
+            if total <= CHUNK_MEMBERS or spec.fallback:
                 chunk = await self._members(spec, resolved, 0, total)
                 job = replace(header, recipients=tuple(chunk))
                 result, rows = await self._store.run(
@@ -288,7 +286,8 @@ class Intake:
         broker acknowledged, by the caller) after the last chunk; a redelivery after a crash
         mid-way resumes after the members already stored, none lost or doubled."""
         store = self._store.store
-        result, stored = await self._store.run(store.begin_job, header, digest)
+        begun = await self._store.run(frozen.begin_job, store, header, digest, spec, resolved)
+        result, stored, header, resolved = begun.result, begun.stored, begun.header, begun.resolved
         if result is not AddResult.NEW:
             return result
         if stored:

@@ -155,8 +155,13 @@ V3: tuple[str, ...] = (
 #: `complete` is 0 until its last chunk is in; a job is never done before (a redelivery resumes).
 V4: tuple[str, ...] = ("ALTER TABLE jobs ADD COLUMN complete INTEGER NOT NULL DEFAULT 1",)
 
+#: Version 5: an audience or follow-up job's members, frozen with its header while it is stored
+#: in chunks (`frozen`: their keys, gateway.frozen; NULL once complete), so that a redelivery
+#: after a crash resumes from the members the job was accepted with.
+V5: tuple[str, ...] = ("ALTER TABLE jobs ADD COLUMN frozen TEXT",)
+
 #: Every migration, in order: MIGRATIONS[i] brings the schema from version i to i + 1.
-MIGRATIONS: tuple[tuple[str, ...], ...] = (V1, V2, V3, V4)
+MIGRATIONS: tuple[tuple[str, ...], ...] = (V1, V2, V3, V4, V5)
 
 _VERSION_TABLE = (
     "CREATE TABLE IF NOT EXISTS schema_version"

@@ -58,6 +58,12 @@ def address_hash(value: str) -> str:
     return hashlib.sha256(value.encode()).hexdigest()[:12]
 
 
+def erased_ref(key: str) -> str:
+    """The pseudonym that stands for an erased member (`<plp>:<ref>`) in stored deliveries:
+    one per member, so that their deliveries still count as one member."""
+    return f"erased-{address_hash(key)}"
+
+
 def scrub(text: str) -> str:
     """Mask every phone number and e-mail address in free text, whatever its format:
     `0470 12 34 12`, `+32 470 12 34 12`, `0032470123412`, `32470123412` all become

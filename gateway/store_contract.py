@@ -44,8 +44,14 @@ class StoreContract(Protocol):
     ) -> tuple[AddResult, list[DeliveryRow]]: ...
 
     def begin_job(
-        self, job: Job, content_hash: str, now: float | None = None
+        self,
+        job: Job,
+        content_hash: str,
+        now: float | None = None,
+        frozen: str | None = None,
     ) -> tuple[AddResult, int]: ...
+
+    def frozen_members(self, job_id: str) -> str | None: ...
 
     def add_members(
         self,
@@ -181,6 +187,8 @@ class StoreContract(Protocol):
     def set_cold_unsubscribed(self, plp_id: str, ref: str, value: bool) -> bool: ...
 
     def resolve_audience(self, plps: Sequence[str], groups: Sequence[str] = ()) -> Audience: ...
+
+    def members_by_key(self, keys: Sequence[tuple[str, str]]) -> list[Member | None]: ...
 
     def cold_counts_since(self, since: float, except_job: str) -> dict[str, int]: ...
 

@@ -49,6 +49,11 @@ class Db(Protocol):
 
     def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None: ...
 
+    def tuples(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """Every row of a read as a plain tuple (the columns in the SELECT's order): for a
+        hot read of many rows, a third of the cost of rows by column name."""
+        ...
+
     def begin(self, durable: bool = False) -> None: ...
 
     def commit(self) -> None: ...
@@ -97,6 +102,15 @@ class SqliteDb:
             self.conn.executemany(sql, rows)
         except sqlite3.Error as exc:
             raise StoreError(f"sqlite: {exc}") from exc
+
+    def tuples(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        try:
+            cur = self.conn.cursor()
+            cur.row_factory = None
+            rows: list[tuple[Any, ...]] = cur.execute(sql, params).fetchall()
+        except sqlite3.Error as exc:
+            raise StoreError(f"sqlite: {exc}") from exc
+        return rows
 
     def begin(self, durable: bool = False) -> None:
         # A job is committed with synchronous=FULL (it survives power loss before the broker
@@ -227,6 +241,15 @@ class PostgresDb:
         try:
             with self.conn.cursor() as cur:
                 cur.executemany(pg_sql(sql), rows)
+        except self._Error as exc:
+            raise self._error(exc) from exc
+
+    def tuples(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        from psycopg.rows import tuple_row
+
+        try:
+            with self.conn.cursor(row_factory=tuple_row) as cur:
+                return cur.execute(pg_sql(sql), _ints(params)).fetchall()
         except self._Error as exc:
             raise self._error(exc) from exc
 

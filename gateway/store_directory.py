@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from .directory import Audience, Coordinator, Member, Plp
-from .privacy import address_hash
+from .privacy import erased_ref
 from .store_db import Row
 from .store_tx import Transactions
 
@@ -24,6 +24,13 @@ class ImportResult:
 _MEMBER_COLUMNS = (
     "plp_id, ref, phone, phone_kind, email, lang, no_voice, quiet_hours, consent_at,"
     " cold_unsubscribed, updated_at"
+)
+
+
+# A `Member`'s fields in its order, without its groups (`resolve_audience`).
+_AUDIENCE_COLUMNS = (
+    "m.plp_id, m.ref, m.lang, m.phone, m.email, m.no_voice, m.quiet_hours, m.consent_at,"
+    " m.cold_unsubscribed, m.phone_kind"
 )
 
 
@@ -206,13 +213,30 @@ class DirectoryStore(Transactions):
                     f" AND g.ref = m.ref AND g.grp IN ({_marks(groups)}))"
                 )
                 params += list(groups)
-            rows = self._db.execute(
-                f"SELECT m.* FROM members m WHERE {where} ORDER BY m.plp_id, m.ref",  # noqa: S608
+            # Only what a recipient needs, as tuples straight into `Member`s, without their
+            # groups (a job needs none): the intake's hot path (docs/benchmarks.md).
+            rows = self._db.tuples(
+                f"SELECT {_AUDIENCE_COLUMNS} FROM members m WHERE {where}"  # noqa: S608
+                " ORDER BY m.plp_id, m.ref",
                 params,
-            ).fetchall()
-            # Without their groups: a job needs none, and 10,000 members' groups cost a third
-            # of the resolution (the intake's hot path).
-            return Audience(tuple(self._with_groups(rows, plps, groups=False)), plps=found)
+            )
+            return Audience(tuple(Member(*r) for r in rows), plps=found)
+
+        return self._read(read)
+
+    def members_by_key(self, keys: Sequence[tuple[str, str]]) -> list[Member | None]:
+        """The members `(plp, ref)` as the directory has them now, in `keys`' order (None
+        for one it no longer has): a job's frozen members when its intake resumes."""
+        plps = sorted({plp for plp, _ in keys})
+
+        def read() -> list[Member | None]:
+            rows = self._db.tuples(
+                f"SELECT {_AUDIENCE_COLUMNS} FROM members m"  # noqa: S608
+                f" WHERE m.plp_id IN ({_marks(plps)})",
+                plps,
+            )
+            found = {(r[0], r[1]): Member(*r) for r in rows}
+            return [found.get((plp, ref)) for plp, ref in keys]
 
         return self._read(read)
 
@@ -283,7 +307,7 @@ class DirectoryStore(Transactions):
                     "DELETE FROM members WHERE plp_id = ? AND ref = ?", (r["plp_id"], r["ref"])
                 )
                 # One pseudonym per member: their deliveries still count as one member.
-                pseudonym = f"erased-{address_hash(r['plp_id'] + ':' + r['ref'])}"
+                pseudonym = erased_ref(f"{r['plp_id']}:{r['ref']}")
                 for address in (r["phone"], r["email"]):
                     if address:
                         self._forget_address(address, pseudonym)

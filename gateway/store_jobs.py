@@ -116,13 +116,19 @@ class Jobs(Retention):
         return result
 
     def begin_job(
-        self, job: Job, content_hash: str, now: float | None = None
+        self,
+        job: Job,
+        content_hash: str,
+        now: float | None = None,
+        frozen: str | None = None,
     ) -> tuple[AddResult, int]:
         """Store a large job's header, durably, before its members (`add_members`, in chunks).
 
         NEW with how many members are already stored: 0, or where a redelivery resumes after
         a crash mid-intake (same content, header in, not complete). DUPLICATE once complete,
-        CONFLICT for other content under the same id."""
+        CONFLICT for other content under the same id. `frozen`: the keys of the members the
+        store gave the job (gateway.frozen), kept with its header until it is complete; a
+        redelivery that finds none of its members stored yet replaces them."""
         now = now or time.time()
 
         def work() -> tuple[AddResult, int]:
@@ -141,9 +147,12 @@ class Jobs(Retention):
                 top = self._db.execute(
                     "SELECT max(rindex) AS top FROM deliveries WHERE job_id=?", (job.id,)
                 ).fetchone()
-                return AddResult.NEW, (0 if top["top"] is None else int(top["top"]) + 1)
-            if not self._insert_job(job, content_hash, now, complete=False):
+                if top["top"] is not None:
+                    return AddResult.NEW, int(top["top"]) + 1
+            elif not self._insert_job(job, content_hash, now, complete=False):
                 return self._verdict_of(job.id, content_hash), 0
+            if frozen is not None:
+                self._db.execute("UPDATE jobs SET frozen=? WHERE id=?", (frozen, job.id))
             return AddResult.NEW, 0
 
         result: tuple[AddResult, int] = self._tx(work, durable=True)
@@ -185,14 +194,22 @@ class Jobs(Retention):
                 (start or 0, job_id),
             ).fetchall()
             if body is not None:
+                # Complete: the body holds every member, the frozen keys are no longer needed.
                 self._db.execute(
-                    "UPDATE jobs SET body=?, complete=1, updated_at=? WHERE id=?",
+                    "UPDATE jobs SET body=?, complete=1, frozen=NULL, updated_at=? WHERE id=?",
                     (body, now, job_id),
                 )
             return [row_to_delivery(row) for row in rows]
 
         result: list[DeliveryRow] = self._tx(work, durable=True)
         return result
+
+    def frozen_members(self, job_id: str) -> str | None:
+        """The frozen member keys `begin_job` kept with an incomplete job (gateway.frozen)."""
+        row = self._read(
+            lambda: self._db.execute("SELECT frozen FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        )
+        return None if row is None else row["frozen"]
 
     def add_fallback(
         self, delivery_id: int, channel: str, enabled: frozenset[str]

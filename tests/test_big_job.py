@@ -1,7 +1,8 @@
 """A large job is stored in chunks, each sent once stored, and complete after its last chunk:
 a redelivery after a crash mid-intake resumes it, no member lost or doubled (both engines).
 A large audience job (the PLP directory) goes the same way, its members' choices applied to
-each chunk. The daemon killed mid-intake: tests/test_restart_recovery.py."""
+each chunk, and resumes from the members frozen with it even when the directory changed in
+between. The daemon killed mid-intake: tests/test_restart_recovery.py."""
 
 from __future__ import annotations
 
@@ -9,11 +10,15 @@ import json
 from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
+from gateway import frozen
 from gateway.config import JobsConfig
-from gateway.directory import Audience, Member, Plp
-from gateway.domain import DeliveryState, JobState
+from gateway.directory import MEMBER_GONE, Audience, Member, Plp
+from gateway.domain import DeliveryState, JobState, Recipient
+from gateway.frozen import Begun
 from gateway.jobs import (
+    JobIn,
     Resolved,
     content_hash,
     job_header,
@@ -22,6 +27,7 @@ from gateway.jobs import (
     parse_job,
     validate_job,
 )
+from gateway.privacy import erased_ref
 from gateway.rows import AddResult, job_to_body, member_json
 from gateway.store import SqliteStore, SqlStore
 from tests.conftest import GatewayFactory
@@ -29,6 +35,13 @@ from tests.fixtures import Observer, SmtpServer, email_job
 from tests.fixtures import members as people
 
 EMAIL = frozenset({"email"})
+
+
+def audience_job(job_id: str, **extra: Any) -> dict[str, Any]:
+    """An e-mail job to members the store gives (an audience, a follow-up's)."""
+    job = email_job(job_id, [], **extra)
+    del job["recipients"]
+    return job
 
 
 def test_a_chunked_job_resumes_after_a_crash_and_is_never_done_before_its_last_chunk(
@@ -102,12 +115,89 @@ def test_an_audience_jobs_members_chunk_by_chunk_are_its_members_whole() -> None
     assert header.options == whole.options and header.options["audience"]
 
 
-async def test_a_large_audience_job_is_stored_whole_with_its_members_choices(
+def test_an_audience_jobs_intake_resumes_from_its_frozen_members_after_a_directory_change(
+    any_store: SqlStore,
+) -> None:
+    store = any_store
+    store.import_members(
+        "p", [Member("p", f"p-{i:03d}", "fr", email=f"p{i}@example.be") for i in range(30)]
+    )
+    payload = json.dumps(audience_job("aud", audience={"plps": ["p"]})).encode()
+    frozen_refs = [f"p-{i:03d}" for i in range(30)]
+
+    def accept() -> tuple[JobIn, Begun]:
+        """What the intake does with the job, at its first delivery and at a redelivery:
+        resolve the audience, validate, store the header with the members frozen."""
+        resolved = Resolved(audience=store.resolve_audience(["p"]))
+        spec = validate_job(payload, JobsConfig(), EMAIL, resolved=resolved)
+        header = job_header(spec, JobsConfig(), datetime.now(UTC), resolved)
+        return spec, frozen.begin_job(store, header, content_hash(payload), spec, resolved)
+
+    spec, begun = accept()
+    assert (begun.result, begun.stored) == (AddResult.NEW, 0)
+    first = store.add_members("aud", members(spec, 0, 10, "BE", {}, begun.resolved), EMAIL)
+    assert [r.ref for r in first] == frozen_refs[:10]
+
+    # The daemon dies here. Before the redelivery the directory changes: members that sort
+    # first are added (a resolution now would shift every position), a member already
+    # stored and one not yet stored are erased, one changes address.
+    store.import_members("p", [Member("p", f"p-00{c}", "fr", email=f"{c}@x.be") for c in "ab"])
+    store.remove_member("p-003")
+    store.remove_member("p-020")
+    store.import_members("p", [Member("p", "p-015", "fr", email="new15@example.be")])
+
+    spec, begun = accept()
+    assert (begun.result, begun.stored) == (AddResult.NEW, 10)
+    total = member_count(spec, begun.resolved)
+    assert total == 30, "the frozen members, not the directory's 31"
+    whole = members(spec, 0, total, "BE", {}, begun.resolved)
+    body = job_to_body(begun.header, [member_json(r) for r in whole])
+    second = store.add_members("aud", whole[10:], EMAIL, body)
+    assert [r.rindex for r in second] == list(range(10, 30))
+    again = frozen.begin_job(store, begun.header, content_hash(payload), spec, begun.resolved)
+    assert again.result is AddResult.DUPLICATE
+    assert store.frozen_members("aud") is None  # complete: the body holds them
+
+    stored = store.deliveries("aud")
+    assert sorted(d.rindex for d in stored) == list(range(30)), "none lost, none doubled"
+    by_ref = {d.ref: d for d in stored}
+    # The erased: p-003 stored before (pseudonymised by the erasure), p-020 after (failed).
+    erased = {erased_ref("p:p-003"), erased_ref("p:p-020")}
+    assert set(by_ref) == set(frozen_refs) - {"p-003", "p-020"} | erased
+    assert by_ref[erased_ref("p:p-003")].rindex == 3
+    gone = by_ref[erased_ref("p:p-020")]
+    assert (gone.state, gone.last_error, gone.address) == (DeliveryState.FAILED, MEMBER_GONE, None)
+    assert by_ref["p-015"].address == "new15@example.be"
+    assert not {"p-00a", "p-00b"} & set(by_ref), "a member added after the acceptance is not in"
+    job = store.job("aud")
+    assert job is not None and len(job.recipients) == 30
+
+
+def test_a_follow_ups_resumed_members_are_its_frozen_ones(any_store: SqlStore) -> None:
+    reached = [Recipient(i, f"r{i}", "nl", ("email",), None, f"r{i}@b.be") for i in range(4)]
+    first = Resolved(followed=tuple(reached[:3]))
+    payload = json.dumps(audience_job("later", follows="first")).encode()
+    spec = validate_job(payload, JobsConfig(), EMAIL, resolved=first)
+    keys = frozen.keys_of(spec, first)
+    assert keys is not None
+    # At the redelivery the earlier job has reached one more member, and r1 was erased (its
+    # ref pseudonymised): the follow-up goes on with its frozen three, r1 failed.
+    now = Resolved(followed=(reached[0], reached[2], reached[3]))
+    thawed = frozen.thaw(any_store, json.loads(keys), spec, now)
+    out = members(spec, 0, 3, "BE", {}, thawed)
+    assert [(r.index, r.ref, r.email) for r in out] == [
+        (0, "r0", "r0@b.be"),
+        (1, erased_ref("r1"), None),
+        (2, "r2", "r2@b.be"),
+    ]
+    assert out[1].email_error == MEMBER_GONE
+
+
+async def test_a_large_audience_job_is_stored_in_chunks_with_its_members_choices(
     gateway: GatewayFactory, observer: Observer, smtp: SmtpServer, tmp_path: Path
 ) -> None:
-    # Per PLP: 2,100 members, more than a chunk, yet stored in one transaction: members from
-    # the directory are never chunked (a resume by position after a directory change could
-    # lose or double a member).
+    # Per PLP: 1,050 members, 2,100 in all: more than a chunk, stored in chunks (its members
+    # frozen with the header), each chunk's members' choices applied.
     n = 1_050
     plps = [f"p{k}" for k in range(2)]
     directory = [
@@ -128,7 +218,7 @@ async def test_a_large_audience_job_is_stored_whole_with_its_members_choices(
     del job["recipients"]
     await observer.publish_job(job)
     proc.wait_log("job town accepted", timeout=120)
-    assert "job town: members" not in proc.log()  # one transaction, no chunks
+    assert "job town: members 0 to 255 stored" in proc.log()  # chunks, the first one small
     await observer.wait_job("town", "done", timeout=120)
     final = {e["ref"]: e["state"] for e in observer.events("town")}
     stop = f"{plps[-1]}:{directory[-1].ref}"

@@ -13,6 +13,9 @@ from typing import Any
 import psycopg
 import pytest
 
+from gateway.directory import Member, Plp
+from gateway.store import SqliteStore, SqlStore
+from gateway.store_pg import PostgresStore
 from tests.conftest import GatewayFactory
 from tests.fixtures import Mosquitto, Observer, SmtpServer, email_job, members
 from tests.pg_fixtures import PostgresServer
@@ -179,6 +182,83 @@ async def test_kill_9_mid_intake_of_a_large_job_then_redelivery_loses_and_double
     # Only attempts in flight at the kill (at most the SMTP concurrency, 4) may be resent.
     assert sum(1 for n in counts.values() if n > 1) <= 4
     assert all(n <= 2 for n in counts.values())
+
+
+def directory_store(tmp_path: Path, store_url: str | None) -> SqlStore:
+    """The daemon's store, opened by the test while the daemon is not running."""
+    if store_url is None:
+        return SqliteStore(tmp_path / "gateway.sqlite3")
+    return PostgresStore(store_url)
+
+
+async def test_kill_9_mid_intake_of_an_audience_job_then_a_directory_change_and_redelivery(
+    gateway: GatewayFactory,
+    observer: Observer,
+    smtp: SmtpServer,
+    tmp_path: Path,
+    store_url: str | None,
+) -> None:
+    # A 4,256-member PLP: members 0-255, then 2,000 at a time, frozen with the job's header.
+    total, boundaries = 4_256, [256, 2_256, 4_256]
+    town = [Member("town", f"m-{i:05d}", "fr", email=f"m{i}@example.be") for i in range(total)]
+    store = directory_store(tmp_path, store_url)
+    try:
+        store.import_members("town", town, plp=Plp("town"))
+    finally:
+        store.close()
+    smtp.script.delay = 0.01
+    proc = gateway()
+    job = email_job("town-alert", [], audience={"plps": ["town"]})
+    del job["recipients"]
+    await observer.publish_job(job)
+    proc.wait_log("job town-alert: members 0 to 255 stored")
+    proc.kill()
+    stored, complete = query(
+        tmp_path,
+        store_url,
+        "SELECT (SELECT count(*) FROM deliveries WHERE job_id=?), complete FROM jobs WHERE id=?",
+        "town-alert",
+        "town-alert",
+    )
+    assert not complete and stored in boundaries[:-1], "killed mid-intake, a chunk stored whole"
+
+    # Before the redelivery the directory changes: members that sort first join (resolved
+    # again, every position would shift), a member not yet stored is erased.
+    store = directory_store(tmp_path, store_url)
+    try:
+        joined = [Member("town", f"a-{i:02d}", "fr", email=f"a{i}@example.be") for i in range(40)]
+        store.import_members("town", joined)
+        assert store.remove_member("m-04000") == 1
+    finally:
+        store.close()
+    gateway()  # the broker delivers the unacknowledged job again: its intake resumes
+    await observer.wait(
+        lambda: (observer.status("town-alert") or {}).get("deliveries") == total, timeout=120
+    )
+    rows, members_stored, complete = query(
+        tmp_path,
+        store_url,
+        "SELECT count(*), count(DISTINCT rindex), min(j.complete) FROM deliveries d"
+        " JOIN jobs j ON j.id = d.job_id WHERE d.job_id=?",
+        "town-alert",
+    )
+    assert (rows, members_stored, complete) == (total, total, 1), "none lost, none doubled"
+    refs, gone = query(
+        tmp_path,
+        store_url,
+        "SELECT count(DISTINCT ref), (SELECT last_error FROM deliveries WHERE job_id=?"
+        " AND rindex=4000) FROM deliveries WHERE job_id=? AND ref LIKE ?",
+        "town-alert",
+        "town-alert",
+        "m-%",
+    )
+    assert (refs, gone) == (total - 1, "member_gone"), "the frozen members, each once"
+    await observer.wait_job("town-alert", "done", timeout=120)
+    counts = Counter(m.rcpts[0] for m in smtp.mailbox)
+    assert not any(a.startswith("a") for a in counts), "a member who joined later is not sent"
+    assert "m4000@example.be" not in counts and len(counts) == total - 1
+    # Only attempts in flight at the kill (at most the SMTP concurrency, 4) may be resent.
+    assert sum(1 for n in counts.values() if n > 1) <= 4
 
 
 @pytest.mark.parametrize("store_url", ["postgresql"], indirect=True)
