@@ -16,8 +16,8 @@ from zoneinfo import ZoneInfo
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from .directory import Member, recipient_ref
-from .domain import DeliveryState, Job, Priority
-from .rows import Change, DeliveryRow
+from .domain import DeliveryState, Job, Priority, Recipient
+from .rows import AddResult, Change, DeliveryRow
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -168,3 +168,47 @@ def apply_choices(
         if isinstance(c, Change)
     }
     return [changed.get(r.id, r) for r in rows]
+
+
+def add_job_choosing(
+    store: StoreContract,
+    job: Job,
+    content_hash: str,
+    enabled: frozenset[str],
+    members: Sequence[Member] | None,
+    config: DirectoryConfig,
+    now: datetime,
+) -> tuple[AddResult, list[DeliveryRow]]:
+    """`store.add_job` and its members' choices on the new deliveries in one durable
+    transaction: a crash in between must not leave an unsubscribed member's delivery queued
+    (it would be sent at restart). On the store's thread."""
+
+    def work() -> tuple[AddResult, list[DeliveryRow]]:
+        result, rows = store.add_job(job, content_hash, enabled)
+        if result is AddResult.NEW and rows and members:
+            rows = apply_choices(store, job, rows, members, config, now)
+        return result, rows
+
+    return store.atomically(work, durable=True)
+
+
+def add_members_choosing(
+    store: StoreContract,
+    job: Job,
+    recipients: Sequence[Recipient],
+    enabled: frozenset[str],
+    body: str | None,
+    members: Sequence[Member] | None,
+    config: DirectoryConfig,
+    now: datetime,
+) -> list[DeliveryRow]:
+    """`store.add_members` (a chunk of a large job) and the members' choices on it, in one
+    durable transaction, as `add_job_choosing`."""
+
+    def work() -> list[DeliveryRow]:
+        rows = store.add_members(job.id, recipients, enabled, body)
+        if rows and members:
+            rows = apply_choices(store, job, rows, members, config, now)
+        return rows
+
+    return store.atomically(work, durable=True)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import ParamSpec, Protocol, TypeVar
@@ -18,9 +18,9 @@ import aiomqtt
 
 from . import directory_sync, frozen
 from .async_store import AsyncStore
-from .choices import DirectoryConfig, apply_choices
+from .choices import DirectoryConfig, add_job_choosing, add_members_choosing
 from .config import JobsConfig
-from .directory import followed_members
+from .directory import Member, followed_members
 from .domain import Job, JobState, Recipient
 from .errors import StoreError
 from .job_id import valid_job_id
@@ -41,7 +41,7 @@ from .jobs import (
 from .numbers import NumberPolicy
 from .payload import display
 from .privacy import scrub
-from .rows import AddResult, DeliveryRow, job_to_body, member_json
+from .rows import AddResult, job_to_body, member_json
 from .scheduler import Scheduler
 from .signing import CancelRequest, SeenNonce, SignatureError, Verifier, parse_cancel
 from .status import StatusPublisher, Topics
@@ -209,7 +209,14 @@ class Intake:
                 chunk = await self._members(spec, resolved, 0, total)
                 job = replace(header, recipients=tuple(chunk))
                 result, rows = await self._store.run(
-                    self._store.store.add_job, job, digest, self._scheduler.enabled
+                    add_job_choosing,
+                    self._store.store,
+                    job,
+                    digest,
+                    self._scheduler.enabled,
+                    _chosen(resolved),
+                    self.directory,
+                    datetime.now(UTC),
                 )
             else:
                 job, rows = header, []
@@ -236,7 +243,6 @@ class Intake:
             log.info("job %s received again: already known, not run twice", job.id)
             self._status.job_dirty(job.id, immediate=True)
             return
-        rows = await self._choices(job, rows, resolved)
         self.counters["accepted"] += 1
         log.info(
             "job %s accepted: priority=%s test=%s recipients=%d stored in %.1f ms",
@@ -259,23 +265,6 @@ class Intake:
             return members(spec, start, stop, PHONE_REGION, self.numbers, resolved)
         return await asyncio.to_thread(
             members, spec, start, stop, PHONE_REGION, self.numbers, resolved
-        )
-
-    async def _choices(
-        self, job: Job, rows: list[DeliveryRow], resolved: Resolved
-    ) -> list[DeliveryRow]:
-        """Quiet hours, the daily cap and STOP, as the directory's members chose, applied to
-        the job's new deliveries (all of them, or a chunk's) before the scheduler sees them."""
-        if not rows or resolved.audience is None or not resolved.audience.members:
-            return rows
-        return await self._store.run(
-            apply_choices,
-            self._store.store,
-            job,
-            rows,
-            resolved.audience.members,
-            self.directory,
-            datetime.now(UTC),
         )
 
     async def _in_chunks(
@@ -305,10 +294,17 @@ class Intake:
             body = job_to_body(header, bodies) if stop == total else None
             if new or body is not None:
                 rows = await self._store.run(
-                    store.add_members, header.id, new, self._scheduler.enabled, body
+                    add_members_choosing,
+                    store,
+                    header,
+                    new,
+                    self._scheduler.enabled,
+                    body,
+                    _chosen(resolved),
+                    self.directory,
+                    datetime.now(UTC),
                 )
                 log.debug("job %s: members %d to %d stored", header.id, start, stop - 1)
-                rows = await self._choices(header, rows, resolved)
                 if rows:
                     await self._scheduler.job_accepted(header, rows)
             start, size = stop, CHUNK_MEMBERS
@@ -394,6 +390,11 @@ class Intake:
             return
         log.info("job %s cancelled%s", job_id, " (signed)" if request.signed else "")
         await self._scheduler.close_job(job_id, JobState.CANCELLED, reason)
+
+
+def _chosen(resolved: Resolved) -> Sequence[Member] | None:
+    """The directory members whose choices apply to the job's deliveries (an audience's)."""
+    return resolved.audience.members if resolved.audience is not None else None
 
 
 async def _sized(size: int, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:

@@ -102,9 +102,10 @@ class Transactions:
         self._db.commit()
         return result
 
-    def atomically(self, fn: Callable[[], T]) -> T:
-        """`fn()` in one transaction: the store methods it calls commit together."""
-        result: T = self._tx(fn)
+    def atomically(self, fn: Callable[[], T], durable: bool = False) -> T:
+        """`fn()` in one transaction: the store methods it calls commit together (`durable`:
+        as a job's intake commits, synced before it returns)."""
+        result: T = self._tx(fn, durable)
         return result
 
     def many(self, fn: Callable[..., T], calls: Sequence[Call]) -> list[T | Exception]:

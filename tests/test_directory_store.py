@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from gateway.config import JobsConfig
 from gateway.directory_import import read_file
@@ -121,3 +124,50 @@ def test_member_choices_in_the_store(any_store: SqlStore) -> None:
         store.add_job(job, content_hash(payload), ALL)
     assert store.cold_counts_since(0.0, "c2") == {phone(0): 1}  # hot and c2 itself not counted
     assert store.cold_counts_since(0.0, "other") == {phone(0): 2}
+
+
+def test_a_job_and_its_members_choices_commit_together(
+    any_store: SqlStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An unsubscribed member's cold delivery is stored `unsubscribed`, never `queued` first:
+    were the process killed between the two, the restart would send it."""
+    from datetime import UTC, datetime
+
+    from gateway import choices
+    from gateway.choices import DirectoryConfig, add_job_choosing
+    from gateway.domain import DeliveryState
+
+    store = any_store
+    members = read_file(member_csv(3, bad=False), "plp-a").members
+    store.import_members("plp-a", members)
+    assert store.set_cold_unsubscribed("plp-a", "m-0001", True)
+    chosen = store.find_members(phone=phone(1))
+
+    def cold(job_id: str) -> tuple[Any, str]:
+        payload = json.dumps(
+            {
+                "id": job_id,
+                "priority": "cold",
+                "message": {"fr": "Info"},
+                "channels": ["sms"],
+                "recipients": [{"ref": "m-0001", "phone": phone(1)}],
+            }
+        ).encode()
+        job, _ = parse_job(payload, JobsConfig(), ALL)
+        return job, content_hash(payload)
+
+    config = DirectoryConfig(quiet_hours="")
+    job, digest = cold("c-atomic")
+    now = datetime.now(UTC)
+    _, rows = add_job_choosing(store, job, digest, ALL, chosen, config, now)
+    assert [r.state for r in rows] == [DeliveryState.UNSUBSCRIBED]
+    assert [r.state for r in store.deliveries("c-atomic")] == [DeliveryState.UNSUBSCRIBED]
+
+    def crash(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("killed between the job and the choices")
+
+    monkeypatch.setattr(choices, "apply_choices", crash)
+    job, digest = cold("c-crash")
+    with pytest.raises(RuntimeError):
+        add_job_choosing(store, job, digest, ALL, chosen, config, now)
+    assert store.job_row("c-crash") is None and store.deliveries("c-crash") == []
