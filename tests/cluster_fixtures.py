@@ -28,8 +28,10 @@ def node_config(
     extra: str = "",
     lease: float = 3.0,
     claim_batch: int = 50,
+    protocol: str | None = None,
 ) -> Path:
-    """Write node `name`'s configuration in `workdir`; returns its path."""
+    """Write node `name`'s configuration in `workdir`; returns its path. `protocol`: the
+    `[mqtt] protocol` (default: MQTT 5, as with any shared group)."""
     workdir.mkdir(parents=True, exist_ok=True)
     config = gateway_config(
         workdir,
@@ -39,8 +41,9 @@ def node_config(
         node=name,
         store=f'url = "{store_url}"\n',
     )
+    mqtt = f'shared_group = "{GROUP}"\n' + (f'protocol = "{protocol}"\n' if protocol else "")
     text = config.read_text().replace(
-        "reconnect_initial_delay", f'shared_group = "{GROUP}"\nreconnect_initial_delay', 1
+        "reconnect_initial_delay", mqtt + "reconnect_initial_delay", 1
     )
     config.write_text(text)
     return config
