@@ -7,11 +7,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections import Counter
 from pathlib import Path
 
 import aiomqtt
+import pytest
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.reasoncodes import ReasonCode
 
+from gateway.config import parse_config
+from gateway.mqtt import MqttLink, Outgoing
 from tests.conftest import GatewayFactory
 from tests.fixtures import (
     GatewayProcess,
@@ -96,3 +102,28 @@ async def test_one_node_speaks_3_1_1_unless_told_5_and_keeps_its_session_under_5
     await observer.wait_job("v5-offline-1", "done")
     assert len(await smtp.await_for(lambda box: len(box) == 3)) == 3
     assert protocols() == {"3.1.1", "5"}
+
+
+async def test_a_refused_job_subscription_is_logged_loudly(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A broker without shared subscriptions answers the SUBSCRIBE with a failure (MQTT 5
+    reason code 0x9E); the gateway says so rather than waiting for jobs that never come."""
+
+    class Refusing:
+        async def subscribe(self, topic: str, qos: int) -> list[ReasonCode]:
+            code = 0x9E if topic.startswith("$share/") else qos
+            return [ReasonCode(PacketTypes.SUBACK, identifier=code)]
+
+    cfg = parse_config(
+        {"node": "a", "mqtt": {"shared_group": "g"}, "store": {"url": "postgresql://h/db"}}
+    )
+    link = MqttLink(
+        cfg.mqtt, cfg.client_id, ["$share/g/plp/jobs", "plp/jobs/+/cancel"], Outgoing("t", b"")
+    )
+    with caplog.at_level(logging.ERROR, logger="gateway.mqtt"):
+        await link._sync_subscriptions(Refusing())  # type: ignore[arg-type]
+    assert [r.getMessage() for r in caplog.records] == [
+        "the broker refused the subscription to $share/g/plp/jobs:"
+        " Shared subscription not supported"
+    ]
