@@ -84,24 +84,27 @@ async def test_one_node_speaks_3_1_1_unless_told_5_and_keeps_its_session_under_5
     def protocols() -> set[str]:
         return {c.protocol for c in broker.connections() if c.client_id.startswith(CLIENT_ID)}
 
-    start()  # as before: MQTT 3.1.1
-    assert protocols() == {"3.1.1"}
-    assert proc.terminate() == 0
-    config.write_text(
-        config.read_text().replace(
-            "reconnect_initial_delay", 'protocol = "5"\nreconnect_initial_delay', 1
+    try:
+        start()  # as before: MQTT 3.1.1
+        assert protocols() == {"3.1.1"}
+        assert proc.terminate() == 0
+        config.write_text(
+            config.read_text().replace(
+                "reconnect_initial_delay", 'protocol = "5"\nreconnect_initial_delay', 1
+            )
         )
-    )
-    start()  # MQTT 5 takes the 3.1.1 session over, and keeps it after a clean stop
-    assert f"as {CLIENT_ID} (MQTT 5)" in proc.log()
-    jobs = [c for c in broker.connections() if c.client_id == CLIENT_ID][-1]
-    assert jobs.protocol == "5" and not jobs.clean
-    assert proc.terminate() == 0
-    await observer.publish_job(email_job("v5-offline-1", members(3)))
-    start()
-    await observer.wait_job("v5-offline-1", "done")
-    assert len(await smtp.await_for(lambda box: len(box) == 3)) == 3
-    assert protocols() == {"3.1.1", "5"}
+        start()  # MQTT 5 takes the 3.1.1 session over, and keeps it after a clean stop
+        assert f"as {CLIENT_ID} (MQTT 5)" in proc.log()
+        jobs = [c for c in broker.connections() if c.client_id == CLIENT_ID][-1]
+        assert jobs.protocol == "5" and not jobs.clean
+        assert proc.terminate() == 0
+        await observer.publish_job(email_job("v5-offline-1", members(3)))
+        start()
+        await observer.wait_job("v5-offline-1", "done")
+        assert len(await smtp.await_for(lambda box: len(box) == 3)) == 3
+        assert protocols() == {"3.1.1", "5"}
+    finally:
+        proc.stop()
 
 
 async def test_a_refused_job_subscription_is_logged_loudly(
