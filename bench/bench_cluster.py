@@ -6,7 +6,9 @@ SMSC simulator share its cores, so more nodes measure what the nodes cost here, 
 scale-out. Prints, per node count, publish -> job `done` for a job of N members over e-mail
 and SMS; then, with 3 nodes and the given lease, kill -9 of the busiest node mid-job: kill ->
 the takeover logged by another node, and kill -> job `done`.
+The nodes speak MQTT 5 (the default with a shared group); `--protocol 3.1.1` for comparison.
 Run: .venv/bin/python -m bench.bench_cluster [--recipients 3000] [--lease 15] [--runs 1]
+     [--protocol 5]
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ from tests.sms_fixtures import SmscProcess  # noqa: E402
 
 
 async def one_job(
-    workdir: Path, pg: PostgresServer, nodes: int, recipients: int, lease: float
+    workdir: Path, pg: PostgresServer, nodes: int, recipients: int, lease: float, protocol: str
 ) -> float:
     (workdir / "broker").mkdir(parents=True)
     broker = Mosquitto(workdir / "broker")
@@ -51,7 +53,9 @@ async def one_job(
         sms = sim.config(window=50)
         for i in range(nodes):
             name = f"n{i + 1}"
-            config = node_config(workdir / name, broker, smtp, url, name, sms, lease=lease)
+            config = node_config(
+                workdir / name, broker, smtp, url, name, sms, lease=lease, protocol=protocol
+            )
             procs.append(start_node(config))
         if nodes > 1:
             procs[-1].wait_log(f"cluster: {nodes} live nodes share the provider limits", 30)
@@ -74,7 +78,7 @@ async def one_job(
 
 
 async def takeover(
-    workdir: Path, pg: PostgresServer, recipients: int, lease: float
+    workdir: Path, pg: PostgresServer, recipients: int, lease: float, protocol: str
 ) -> tuple[float, float]:
     (workdir / "broker").mkdir(parents=True)
     broker = Mosquitto(workdir / "broker")
@@ -88,7 +92,9 @@ async def takeover(
         url = pg.new_database()
         sms = sim.config(window=50)
         for name in ("k1", "k2", "k3"):
-            config = node_config(workdir / name, broker, smtp, url, name, sms, lease=lease)
+            config = node_config(
+                workdir / name, broker, smtp, url, name, sms, lease=lease, protocol=protocol
+            )
             procs[name] = start_node(config)
         procs["k3"].wait_log("cluster: 3 live nodes share the provider limits", 30)
         await asyncio.sleep(lease / 3 * 1.3)
@@ -120,17 +126,27 @@ async def main_async(args: argparse.Namespace) -> None:
     pg.start()
     try:
         with tempfile.TemporaryDirectory(prefix="bench-cluster-") as tmp:
-            print(f"{args.recipients} members x (e-mail + SMS), lease {args.lease} s")
+            print(
+                f"{args.recipients} members x (e-mail + SMS), lease {args.lease} s,"
+                f" MQTT {args.protocol}"
+            )
             for nodes in (1, 2, 3):
                 times = [
                     await one_job(
-                        Path(tmp) / f"n{nodes}-{run}", pg, nodes, args.recipients, args.lease
+                        Path(tmp) / f"n{nodes}-{run}",
+                        pg,
+                        nodes,
+                        args.recipients,
+                        args.lease,
+                        args.protocol,
                     )
                     for run in range(args.runs)
                 ]
                 rate = 2 * args.recipients / statistics.median(times)
                 print(f"{nodes} node(s): median {statistics.median(times):.1f} s, {rate:.0f} msg/s")
-            taken, done = await takeover(Path(tmp) / "kill", pg, args.recipients, args.lease)
+            taken, done = await takeover(
+                Path(tmp) / "kill", pg, args.recipients, args.lease, args.protocol
+            )
             print(
                 f"takeover after kill -9: {taken:.1f} s (lease {args.lease} s + at most one"
                 f" heartbeat, {args.lease / 3:.1f} s); job done {done:.1f} s after the kill"
@@ -144,6 +160,7 @@ def main() -> None:
     parser.add_argument("--recipients", type=int, default=3000)
     parser.add_argument("--lease", type=float, default=15.0)
     parser.add_argument("--runs", type=int, default=1)
+    parser.add_argument("--protocol", choices=("5", "3.1.1"), default="5")
     args = parser.parse_args()
     asyncio.run(main_async(args))
 

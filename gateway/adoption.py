@@ -18,7 +18,7 @@ import aiomqtt
 
 from . import mqtt_adapter
 from .config import MqttConfig
-from .mqtt import tls_parameters
+from .mqtt_connect import open_client
 
 log = logging.getLogger("gateway.adoption")
 
@@ -32,18 +32,9 @@ async def adopt_session(
     """Take the jobs queued for `client_id`'s session and unsubscribe it; returns how many
     messages were handled. A node that comes back meanwhile takes its session back (the
     broker disconnects this one): what was not acknowledged yet goes to it, nothing is lost."""
-    client = aiomqtt.Client(
-        hostname=cfg.host,
-        port=cfg.port,
-        identifier=client_id,
-        clean_session=False,
-        username=cfg.username,
-        password=cfg.password,
-        keepalive=cfg.keepalive,
-        tls_params=tls_parameters(cfg),
-        tls_insecure=cfg.tls.insecure if cfg.tls is not None else None,
-        timeout=10,
-    )
+    # Persistent like the node's own connection (MQTT 5: the same session expiry), so that
+    # what it leaves queued there (more than the broker sends at once) stays for the next.
+    client = open_client(cfg, client_id, persistent=True)
     mqtt_adapter.enable_manual_ack(client)  # before connecting: see gateway.mqtt
 
     def ack(message: aiomqtt.Message) -> None:

@@ -12,6 +12,7 @@ import socket
 import tomllib
 from collections.abc import Iterator
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 from typing import Any, Literal
 
@@ -58,6 +59,17 @@ class RetryConfig(Section):
         )
 
 
+class MqttProtocol(StrEnum):
+    """The MQTT version the gateway speaks to the broker (`[mqtt] protocol`)."""
+
+    V311 = "3.1.1"
+    V5 = "5"
+
+
+#: `[mqtt] session_expiry` that means never (MQTT 5's largest Session Expiry Interval).
+SESSION_NEVER_EXPIRES = 0xFFFFFFFF
+
+
 class TlsConfig(Section):
     ca_file: Path | None = None
     cert_file: Path | None = None
@@ -79,6 +91,27 @@ class MqttConfig(Section):
     # Several gateway nodes share the jobs (issue 13): the intake subscription becomes
     # `$share/<shared_group>/<prefix>/jobs`, so the broker hands each job to one node.
     shared_group: str | None = None
+    # MQTT 5 by default with a shared group (the issue's "MQTT v5 shared subscriptions"),
+    # 3.1.1 for one node as before.
+    protocol: MqttProtocol | None = Field(
+        None, description='"3.1.1" or "5"; default "5" with shared_group, else "3.1.1"'
+    )
+    # MQTT 5 only: without a Session Expiry Interval the broker ends the jobs session, and the
+    # jobs queued in it, when the connection closes. 3.1.1 sessions never expire.
+    session_expiry: int = Field(
+        SESSION_NEVER_EXPIRES,
+        ge=1,
+        le=SESSION_NEVER_EXPIRES,
+        description="seconds the broker keeps the jobs session of a disconnected gateway"
+        " (MQTT 5; 4294967295: never)",
+    )
+
+    @property
+    def version(self) -> MqttProtocol:
+        """The protocol the gateway's connections speak."""
+        if self.protocol is not None:
+            return self.protocol
+        return MqttProtocol.V311 if self.shared_group is None else MqttProtocol.V5
 
     @field_validator("shared_group")
     @classmethod
@@ -223,6 +256,20 @@ class Config(Section):
         # Nodes share their work through the store: a SQLite file cannot be shared.
         if self.mqtt.shared_group is not None and self.store.url is None:
             raise ValueError("[mqtt] shared_group (several nodes) needs a PostgreSQL [store] url")
+        return self
+
+    @model_validator(mode="after")
+    def _cluster_client_id(self) -> Config:
+        # The same configuration on every node but `node`: a client id without the node's
+        # name would be every node's, and the broker closes one node's session for the next
+        # (the jobs, the status connection `<client_id>-status`), back and forth.
+        client_id = self.mqtt.client_id
+        if self.clustered and client_id is not None and self.node not in client_id:
+            raise ValueError(
+                f"[mqtt] client_id {client_id!r} must contain the node's name {self.node!r}"
+                " with shared_group (each node needs its own); leave it unset for"
+                f" plp-gateway-{self.node}"
+            )
         return self
 
     @property

@@ -27,7 +27,7 @@ from rich.text import Text
 
 from .config import Config
 from .job_id import valid_job_id
-from .mqtt import tls_parameters
+from .mqtt_connect import tls_parameters
 from .outcomes import (
     CHANNEL_COLUMNS,
     Delivery,

@@ -21,16 +21,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import ssl
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import aiomqtt
 import paho.mqtt.client as paho
+from paho.mqtt.reasoncodes import ReasonCode
 
 from . import mqtt_adapter
 from .config import MqttConfig
+from .mqtt_connect import open_client
 
 PUBLISH_BATCH = 64  # status messages handed to paho per turn of the event loop
 PUBLISH_WINDOW = 256  # status messages published and not yet confirmed, at most
@@ -41,18 +42,6 @@ log = logging.getLogger("gateway.mqtt")
 
 MessageHandler = Callable[[aiomqtt.Message], Awaitable[None]]
 ConnectHook = Callable[[], Awaitable[None]]
-
-
-def tls_parameters(cfg: MqttConfig) -> aiomqtt.TLSParameters | None:
-    """TLS settings for any client of the broker (the daemon, `plp-gateway send`)."""
-    if cfg.tls is None:
-        return None
-    return aiomqtt.TLSParameters(
-        ca_certs=str(cfg.tls.ca_file) if cfg.tls.ca_file else None,
-        certfile=str(cfg.tls.cert_file) if cfg.tls.cert_file else None,
-        keyfile=str(cfg.tls.key_file) if cfg.tls.key_file else None,
-        cert_reqs=ssl.CERT_REQUIRED,
-    )
 
 
 @dataclass(frozen=True)
@@ -156,7 +145,12 @@ class MqttLink:
         on = self._intake
         for topic in self._subscriptions:
             if on:
-                await client.subscribe(topic, qos=1)
+                # MQTT 5 (`[mqtt] protocol`): QoS 1 becomes the subscription's options.
+                granted = await client.subscribe(topic, qos=1)
+                refused = [str(c) for c in granted if isinstance(c, ReasonCode) and c.is_failure]
+                if refused:
+                    # An ACL, or a broker without shared subscriptions: say it, loudly.
+                    log.error("the broker refused the subscription to %s: %s", topic, refused[0])
             else:
                 await client.unsubscribe(topic)
         self._subscribed = on
@@ -194,23 +188,14 @@ class MqttLink:
     def _make_client(self, *, jobs: bool) -> aiomqtt.Client:
         """The job connection (`jobs`: persistent session, the availability will, manual
         acknowledgement) or the status connection (clean session, no will)."""
-        cfg = self._cfg
-        tls_params = tls_parameters(cfg)
         will = self._will
-        client = aiomqtt.Client(
-            hostname=cfg.host,
-            port=cfg.port,
-            identifier=self._client_id if jobs else self._status_id,
-            clean_session=not jobs,
-            username=cfg.username,
-            password=cfg.password,
-            keepalive=cfg.keepalive,
+        client = open_client(
+            self._cfg,
+            self._client_id if jobs else self._status_id,
+            persistent=jobs,
             will=aiomqtt.Will(will.topic, will.payload, qos=will.qos, retain=will.retain)
             if jobs
             else None,
-            tls_params=tls_params,
-            tls_insecure=cfg.tls.insecure if cfg.tls is not None else None,
-            timeout=10,
             # Unlimited in paho: _pump_out bounds what is in flight (PUBLISH_WINDOW), and a
             # limit makes paho scan every unconfirmed message at each PUBACK.
             max_inflight_messages=0,
@@ -246,10 +231,11 @@ class MqttLink:
                     self._jobs_error = None
                     self.connected.set()
                     log.info(
-                        "connected to MQTT broker %s:%d as %s",
+                        "connected to MQTT broker %s:%d as %s (MQTT %s)",
                         self._cfg.host,
                         self._cfg.port,
                         self._client_id,
+                        self._cfg.version,
                     )
                     delay = self._cfg.reconnect_initial_delay
                     if self._on_connect is not None:

@@ -23,7 +23,7 @@ from enum import StrEnum
 import aiomqtt
 
 from .config import MqttConfig
-from .mqtt import tls_parameters
+from .mqtt_connect import open_client
 from .status import Topics
 
 log = logging.getLogger("gateway.presence")
@@ -126,20 +126,8 @@ class Presence:
 
     # -- the connection ----------------------------------------------------------------
     def _make_client(self) -> aiomqtt.Client:
-        cfg = self._cfg
-        return aiomqtt.Client(
-            hostname=cfg.host,
-            port=cfg.port,
-            identifier=self._client_id,
-            clean_session=True,
-            username=cfg.username,
-            password=cfg.password,
-            keepalive=cfg.keepalive,
-            will=aiomqtt.Will(self._topics.health, self._will, qos=1, retain=True),
-            tls_params=tls_parameters(cfg),
-            tls_insecure=cfg.tls.insecure if cfg.tls is not None else None,
-            timeout=10,
-        )
+        will = aiomqtt.Will(self._topics.health, self._will, qos=1, retain=True)
+        return open_client(self._cfg, self._client_id, persistent=False, will=will)
 
     async def run(self) -> None:
         """Connect, claim, watch; reconnect with backoff; until cancelled."""

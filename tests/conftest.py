@@ -11,8 +11,9 @@ from tests.fixtures import GatewayProcess, Mosquitto, Observer, SmtpServer, gate
 from tests.sms_fixtures import SmscProcess
 from tests.voice_fixtures import AsteriskProcess
 
-# The session's PostgreSQL (`postgres_server`) and a fresh database per test (`pg_url`).
-pytest_plugins = ["tests.pg_fixtures"]
+# The session's PostgreSQL (`postgres_server`) and a fresh database per test (`pg_url`);
+# cluster nodes on it (`node`).
+pytest_plugins = ["tests.pg_fixtures", "tests.cluster_fixtures"]
 
 
 @pytest.fixture

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -60,6 +61,34 @@ class Mosquitto:
     def restart(self) -> None:
         self.stop()
         self.start()
+
+    def log(self) -> str:
+        path = self.workdir / "mosquitto.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def connections(self) -> list[Connection]:
+        """Every client connection the broker accepted, in order, from its log."""
+        return [
+            Connection(m["id"], _MOSQUITTO_PROTOCOLS.get(m["p"], m["p"]), m["c"] == "1")
+            for m in _CONNECTED.finditer(self.log())
+        ]
+
+    def taken_over(self, client_id: str) -> int:
+        """How many times a new connection with `client_id` closed an older one."""
+        return self.log().count(f"Client {client_id} already connected, closing old connection")
+
+
+@dataclass(frozen=True)
+class Connection:
+    client_id: str
+    protocol: str  # "3.1.1" or "5"
+    clean: bool  # clean session (3.1.1) / Clean Start (5)
+
+
+# mosquitto logs `New client connected from ADDR as ID (p5, c0, k30...)`: p is its own
+# protocol number (2: MQTT 3.1.1, 5: MQTT 5), c the clean session / Clean Start flag.
+_CONNECTED = re.compile(r"New client connected from \S+ as (?P<id>\S+) \(p(?P<p>\d), c(?P<c>\d)")
+_MOSQUITTO_PROTOCOLS = {"1": "3.1", "2": "3.1.1", "5": "5"}
 
 
 @dataclass

@@ -10,16 +10,11 @@ import re
 import subprocess
 import sys
 from collections import Counter
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import pytest
-
-from tests.cluster_fixtures import claimed, node_config, start_node
+from tests.cluster_fixtures import NodeFactory, claimed
 from tests.fixtures import (
     ROOT,
-    GatewayProcess,
-    Mosquitto,
     Observer,
     SmtpServer,
     email_job,
@@ -30,25 +25,6 @@ from tests.sms_fixtures import SmscProcess
 from tests.voice_fixtures import AsteriskProcess, member, voice_job
 
 N = int(os.environ.get("PLP_TEST_CLUSTER_N", "3000"))
-LEASE = 3.0  # a short lease, so that a takeover comes quickly in a test
-
-NodeFactory = Callable[..., GatewayProcess]
-
-
-@pytest.fixture
-def node(tmp_path: Path, broker: Mosquitto, smtp: SmtpServer, pg_url: str) -> Iterator[NodeFactory]:
-    """Start a cluster node `name` as a process (same store, broker and group as the others)."""
-    started: list[GatewayProcess] = []
-
-    def start(name: str, extra: str = "", wait_ready: bool = True) -> GatewayProcess:
-        config = node_config(tmp_path / name, broker, smtp, pg_url, name, extra, lease=LEASE)
-        proc = start_node(config, wait_ready)
-        started.append(proc)
-        return proc
-
-    yield start
-    for p in started:
-        p.stop()
 
 
 def per_address(smtp: SmtpServer) -> Counter[str]:

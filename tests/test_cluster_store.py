@@ -11,7 +11,7 @@ import time
 import psycopg
 import pytest
 
-from gateway.config import JobsConfig, parse_config
+from gateway.config import JobsConfig, MqttProtocol, parse_config
 from gateway.domain import DeliveryState, Priority
 from gateway.errors import ConfigError
 from gateway.jobs import content_hash, parse_job
@@ -131,3 +131,25 @@ def test_several_nodes_need_a_shared_store() -> None:
         {"mqtt": {"shared_group": "plp-nodes"}, "store": {"url": "postgresql://h/db"}}
     )
     assert config.clustered and config.cluster.lease == 15.0
+
+
+def test_several_nodes_speak_mqtt_5_and_each_node_needs_its_own_client_id() -> None:
+    store = {"url": "postgresql://h/db"}
+    one = parse_config({"node": "gw1"})
+    assert one.mqtt.version is MqttProtocol.V311  # one node: as before
+    nodes = parse_config({"node": "gw1", "mqtt": {"shared_group": "g"}, "store": store})
+    assert nodes.mqtt.version is MqttProtocol.V5
+    assert nodes.mqtt.session_expiry == 0xFFFFFFFF  # never: nothing queued for a node is lost
+    told = parse_config({"mqtt": {"protocol": "5", "session_expiry": 86400}})
+    assert told.mqtt.version is MqttProtocol.V5 and told.mqtt.session_expiry == 86400
+    with pytest.raises(ConfigError) as exc:
+        parse_config({"mqtt": {"session_expiry": 0}})  # 0 would end the session at once
+    assert [key for _, key, _ in exc.value.problems] == ["mqtt.session_expiry"]
+    # The same configuration on every node: a fixed client id would be all of theirs.
+    with pytest.raises(ConfigError) as exc:
+        parse_config(
+            {"node": "gw1", "mqtt": {"shared_group": "g", "client_id": "plp"}, "store": store}
+        )
+    assert "must contain the node's name 'gw1'" in str(exc.value.problems)
+    mine = {"shared_group": "g", "client_id": "police-gw1"}
+    assert parse_config({"node": "gw1", "mqtt": mine, "store": store}).client_id == "police-gw1"

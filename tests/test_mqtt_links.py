@@ -7,14 +7,30 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections import Counter
+from pathlib import Path
 
 import aiomqtt
+import pytest
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.reasoncodes import ReasonCode
 
+from gateway.config import parse_config
+from gateway.mqtt import MqttLink, Outgoing
 from tests.conftest import GatewayFactory
-from tests.fixtures import Mosquitto, Observer, SmtpServer, email_job, members
+from tests.fixtures import (
+    GatewayProcess,
+    Mosquitto,
+    Observer,
+    SmtpServer,
+    email_job,
+    gateway_config,
+    members,
+)
 
-STATUS_CLIENT_ID = "plp-gateway-test-status"  # client_id plp-gateway-<node> + "-status"
+CLIENT_ID = "plp-gateway-test"  # plp-gateway-<node>
+STATUS_CLIENT_ID = f"{CLIENT_ID}-status"
 
 
 async def take_over_status_connection(broker: Mosquitto) -> None:
@@ -52,3 +68,65 @@ async def test_status_connection_lost_mid_job_loses_no_event_and_keeps_the_job_s
     # jobs are not held up by what the gateway reports.
     assert log.count("connected to MQTT broker") == 1
     assert [m.payload for m in observer.on("/gateway/test/availability")] == [b"online"]
+
+
+async def test_one_node_speaks_3_1_1_unless_told_5_and_keeps_its_session_under_5(
+    tmp_path: Path, broker: Mosquitto, smtp: SmtpServer, observer: Observer
+) -> None:
+    config = gateway_config(tmp_path, broker, smtp)
+    proc = GatewayProcess(config, tmp_path)
+
+    def start() -> None:
+        offset = len(proc.log())
+        proc.start()
+        proc.wait_log("connected to MQTT broker", after=offset)
+
+    def protocols() -> set[str]:
+        return {c.protocol for c in broker.connections() if c.client_id.startswith(CLIENT_ID)}
+
+    try:
+        start()  # as before: MQTT 3.1.1
+        assert protocols() == {"3.1.1"}
+        assert proc.terminate() == 0
+        config.write_text(
+            config.read_text().replace(
+                "reconnect_initial_delay", 'protocol = "5"\nreconnect_initial_delay', 1
+            )
+        )
+        start()  # MQTT 5 takes the 3.1.1 session over, and keeps it after a clean stop
+        assert f"as {CLIENT_ID} (MQTT 5)" in proc.log()
+        jobs = [c for c in broker.connections() if c.client_id == CLIENT_ID][-1]
+        assert jobs.protocol == "5" and not jobs.clean
+        assert proc.terminate() == 0
+        await observer.publish_job(email_job("v5-offline-1", members(3)))
+        start()
+        await observer.wait_job("v5-offline-1", "done")
+        assert len(await smtp.await_for(lambda box: len(box) == 3)) == 3
+        assert protocols() == {"3.1.1", "5"}
+    finally:
+        proc.stop()
+
+
+async def test_a_refused_job_subscription_is_logged_loudly(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A broker without shared subscriptions answers the SUBSCRIBE with a failure (MQTT 5
+    reason code 0x9E); the gateway says so rather than waiting for jobs that never come."""
+
+    class Refusing:
+        async def subscribe(self, topic: str, qos: int) -> list[ReasonCode]:
+            code = 0x9E if topic.startswith("$share/") else qos
+            return [ReasonCode(PacketTypes.SUBACK, identifier=code)]
+
+    cfg = parse_config(
+        {"node": "a", "mqtt": {"shared_group": "g"}, "store": {"url": "postgresql://h/db"}}
+    )
+    link = MqttLink(
+        cfg.mqtt, cfg.client_id, ["$share/g/plp/jobs", "plp/jobs/+/cancel"], Outgoing("t", b"")
+    )
+    with caplog.at_level(logging.ERROR, logger="gateway.mqtt"):
+        await link._sync_subscriptions(Refusing())  # type: ignore[arg-type]
+    assert [r.getMessage() for r in caplog.records] == [
+        "the broker refused the subscription to $share/g/plp/jobs:"
+        " Shared subscription not supported"
+    ]
