@@ -35,9 +35,17 @@ def tls_parameters(cfg: MqttConfig) -> aiomqtt.TLSParameters | None:
     )
 
 
+#: Unacknowledged QoS 1 messages the broker may send this client at once (MQTT 5 Receive
+#: Maximum; paho's default is 65,535). 20 is what mosquitto allows a 3.1.1 client by default
+#: (`max_inflight_messages`): with several nodes, a burst of jobs is spread over them rather
+#: than all handed to the first, and a node that dies holds no more than that many unstored.
+RECEIVE_MAXIMUM = 20
+
+
 def _session_expiry(seconds: int) -> Properties:
     properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
     properties.SessionExpiryInterval = seconds
+    properties.ReceiveMaximum = RECEIVE_MAXIMUM
     return properties
 
 
