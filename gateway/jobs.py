@@ -260,13 +260,17 @@ def normalise_phone(raw: str, region: str = "BE") -> str:
 
 
 def refused_channels(
-    number: phonenumbers.PhoneNumber, channels: Set[str], policies: Mapping[str, NumberPolicy]
+    number: phonenumbers.PhoneNumber,
+    channels: Set[str],
+    policies: Mapping[str, NumberPolicy],
+    e164: str | None = None,
 ) -> frozenset[str]:
-    """The channels among `channels` whose number policy refuses `number`."""
+    """The channels among `channels` whose number policy refuses `number` (`e164`, its E.164
+    form: the channels, which check again before sending, then find the answer)."""
     judged = [c for c in channels if c in policies]
     if not judged:
         return frozenset()
-    kind = kind_of(number)
+    kind = kind_of(number, e164)
     return frozenset(c for c in judged if not policies[c].allows(kind))
 
 
@@ -711,7 +715,7 @@ def _given(
                 phone_error = str(exc)
             else:
                 phone = phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
-                refused = refused_channels(number, needed, numbers)
+                refused = refused_channels(number, needed, numbers, phone)
         if r.email is not None and "email" in needed:
             try:
                 email = normalise_email(r.email)

@@ -7,7 +7,6 @@ later path (replies, confirmations) can reach a premium-rate or satellite number
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 
 import phonenumbers
@@ -38,16 +37,32 @@ class NumberKind:
         return f"{self.region}/{self.type}"
 
 
-def kind_of(number: phonenumbers.PhoneNumber) -> NumberKind:
+# E.164 -> kind, bounded: intake classifies every member's number and the channels ask again
+# before sending (thousands per second); what intake learnt is not computed twice.
+_KINDS: dict[str, NumberKind] = {}
+_KINDS_MAX = 200_000
+
+
+def kind_of(number: phonenumbers.PhoneNumber, e164: str | None = None) -> NumberKind:
+    """`e164`: the number's E.164 form, to remember the answer for `kind_of_e164`."""
     region = phonenumbers.region_code_for_number(number) or phonenumbers.UNKNOWN_REGION
-    return NumberKind(region, _TYPE_NAMES.get(phonenumbers.number_type(number), "unknown"))
+    kind = NumberKind(region, _TYPE_NAMES.get(phonenumbers.number_type(number), "unknown"))
+    if e164 is not None:
+        if len(_KINDS) >= _KINDS_MAX:
+            _KINDS.clear()
+        _KINDS[e164] = kind
+    return kind
 
 
-@functools.lru_cache(maxsize=100_000)
 def kind_of_e164(e164: str) -> NumberKind | None:
     """The kind of a strict E.164 number (`+32470123456`); None when it is not one."""
-    number = parse_e164(e164)
-    return None if number is None else kind_of(number)
+    kind = _KINDS.get(e164)
+    if kind is None:
+        number = parse_e164(e164)
+        if number is None:
+            return None
+        kind = kind_of(number, e164)
+    return kind
 
 
 def parse_e164(e164: str) -> phonenumbers.PhoneNumber | None:

@@ -18,7 +18,7 @@ import phonenumbers
 from gateway.channel import Attempt, Limits, Outcome, Receipt, Reply, Reports, RetryPolicy
 from gateway.domain import DeliveryState, Job, job_sender_id
 from gateway.errors import LinkDown, LinkUnavailable, PermanentError, TemporaryError
-from gateway.numbers import kind_of_e164, parse_e164, refusal
+from gateway.numbers import kind_of_e164, refusal
 from gateway.privacy import address_hash, mask_phone
 
 from . import pdu as P
@@ -30,29 +30,23 @@ from .session import Session
 
 log = logging.getLogger("sms.channel")
 
+# phonenumbers' types (gateway.numbers.NUMBER_TYPES names) that cannot take an SMS.
 _NOT_MOBILE = frozenset(
-    {
-        phonenumbers.PhoneNumberType.FIXED_LINE,
-        phonenumbers.PhoneNumberType.TOLL_FREE,
-        phonenumbers.PhoneNumberType.PREMIUM_RATE,
-        phonenumbers.PhoneNumberType.SHARED_COST,
-        phonenumbers.PhoneNumberType.UAN,
-        phonenumbers.PhoneNumberType.VOICEMAIL,
-    }
+    {"fixed_line", "toll_free", "premium_rate", "shared_cost", "uan", "voicemail"}
 )
 TON_INTERNATIONAL, TON_NATIONAL, TON_ALPHANUMERIC = 1, 2, 5
 NPI_ISDN, NPI_UNKNOWN = 1, 0
 
 
-@functools.lru_cache(maxsize=100_000)
 def number_problem(e164: str) -> str | None:
     """`reject_non_mobile`: None for a number that can take an SMS; else `invalid_number` or
     `not_mobile`. It runs after the number policy, which already refuses what phonenumbers
-    cannot classify; it matters only when the policy allows a non-mobile type."""
-    number = parse_e164(e164)
-    if number is None:
+    cannot classify; it matters only when the policy allows a non-mobile type. The kind is
+    the one intake found (remembered by gateway.numbers)."""
+    kind = kind_of_e164(e164)
+    if kind is None:
         return "invalid_number"
-    if phonenumbers.number_type(number) in _NOT_MOBILE:
+    if kind.type in _NOT_MOBILE:
         return "not_mobile"
     return None
 
