@@ -18,6 +18,8 @@ import re
 from collections.abc import Mapping, Set
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
+from itertools import repeat
+from operator import attrgetter
 from typing import Annotated, Any, Literal
 
 import phonenumbers
@@ -262,8 +264,31 @@ def content_hash(payload: bytes) -> str:
 
 
 def _hash_of(data: Any) -> str:
-    canonical = json.dumps(data, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(canonical.encode()).hexdigest()
+    """SHA-256 of the canonical JSON (sorted keys, no spaces, ASCII) of the parsed payload.
+    A large job's members are written a slice at a time into the hash: the same bytes, never
+    a second copy of a 10 MB payload as one string (and its bytes) at the intake's peak."""
+    digest = hashlib.sha256()
+    recipients = data.get("recipients") if isinstance(data, dict) else None
+    if not isinstance(recipients, list) or len(recipients) <= _SLICE:
+        digest.update(_canonical(data).encode())
+        return digest.hexdigest()
+    digest.update(b"{")
+    for n, key in enumerate(sorted(data)):
+        digest.update(f"{',' if n else ''}{_canonical(key)}:".encode())
+        if key != "recipients":
+            digest.update(_canonical(data[key]).encode())
+            continue
+        digest.update(b"[")
+        for start in range(0, len(recipients), _SLICE):
+            part = _canonical(recipients[start : start + _SLICE])  # "[a,b]": its members
+            digest.update(f"{',' if start else ''}{part[1:-1]}".encode())
+        digest.update(b"]")
+    digest.update(b"}")
+    return digest.hexdigest()
+
+
+def _canonical(data: Any) -> str:
+    return json.dumps(data, sort_keys=True, separators=(",", ":"))
 
 
 def parse_phone(raw: str, region: str = "BE") -> phonenumbers.PhoneNumber:
@@ -507,7 +532,7 @@ def _oversized(data: dict[str, Any]) -> JobErrorItem | None:
     if isinstance(audience, dict):
         places += [(("audience", k), audience.get(k)) for k in ("plps", "groups")]
     recipients = data.get("recipients")
-    if isinstance(recipients, list):
+    if isinstance(recipients, list) and not _members_small(recipients):
         # No allocation per member: a 100,000-member loop that allocates wakes the collector.
         for i, member in enumerate(recipients):
             if isinstance(member, dict) and (
@@ -523,6 +548,21 @@ def _oversized(data: dict[str, Any]) -> JobErrorItem | None:
             detail = f"{_size(value)} members > limit {MAX_MEMBERS}"
             return JobErrorItem(_json_path(loc), "too_many_items", detail)
     return None
+
+
+def _members_small(recipients: list[Any]) -> bool:
+    """True when every member is an object of at most MAX_MEMBERS members, its `channels`
+    absent, null or a list of at most MAX_MEMBERS: the usual job, told at C speed (map, no
+    Python loop: 100,000 members in ~10 ms). False sends the caller to the loop that says
+    which member is too large (or that none is)."""
+    if not set(map(type, recipients)) <= {dict}:
+        return False
+    if max(map(len, recipients), default=0) > MAX_MEMBERS:
+        return False
+    channels = [c for c in map(dict.get, recipients, repeat("channels")) if c is not None]
+    if not set(map(type, channels)) <= {list}:
+        return False
+    return max(map(len, channels), default=0) <= MAX_MEMBERS
 
 
 def _size(value: Any) -> int:
@@ -617,6 +657,8 @@ def _semantic_errors(
         errors.append(
             JobErrorItem("$.expires_at", "too_far", f"more than {limits.max_ttl:.0f} s ahead")
         )
+    if _members_distinct(spec.recipients):
+        return errors
     seen: dict[str, int] = {}
     for i, r in enumerate(spec.recipients):
         if r.ref is not None:
@@ -634,6 +676,20 @@ def _semantic_errors(
                 JobErrorItem(f"$.recipients[{i}].channels", "duplicate_channel", "listed twice")
             )
     return errors
+
+
+_REF = attrgetter("ref")
+_CHANNELS = attrgetter("channels")
+
+
+def _members_distinct(recipients: list[RecipientIn]) -> bool:
+    """No two members with one ref, no member listing a channel twice: the usual job, told
+    without a Python loop over every member (the loop that names the culprits runs otherwise)."""
+    refs = [ref for ref in map(_REF, recipients) if ref is not None]
+    if len(set(refs)) != len(refs):
+        return False
+    own = [c for c in map(_CHANNELS, recipients) if c is not None]
+    return all(len(set(c)) == len(c) for c in own)
 
 
 def _characters(path: str, text: str, unsafe: re.Pattern[str]) -> list[JobErrorItem]:
