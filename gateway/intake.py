@@ -16,7 +16,7 @@ from typing import ParamSpec, Protocol, TypeVar
 
 import aiomqtt
 
-from . import directory_sync
+from . import allocator, directory_sync
 from .async_store import AsyncStore
 from .choices import DirectoryConfig, apply_choices
 from .config import JobsConfig
@@ -315,6 +315,7 @@ class Intake:
             start, size = stop, CHUNK_MEMBERS
         if await self._store.run(store.transition_job_if_done, header.id):
             self._status.job_dirty(header.id, immediate=True)
+        await asyncio.to_thread(allocator.release_free_memory)  # what the intake freed
         return result
 
     async def _resolve(self, payload: bytes) -> Resolved | None:
