@@ -294,14 +294,15 @@ class Intake:
         if stored:
             log.info("job %s: resuming its intake after %d stored members", header.id, stored)
         total = member_count(spec, resolved)
-        # Compact, for the job's body (a fallback needs a member's other addresses).
+        # Compact, for the job's body (a fallback needs a member's other addresses): one
+        # string per chunk (`job_to_body` joins them as members), not one per member.
         bodies: list[str] = []
         start, size = 0, FIRST_CHUNK
         while start < total:
             stop = min(start + size, total)
             chunk = await self._members(spec, resolved, start, stop)
             release_members(spec, start, stop)
-            bodies += [member_json(r) for r in chunk]
+            bodies.append(",".join([member_json(r) for r in chunk]))
             new = [r for r in chunk if r.index >= stored]
             body = job_to_body(header, bodies) if stop == total else None
             if new or body is not None:
