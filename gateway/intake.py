@@ -16,7 +16,7 @@ from typing import ParamSpec, Protocol, TypeVar
 
 import aiomqtt
 
-from . import directory_sync, frozen
+from . import allocator, directory_sync, frozen
 from .async_store import AsyncStore
 from .choices import DirectoryConfig, add_job_choosing, add_members_choosing
 from .config import JobsConfig
@@ -282,14 +282,15 @@ class Intake:
         if stored:
             log.info("job %s: resuming its intake after %d stored members", header.id, stored)
         total = member_count(spec, resolved)
-        # Compact, for the job's body (a fallback needs a member's other addresses).
+        # Compact, for the job's body (a fallback needs a member's other addresses): one
+        # string per chunk (`job_to_body` joins them as members), not one per member.
         bodies: list[str] = []
         start, size = 0, FIRST_CHUNK
         while start < total:
             stop = min(start + size, total)
             chunk = await self._members(spec, resolved, start, stop)
             release_members(spec, start, stop)
-            bodies += [member_json(r) for r in chunk]
+            bodies.append(",".join([member_json(r) for r in chunk]))
             new = [r for r in chunk if r.index >= stored]
             body = job_to_body(header, bodies) if stop == total else None
             if new or body is not None:
@@ -310,6 +311,7 @@ class Intake:
             start, size = stop, CHUNK_MEMBERS
         if await self._store.run(store.transition_job_if_done, header.id):
             self._status.job_dirty(header.id, immediate=True)
+        await asyncio.to_thread(allocator.release_free_memory)  # what the intake freed
         return result
 
     async def _resolve(self, payload: bytes) -> Resolved | None:

@@ -15,7 +15,8 @@ from aiolimiter import AsyncLimiter
 from .domain import Priority
 
 
-@dataclass(order=True, frozen=True)
+# Slotted: a 100,000-member job queues 100,000 of them at once (72 bytes each, not ~220).
+@dataclass(order=True, frozen=True, slots=True)
 class Item:
     priority: Priority
     seq: int

@@ -129,8 +129,9 @@ def row_to_job(r: Row) -> JobRow:
 
 
 def job_to_body(job: Job, members: list[str] | None = None) -> str:
-    """The job's stored body; `members` (each `member_json`) instead of job.recipients: a
-    large job keeps its members' bodies as they come, as text (a third of the memory)."""
+    """The job's stored body; `members` (each `member_json`, or several of them joined by
+    commas) instead of job.recipients: a large job keeps its members' bodies as they come, as
+    text (a third of the memory)."""
     body = json.dumps(
         {
             "message": job.message,

@@ -6,6 +6,7 @@ between. The daemon killed mid-intake: tests/test_restart_recovery.py."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections import Counter
 from datetime import UTC, datetime
@@ -19,6 +20,7 @@ from gateway.domain import DeliveryState, JobState, Recipient
 from gateway.frozen import Begun
 from gateway.jobs import (
     JobIn,
+    JobRejected,
     Resolved,
     content_hash,
     job_header,
@@ -227,3 +229,42 @@ async def test_a_large_audience_job_is_stored_in_chunks_with_its_members_choices
     received = Counter(m.rcpts[0] for m in smtp.mailbox)
     assert len(received) == 2 * n - 1 and set(received.values()) == {1}
     assert directory[-1].email not in received
+
+
+def test_a_large_jobs_content_hash_is_the_canonical_jsons_written_in_slices() -> None:
+    """The hash of a large job is written a slice of members at a time: the same digest as
+    the canonical JSON whole (jobs stored before keep their duplicate-or-conflict verdict)."""
+    for n in (1, 256, 257, 3001):
+        crowd: list[object] = list(people(n))
+        for i in range(0, n, 7):
+            crowd[i] = {**people(1)[0], "ref": f"r{i}", "name": 'Zoë "q" \\ \u202e 😀'}
+        if n > 3:
+            crowd[2], crowd[3] = "not an object", [1, {"b": 2, "a": [None, 1.5, True]}]
+        job = {**email_job("h", []), "recipients": crowd, "zzz": {"y": 1}, "a": "é"}
+        canonical = json.dumps(job, sort_keys=True, separators=(",", ":")).encode()
+        assert content_hash(json.dumps(job).encode()) == hashlib.sha256(canonical).hexdigest()
+
+
+def test_a_large_jobs_bad_members_are_named_as_before() -> None:
+    """The usual job's member checks run without a loop per member; one that finds a problem
+    hands over to the loop that names it, wherever it is."""
+    crowd = people(3000)
+    crowd[2500]["ref"] = crowd[10]["ref"]
+    crowd[2700]["channels"] = ["email", "email"]
+    try:
+        validate_job(json.dumps(email_job("dup", crowd)).encode(), JobsConfig(), EMAIL)
+    except JobRejected as rej:
+        assert [(e.path, e.code) for e in rej.errors] == [
+            ("$.recipients[2500].ref", "duplicate_ref"),
+            ("$.recipients[2700].channels", "duplicate_channel"),
+        ]
+    else:
+        raise AssertionError("accepted")
+    crowd = people(3000)
+    crowd[2999] = {"ref": "x", **{f"k{i}": 1 for i in range(65)}}
+    try:
+        validate_job(json.dumps(email_job("wide", crowd)).encode(), JobsConfig(), EMAIL)
+    except JobRejected as rej:
+        assert [(e.path, e.code) for e in rej.errors] == [("$.recipients[2999]", "too_many_items")]
+    else:
+        raise AssertionError("accepted")
