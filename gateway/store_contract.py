@@ -41,6 +41,7 @@ class StoreContract(Protocol):
         content_hash: str,
         enabled_channels: frozenset[str],
         now: float | None = None,
+        claim: bool = False,
     ) -> tuple[AddResult, list[DeliveryRow]]: ...
 
     def begin_job(
