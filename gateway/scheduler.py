@@ -313,7 +313,6 @@ class Scheduler:
         self._jobs[job.id] = job
         # Held ones (a member's quiet hours) are queued for when they end.
         queued = [r for r in rows if r.state in _WAITING]
-        self._status.job_dirty(job.id, immediate=True)
         # Each delivery is announced (`queued`) before its attempt can start. Announcing takes
         # a while for a large job (an event and a log line each: 1.6 s for 10,000 members), so
         # it goes in chunks, each released to its lane once announced, with a turn of the loop
@@ -330,11 +329,21 @@ class Scheduler:
                         row, state=DeliveryState.QUEUED, attempts=row.attempts - 1
                     )
                 self._status.delivery(Change(row, DeliveryState.QUEUED))
-            ready = [r for r in chunk if r.state in _WAITING]
+            ready = [
+                r
+                for r in chunk
+                if r.state in _WAITING
+                and not (r.state is DeliveryState.SENDING and self._start_claimed(job, r))
+            ]
             if ready:  # chunks share the job's one preparation and queue in order
                 self._spawn(self._enqueue_prepared(job, ready))
+            if start == 0:
+                # After the attempts started above: theirs is the loop's next turn.
+                self._status.job_dirty(job.id, immediate=True)
             if start + ANNOUNCE_CHUNK < len(rows):
                 await asyncio.sleep(0)
+        if not rows:
+            self._status.job_dirty(job.id, immediate=True)
         for row in rows:
             if row.state is DeliveryState.FAILED:
                 await self._after_final(row, job)
@@ -342,6 +351,19 @@ class Scheduler:
             finished = await self._store.run(self._store.store.transition_job_if_done, job.id)
             if finished:
                 self._status.job_dirty(job.id, immediate=True)
+
+    def _start_claimed(self, job: Job, row: DeliveryRow) -> bool:
+        """Start the attempt of a delivery claimed with its job now, if its lane would:
+        a free slot, no rate to wait for, nothing of its priority ahead of it. It then
+        skips the queue, a turn of the loop for the dispatcher and another for the task
+        that prepares the job (the attempt prepares it: `_attempt`)."""
+        lane = self._lanes.get(row.channel)
+        if lane is None or lane.limiter is not None or self._stopping:
+            return False
+        if lane.queue.depth()[job.priority.label] or not lane.slots[job.priority].try_acquire():
+            return False
+        self._start(lane, job.priority, row.id, job.id)
+        return True
 
     async def _enqueue_prepared(self, job: Job, rows: list[DeliveryRow]) -> None:
         if self._owner is not None:
@@ -366,17 +388,20 @@ class Scheduler:
         failures = await self._prepare(job, channel)
         for row in rows:
             if row.lang in failures:
-                self._claimed.pop(row.id, None)
-                change = await self._store.run(
-                    self._store.store.transition,
-                    row.id,
-                    DeliveryState.FAILED,
-                    last_error=failures[row.lang],
-                )
-                if change is not None:
-                    await self._changed(change)
+                await self._unprepared(row, failures[row.lang])
                 continue
             lane.queue.push(job.priority, row.id, job.id, row.next_attempt_at)
+
+    async def _unprepared(self, row: DeliveryRow, reason: str) -> None:
+        """The channel cannot serve the delivery's language (e.g. tts_failed): it fails,
+        without an attempt (one claimed with its job gives it back)."""
+        claim = self._claimed.pop(row.id, None)
+        fields = {} if claim is None else {"attempts": claim.delivery.attempts - 1}
+        change = await self._store.run(
+            self._store.store.transition, row.id, DeliveryState.FAILED, last_error=reason, **fields
+        )
+        if change is not None:
+            await self._changed(change)
 
     async def _prepare(self, job: Job, channel: str) -> Mapping[str, str]:
         """Prepare once per job and channel; later callers share the first one's result.
@@ -484,18 +509,31 @@ class Scheduler:
                 self._claimed.pop(item.delivery_id, None)
                 slots.release()
                 continue
-            task = asyncio.create_task(self._attempt(lane, item.delivery_id, item.job_id))
-            lane.inflight[item.delivery_id] = task
+            self._start(lane, priority, item.delivery_id, item.job_id)
 
-            def done(_: asyncio.Task[None], did: int = item.delivery_id) -> None:
-                lane.inflight.pop(did, None)
-                slots.release()
+    def _start(self, lane: _Lane, priority: Priority, delivery_id: int, job_id: str) -> None:
+        """Run an attempt in a task of its own, holding a slot of `priority` until it ends."""
+        task = asyncio.create_task(self._attempt(lane, delivery_id, job_id))
+        lane.inflight[delivery_id] = task
 
-            task.add_done_callback(done)
+        def done(_: asyncio.Task[None]) -> None:
+            lane.inflight.pop(delivery_id, None)
+            lane.slots[priority].release()
+
+        task.add_done_callback(done)
 
     async def _attempt(self, lane: _Lane, delivery_id: int, job_id: str) -> None:
         store = self._store.store
         job = await self._job(job_id)
+        claimed = self._claimed.get(delivery_id)
+        if claimed is not None and job is not None:
+            # Started with its job (`_start_claimed`): prepared here. The claim stays listed
+            # meanwhile (given back if the gateway stops now, dropped if the job closes).
+            row = claimed.delivery
+            failure = (await self._prepare(job, row.channel)).get(row.lang)
+            if failure is not None:
+                await self._unprepared(row, failure)
+                return
         claim = self._claimed.pop(delivery_id, None) or await (
             self._claim(delivery_id)
             if self._owner is None

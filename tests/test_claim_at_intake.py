@@ -1,7 +1,8 @@
 """A small hot job stored with its attempts claimed (`Scheduler.claims_at_intake`): the attempt
-starts without a second claim, and is published `queued` then `sending` like any other; a claim
-that never started is dropped when its job is cancelled and given back at a clean stop (not
-"possibly sent"). And `AsyncStore.run_now` never uses the connection beside the store's thread.
+starts without a second claim (at once, or through its lane's queue when the lane has a rate),
+and is published `queued` then `sending` like any other; a claim that never started is dropped
+when its job is cancelled and given back at a clean stop (not "possibly sent"). And
+`AsyncStore.run_now` never uses the connection beside the store's thread.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import threading
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from gateway.async_store import AsyncStore
 from gateway.channel import Attempt, Limits, Outcome, RetryPolicy
@@ -35,7 +38,8 @@ class Sms:
 
     name = "sms"
 
-    def __init__(self) -> None:
+    def __init__(self, rate: float) -> None:
+        self.rate = rate  # attempts/s; a rate makes the scheduler queue every attempt
         self.sent: list[Attempt] = []
         self.got = asyncio.Event()
 
@@ -46,7 +50,7 @@ class Sms:
         pass
 
     def limits(self) -> Limits:
-        return Limits(concurrency=4, rate=0.0, retry=RetryPolicy())
+        return Limits(concurrency=4, rate=self.rate, retry=RetryPolicy())
 
     def reconfigure(self, section: Any, /) -> None:
         pass
@@ -64,7 +68,7 @@ class Sms:
 
 
 class Stack:
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, rate: float) -> None:
         self.store = SqliteStore(path)
         self.claims = 0
         claim_batch = self.store.claim_batch
@@ -76,7 +80,7 @@ class Stack:
         self.store.claim_batch = counted  # type: ignore[method-assign]
         self.astore = AsyncStore(self.store)
         self.events: list[dict[str, Any]] = []
-        self.sms = Sms()
+        self.sms = Sms(rate)
         status = StatusPublisher(self.publish, Topics("plp", "t"), self.astore, 0.5)
         self.scheduler = Scheduler(self.astore, {"sms": self.sms}, status)
 
@@ -96,8 +100,8 @@ class Stack:
 
 
 @contextlib.asynccontextmanager
-async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
-    s = Stack(tmp_path / "gw.sqlite3")
+async def stack(tmp_path: Path, rate: float = 0.0) -> AsyncIterator[Stack]:
+    s = Stack(tmp_path / "gw.sqlite3", rate)
     try:
         yield s
     finally:
@@ -116,8 +120,9 @@ async def until(cond: Callable[[], object], timeout: float = 10) -> None:
             await asyncio.sleep(0)
 
 
-async def test_a_small_hot_job_is_sent_without_a_second_claim(tmp_path: Path) -> None:
-    async with stack(tmp_path) as s:
+@pytest.mark.parametrize("rate", [0.0, 100.0], ids=["at-once", "queued"])
+async def test_a_small_hot_job_is_sent_without_a_second_claim(tmp_path: Path, rate: float) -> None:
+    async with stack(tmp_path, rate) as s:
         assert not s.scheduler.claims_at_intake(job("cold", priority="cold"))
         assert not s.scheduler.claims_at_intake(job("big", CLAIM_AT_INTAKE + 1))
         await s.scheduler.start()
@@ -134,8 +139,8 @@ async def test_a_small_hot_job_is_sent_without_a_second_claim(tmp_path: Path) ->
 
 
 async def test_a_claim_not_started_is_given_back_at_a_clean_stop(tmp_path: Path) -> None:
-    async with stack(tmp_path) as s:
-        # No dispatchers: the attempt waits in its lane, as behind a busy channel.
+    async with stack(tmp_path, rate=100.0) as s:
+        # A rated lane queues it; no dispatchers: it waits there, as behind a busy channel.
         (did,) = await s.accept(job("hot"))
         assert s.store.delivery(did).state is DeliveryState.SENDING
         await until(lambda: s.scheduler.queue_depths()["sms"]["hot"] == 1)
@@ -147,7 +152,7 @@ async def test_a_claim_not_started_is_given_back_at_a_clean_stop(tmp_path: Path)
 
 
 async def test_a_cancelled_claim_is_not_sent_nor_given_back(tmp_path: Path) -> None:
-    async with stack(tmp_path) as s:
+    async with stack(tmp_path, rate=100.0) as s:
         (did,) = await s.accept(job("hot"))
         await until(lambda: s.scheduler.queue_depths()["sms"]["hot"] == 1)
         await s.scheduler.close_job("hot", JobState.CANCELLED, "cancelled")
