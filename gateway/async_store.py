@@ -9,12 +9,13 @@ being written all go into the next one.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Generic, ParamSpec, TypeVar
 
-from .errors import StoreUnavailable
+from .errors import StoreBusy, StoreUnavailable
 from .store_contract import StoreContract
 from .store_tx import Call
 
@@ -136,17 +137,15 @@ class AsyncStore:
         """`run`, but on the event loop itself when the store is SQLite and its thread is
         idle: a hot alert's insert spares two thread hops (each a wait for the GIL and a
         wake-up on two busy cores). Only for small, quick calls: the loop waits for the
-        commit. While it runs, the loop submits nothing, so the connection is never used
-        from two threads at once."""
+        commit, but never for another process's write lock (an admin command writing: then
+        the thread waits). While it runs, the loop submits nothing, so the connection is
+        never used from two threads at once."""
         if self._inline:
             with self._busy_lock:
                 idle = self._busy == 0
             if idle:
-                try:
-                    return fn(*args, **kwargs)
-                except StoreUnavailable:
-                    self._lost.set()
-                    raise
+                with contextlib.suppress(StoreBusy):
+                    return self.store.at_once(lambda: fn(*args, **kwargs))
         return await self.run(fn, *args, **kwargs)
 
     async def watch(self) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import sqlite3
 import threading
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from pathlib import Path
@@ -22,7 +23,7 @@ from gateway.channel import Attempt, Limits, Outcome, RetryPolicy
 from gateway.config import JobsConfig
 from gateway.domain import DeliveryState, Job, JobState
 from gateway.jobs import parse_job
-from gateway.rows import Change
+from gateway.rows import AddResult, Change
 from gateway.scheduler import CLAIM_AT_INTAKE, Scheduler
 from gateway.status import StatusPublisher, Topics
 from gateway.store import SqliteStore
@@ -176,3 +177,25 @@ async def test_run_now_waits_for_the_store_thread(tmp_path: Path) -> None:
         release.set()
         assert await busy and await later != loop_thread
         assert await s.astore.run_now(threading.get_ident) == loop_thread  # idle again
+
+
+async def test_run_now_never_waits_on_the_loop_for_another_writer(tmp_path: Path) -> None:
+    """Another process writing (an admin command) holds SQLite's write lock: the insert then
+    waits on the store's thread, the loop goes on, and it is stored once the lock is free."""
+    async with stack(tmp_path) as s:
+        other = sqlite3.connect(tmp_path / "gw.sqlite3", isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")
+        hot = job("hot")
+        store = asyncio.ensure_future(
+            s.astore.run_now(s.store.add_job, hot, hot.id, SMS, claim=True)
+        )
+        async with asyncio.timeout(5):  # the loop is free: this turn comes at once
+            await asyncio.sleep(0)
+        assert not store.done()
+        other.execute("COMMIT")
+        other.close()
+        async with asyncio.timeout(30):
+            result, rows = await store
+        assert result is AddResult.NEW and rows[0].state is DeliveryState.SENDING
+        # The connection waits for the lock again on its own thread (its usual timeout).
+        assert s.store._db.conn.execute("PRAGMA busy_timeout").fetchone()[0] == 30_000  # type: ignore[attr-defined]
