@@ -178,13 +178,16 @@ def add_job_choosing(
     members: Sequence[Member] | None,
     config: DirectoryConfig,
     now: datetime,
+    claim: bool = False,
 ) -> tuple[AddResult, list[DeliveryRow]]:
     """`store.add_job` and its members' choices on the new deliveries in one durable
     transaction: a crash in between must not leave an unsubscribed member's delivery queued
-    (it would be sent at restart). On the store's thread."""
+    (it would be sent at restart). On the store's thread (or `AsyncStore.run_now`'s loop).
+    `claim` (`add_job`'s) is for a job without members' choices: their choices change
+    deliveries that must not be claimed yet."""
 
     def work() -> tuple[AddResult, list[DeliveryRow]]:
-        result, rows = store.add_job(job, content_hash, enabled)
+        result, rows = store.add_job(job, content_hash, enabled, claim=claim and not members)
         if result is AddResult.NEW and rows and members:
             rows = apply_choices(store, job, rows, members, config, now)
         return result, rows

@@ -59,6 +59,11 @@ class StoreError(GatewayError):
     """The durable store failed."""
 
 
+class StoreBusy(StoreError):
+    """Another process holds the SQLite store's write lock (an admin command writing), and
+    the caller asked not to wait for it (`Transactions.at_once`)."""
+
+
 class InvalidJobId(GatewayError, ValueError):
     """A job id that breaks the id rule (gateway.job_id) reached a place that builds a topic
     or a path from it."""

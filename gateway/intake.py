@@ -208,7 +208,12 @@ class Intake:
             if total <= CHUNK_MEMBERS or spec.fallback:
                 chunk = await self._members(spec, resolved, 0, total)
                 job = replace(header, recipients=tuple(chunk))
-                result, rows = await self._store.run(
+                # A small hot job is stored with its attempts claimed, on the loop when the
+                # store allows it: its first send waits for one commit, nothing else. (Not
+                # an audience's: its members' choices apply to its deliveries.)
+                claim = resolved.audience is None and self._scheduler.claims_at_intake(job)
+                run = self._store.run_now if claim else self._store.run
+                result, rows = await run(
                     add_job_choosing,
                     self._store.store,
                     job,
@@ -217,6 +222,7 @@ class Intake:
                     _chosen(resolved),
                     self.directory,
                     datetime.now(UTC),
+                    claim=claim,
                 )
             else:
                 job, rows = header, []

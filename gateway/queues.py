@@ -113,6 +113,13 @@ class Slots:
                 self.release()  # granted, then cancelled before it ran: pass the slot on
             raise
 
+    def try_acquire(self) -> bool:
+        """A slot now if one is free and nobody waits for it, else False (no waiting)."""
+        if self.used < self.size and not self._waiters:
+            self.used += 1
+            return True
+        return False
+
     def release(self) -> None:
         self.used -= 1
         self._wake()

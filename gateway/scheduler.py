@@ -7,6 +7,7 @@ Data flows one way: store -> queue -> channel -> outcome -> store -> status.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import logging
 import time
@@ -28,7 +29,7 @@ from .domain import (
     compose_text,
     job_code_word,
 )
-from .errors import NotSent, PermanentError, TemporaryError
+from .errors import NotSent, PermanentError, StoreError, TemporaryError
 from .privacy import mask_phone, scrub
 from .queues import ChannelQueue, Slots, make_limiter
 from .replies import confirmation, forward
@@ -37,8 +38,12 @@ from .status import StatusPublisher, iso
 
 log = logging.getLogger("gateway.scheduler")
 
-# A new job's deliveries that wait for an attempt: queued now, or held until quiet hours end.
-_WAITING = (DeliveryState.QUEUED, DeliveryState.HELD)
+# A new job's deliveries that wait for an attempt: queued now, or held until quiet hours end,
+# or claimed already by the store (`claims_at_intake`).
+_WAITING = (DeliveryState.QUEUED, DeliveryState.HELD, DeliveryState.SENDING)
+# A hot job of at most this many deliveries, with room for them in its lanes, is stored with
+# its attempts claimed (`claims_at_intake`): one store round trip less before the first send.
+CLAIM_AT_INTAKE = 8
 
 # Least wait before a delivery that never reached its provider is tried again: the channel
 # usually waits for a link itself, but one that answers at once must not make it spin.
@@ -86,6 +91,9 @@ class Scheduler:
         self._status = status
         self._lanes = {name: _Lane(ch) for name, ch in channels.items()}
         self._jobs: dict[str, Job] = {}
+        # Attempts the store claimed with their job (`claims_at_intake`), not started yet:
+        # delivery id -> the claim, which `_attempt` takes instead of claiming again.
+        self._claimed: dict[int, Change] = {}
         self._closed: set[str] = set()
         self._prepared: dict[tuple[str, str], asyncio.Future[Mapping[str, str]]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -186,6 +194,55 @@ class Scheduler:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._give_back_claims()
+
+    async def _give_back_claims(self) -> None:
+        """Attempts claimed with their job but not started go back to `queued`, their attempt
+        uncounted: a clean stop does not make them `possibly_sent` at the next start."""
+        claimed, self._claimed = list(self._claimed.values()), {}
+        if not claimed:
+            return
+        store = self._store.store
+        calls = [
+            ((c.delivery.id, DeliveryState.QUEUED), {"attempts": c.delivery.attempts - 1})
+            for c in claimed
+        ]
+        try:
+            changes = await self._store.run(store.many, store.transition, calls)
+        except StoreError:
+            # They stay `sending`: the next start retries them as possibly sent.
+            log.exception("stopping: %d claimed attempts not given back", len(claimed))
+            return
+        for change in changes:
+            if isinstance(change, Change):
+                self._status.delivery(change)
+
+    def claims_at_intake(self, job: Job) -> bool:
+        """Whether `job` is stored with its attempts claimed (`StoreContract.add_job`'s
+        `claim`): a small hot job whose lanes have room for it at once, on a single node
+        (several nodes claim from the shared store, fenced by boot: gateway.cluster).
+
+        A claimed attempt must start soon: it is `sending` until then, and a crash in
+        between makes it "possibly sent", as for any claimed attempt."""
+        if self._owner is not None or job.priority is not Priority.HOT or self._stopping:
+            return False
+        per_channel: dict[str, int] = {}
+        for r in job.recipients:
+            for channel in r.channels:
+                per_channel[channel] = per_channel.get(channel, 0) + 1
+        if sum(per_channel.values()) > CLAIM_AT_INTAKE:
+            return False
+        for channel, n in per_channel.items():
+            lane = self._lanes.get(channel)
+            if lane is None:
+                continue  # not enabled: stored failed, never claimed
+            slots = lane.slots[Priority.HOT]
+            if slots.used + lane.queue.depth()["hot"] + n > slots.size:
+                return False
+            limiter = lane.limiter
+            if limiter is not None and not limiter.has_capacity(n):  # type: ignore[attr-defined]
+                return False
+        return True
 
     def queue_depths(self) -> dict[str, dict[str, int]]:
         return {
@@ -256,7 +313,6 @@ class Scheduler:
         self._jobs[job.id] = job
         # Held ones (a member's quiet hours) are queued for when they end.
         queued = [r for r in rows if r.state in _WAITING]
-        self._status.job_dirty(job.id, immediate=True)
         # Each delivery is announced (`queued`) before its attempt can start. Announcing takes
         # a while for a large job (an event and a log line each: 1.6 s for 10,000 members), so
         # it goes in chunks, each released to its lane once announced, with a turn of the loop
@@ -265,12 +321,29 @@ class Scheduler:
         for start in range(0, len(rows), ANNOUNCE_CHUNK):
             chunk = rows[start : start + ANNOUNCE_CHUNK]
             for row in chunk:
+                if row.state is DeliveryState.SENDING:
+                    # Claimed by the store with its job: announced `queued` like the others,
+                    # its claim published when its attempt starts.
+                    self._claimed[row.id] = Change(row, DeliveryState.QUEUED)
+                    row = dataclasses.replace(  # noqa: PLW2901
+                        row, state=DeliveryState.QUEUED, attempts=row.attempts - 1
+                    )
                 self._status.delivery(Change(row, DeliveryState.QUEUED))
-            ready = [r for r in chunk if r.state in _WAITING]
+            ready = [
+                r
+                for r in chunk
+                if r.state in _WAITING
+                and not (r.state is DeliveryState.SENDING and self._start_claimed(job, r))
+            ]
             if ready:  # chunks share the job's one preparation and queue in order
                 self._spawn(self._enqueue_prepared(job, ready))
+            if start == 0:
+                # After the attempts started above: theirs is the loop's next turn.
+                self._status.job_dirty(job.id, immediate=True)
             if start + ANNOUNCE_CHUNK < len(rows):
                 await asyncio.sleep(0)
+        if not rows:
+            self._status.job_dirty(job.id, immediate=True)
         for row in rows:
             if row.state is DeliveryState.FAILED:
                 await self._after_final(row, job)
@@ -278,6 +351,19 @@ class Scheduler:
             finished = await self._store.run(self._store.store.transition_job_if_done, job.id)
             if finished:
                 self._status.job_dirty(job.id, immediate=True)
+
+    def _start_claimed(self, job: Job, row: DeliveryRow) -> bool:
+        """Start the attempt of a delivery claimed with its job now, if its lane would:
+        a free slot, no rate to wait for, nothing of its priority ahead of it. It then
+        skips the queue, a turn of the loop for the dispatcher and another for the task
+        that prepares the job (the attempt prepares it: `_attempt`)."""
+        lane = self._lanes.get(row.channel)
+        if lane is None or lane.limiter is not None or self._stopping:
+            return False
+        if lane.queue.depth()[job.priority.label] or not lane.slots[job.priority].try_acquire():
+            return False
+        self._start(lane, job.priority, row.id, job.id)
+        return True
 
     async def _enqueue_prepared(self, job: Job, rows: list[DeliveryRow]) -> None:
         if self._owner is not None:
@@ -302,16 +388,20 @@ class Scheduler:
         failures = await self._prepare(job, channel)
         for row in rows:
             if row.lang in failures:
-                change = await self._store.run(
-                    self._store.store.transition,
-                    row.id,
-                    DeliveryState.FAILED,
-                    last_error=failures[row.lang],
-                )
-                if change is not None:
-                    await self._changed(change)
+                await self._unprepared(row, failures[row.lang])
                 continue
             lane.queue.push(job.priority, row.id, job.id, row.next_attempt_at)
+
+    async def _unprepared(self, row: DeliveryRow, reason: str) -> None:
+        """The channel cannot serve the delivery's language (e.g. tts_failed): it fails,
+        without an attempt (one claimed with its job gives it back)."""
+        claim = self._claimed.pop(row.id, None)
+        fields = {} if claim is None else {"attempts": claim.delivery.attempts - 1}
+        change = await self._store.run(
+            self._store.store.transition, row.id, DeliveryState.FAILED, last_error=reason, **fields
+        )
+        if change is not None:
+            await self._changed(change)
 
     async def _prepare(self, job: Job, channel: str) -> Mapping[str, str]:
         """Prepare once per job and channel; later callers share the first one's result.
@@ -344,6 +434,8 @@ class Scheduler:
         self._closed.add(job_id)
         dstate = DeliveryState.CANCELLED if state is JobState.CANCELLED else DeliveryState.EXPIRED
         changes = await self._store.run(self._store.store.close_job, job_id, state, dstate, reason)
+        for change in changes:
+            self._claimed.pop(change.delivery.id, None)  # no longer `sending` in the store
         for lane in self._lanes.values():
             for did, task in list(lane.inflight.items()):
                 if any(c.delivery.id == did for c in changes):
@@ -414,21 +506,35 @@ class Scheduler:
                 slots.release()
                 raise
             if item.job_id in self._closed:
+                self._claimed.pop(item.delivery_id, None)
                 slots.release()
                 continue
-            task = asyncio.create_task(self._attempt(lane, item.delivery_id, item.job_id))
-            lane.inflight[item.delivery_id] = task
+            self._start(lane, priority, item.delivery_id, item.job_id)
 
-            def done(_: asyncio.Task[None], did: int = item.delivery_id) -> None:
-                lane.inflight.pop(did, None)
-                slots.release()
+    def _start(self, lane: _Lane, priority: Priority, delivery_id: int, job_id: str) -> None:
+        """Run an attempt in a task of its own, holding a slot of `priority` until it ends."""
+        task = asyncio.create_task(self._attempt(lane, delivery_id, job_id))
+        lane.inflight[delivery_id] = task
 
-            task.add_done_callback(done)
+        def done(_: asyncio.Task[None]) -> None:
+            lane.inflight.pop(delivery_id, None)
+            lane.slots[priority].release()
+
+        task.add_done_callback(done)
 
     async def _attempt(self, lane: _Lane, delivery_id: int, job_id: str) -> None:
         store = self._store.store
         job = await self._job(job_id)
-        claim = await (
+        claimed = self._claimed.get(delivery_id)
+        if claimed is not None and job is not None:
+            # Started with its job (`_start_claimed`): prepared here. The claim stays listed
+            # meanwhile (given back if the gateway stops now, dropped if the job closes).
+            row = claimed.delivery
+            failure = (await self._prepare(job, row.channel)).get(row.lang)
+            if failure is not None:
+                await self._unprepared(row, failure)
+                return
+        claim = self._claimed.pop(delivery_id, None) or await (
             self._claim(delivery_id)
             if self._owner is None
             else self._claim(delivery_id, self._owner)
@@ -587,6 +693,11 @@ class Scheduler:
             self._forget(d.job_id)
 
     def _cancel_inflight(self, ids: Iterable[int]) -> None:
+        """Stop the attempts of deliveries the store just closed (cancelled): running, or
+        claimed with their job and still waiting for their turn."""
+        ids = list(ids)
+        for did in ids:
+            self._claimed.pop(did, None)
         for lane in self._lanes.values():
             for did in ids:
                 task = lane.inflight.get(did)

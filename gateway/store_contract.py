@@ -32,6 +32,8 @@ class StoreContract(Protocol):
     # transactions
     def atomically(self, fn: Callable[[], T], durable: bool = False) -> T: ...
 
+    def at_once(self, fn: Callable[[], T]) -> T: ...
+
     def many(self, fn: Callable[..., T], calls: Sequence[Call]) -> list[T | Exception]: ...
 
     # jobs
@@ -41,6 +43,7 @@ class StoreContract(Protocol):
         content_hash: str,
         enabled_channels: frozenset[str],
         now: float | None = None,
+        claim: bool = False,
     ) -> tuple[AddResult, list[DeliveryRow]]: ...
 
     def begin_job(

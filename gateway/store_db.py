@@ -10,13 +10,14 @@ connection a `StoreUnavailable` (the store reconnects and runs the transaction a
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import re
 import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
-from .errors import StoreError, StoreUnavailable
+from .errors import StoreBusy, StoreError, StoreUnavailable
 
 if TYPE_CHECKING:
     import psycopg
@@ -56,6 +57,8 @@ class Db(Protocol):
 
     def begin(self, durable: bool = False) -> None: ...
 
+    def no_wait(self) -> contextlib.AbstractContextManager[None]: ...
+
     def commit(self) -> None: ...
 
     def rollback(self) -> None: ...
@@ -90,6 +93,7 @@ class SqliteDb:
         self.conn = conn
         self._durable = False
         conn.row_factory = sqlite3.Row
+        self._busy_timeout = int(conn.execute("PRAGMA busy_timeout").fetchone()[0])
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> Cursor:
         try:
@@ -120,10 +124,25 @@ class SqliteDb:
             self.execute("PRAGMA synchronous=FULL")
         # IMMEDIATE: take the write lock now, not at the first write (no upgrade deadlock).
         try:
-            self.execute("BEGIN IMMEDIATE")
+            self.conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            self._normal()
+            if getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_BUSY:
+                raise StoreBusy(f"sqlite: {exc}") from exc
+            raise StoreError(f"sqlite: {exc}") from exc
         except BaseException:
             self._normal()
             raise
+
+    @contextlib.contextmanager
+    def no_wait(self) -> Iterator[None]:
+        """A transaction begun meanwhile raises `StoreBusy` at once when another process
+        holds the write lock, instead of waiting for it (the connection's `timeout`)."""
+        self.conn.execute("PRAGMA busy_timeout=0")
+        try:
+            yield
+        finally:
+            self.conn.execute(f"PRAGMA busy_timeout={self._busy_timeout}")
 
     def commit(self) -> None:
         try:
@@ -256,6 +275,9 @@ class PostgresDb:
     def begin(self, durable: bool = False) -> None:
         # Every PostgreSQL commit is durable (synchronous_commit as the server sets it).
         self.execute("BEGIN")
+
+    def no_wait(self) -> contextlib.AbstractContextManager[None]:
+        return contextlib.nullcontext()  # row locks, not a file lock: nothing to skip
 
     def commit(self) -> None:
         self.execute("COMMIT")

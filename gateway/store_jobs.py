@@ -86,8 +86,14 @@ class Jobs(Retention):
         content_hash: str,
         enabled_channels: frozenset[str],
         now: float | None = None,
+        claim: bool = False,
     ) -> tuple[AddResult, list[DeliveryRow]]:
-        """Store a job and its deliveries in one durable transaction."""
+        """Store a job and its deliveries in one durable transaction.
+
+        `claim`: its queued deliveries are stored claimed (`sending`, the attempt counted),
+        as `claim_batch` would claim them: a small hot job's attempts start without a second
+        trip to the store (`Scheduler.claims_at_intake`). A crash before they are sent leaves
+        them `sending`, like any claimed attempt: retried, possibly sent (`recover_interrupted`)."""
         now = now or time.time()
 
         def work() -> tuple[AddResult, list[DeliveryRow]]:
@@ -99,7 +105,7 @@ class Jobs(Retention):
             if not self._insert_job(job, content_hash, now, complete=True):
                 return self._verdict_of(job.id, content_hash), []
             params = [
-                _delivery_params(job.id, r, channel, enabled_channels, now)
+                _delivery_params(job.id, r, channel, enabled_channels, now, claim=claim)
                 for r in job.recipients
                 for channel in r.channels
             ]
@@ -382,7 +388,8 @@ class Jobs(Retention):
 
 _INSERT_DELIVERY = (
     "INSERT INTO deliveries(job_id, rindex, ref, channel, address, masked, lang, state,"
-    " last_error, fallback_of, created_at, updated_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)"
+    " last_error, fallback_of, created_at, updated_at, attempts)"
+    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)"
 )
 
 
@@ -393,12 +400,18 @@ def _delivery_params(
     enabled: frozenset[str],
     now: float,
     fallback_of: int | None = None,
+    *,
+    claim: bool = False,
 ) -> tuple[Any, ...]:
-    """A new delivery's row for `_INSERT_DELIVERY`: queued, or failed when it cannot be sent."""
+    """A new delivery's row for `_INSERT_DELIVERY`: queued (or, `claim`, its first attempt
+    claimed: `sending`), or failed when it cannot be sent."""
     address, problem = address_for(r, channel)
     if problem is None and channel not in enabled:
         problem = "channel_disabled"
     state = DeliveryState.QUEUED if problem is None else DeliveryState.FAILED
+    claimed = claim and state is DeliveryState.QUEUED
+    if claimed:
+        state = DeliveryState.SENDING
     masked = mask_address(address) if address else "-"
     return (
         job_id,
@@ -413,4 +426,5 @@ def _delivery_params(
         fallback_of,
         now,
         now,
+        int(claimed),  # attempts: the claim counts the first
     )

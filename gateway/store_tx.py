@@ -102,6 +102,12 @@ class Transactions:
         self._db.commit()
         return result
 
+    def at_once(self, fn: Callable[[], T]) -> T:
+        """`fn()`, whose transactions raise `StoreBusy` rather than wait for another
+        process's write lock (SQLite; `AsyncStore.run_now` runs it on the event loop)."""
+        with self._db.no_wait():
+            return fn()
+
     def atomically(self, fn: Callable[[], T], durable: bool = False) -> T:
         """`fn()` in one transaction: the store methods it calls commit together (`durable`:
         as a job's intake commits, synced before it returns)."""

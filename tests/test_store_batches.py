@@ -129,3 +129,29 @@ def test_one_failed_part_fails_the_message_in_the_same_batch(store: SqlStore) ->
     assert finished == [None, None, JobState.DONE, None]  # once, on the job's last change
     assert store.delivery(ids[0]).last_error == "REJECTD"
     assert job_state(store, "j") is JobState.DONE
+
+
+def test_a_job_stored_claimed_is_as_if_claimed_at_once(store: SqlStore) -> None:
+    """`add_job(claim=True)` (a small hot job): its queued deliveries are stored `sending`,
+    the attempt counted, in the job's own transaction; one it cannot send stays failed. A
+    crash before the send finds them like any claimed attempt: retried, possibly sent."""
+    raw = json.dumps({**sms_job("c", members(2)), "channels": ["sms", "voice"]}).encode()
+    job, _ = parse_job(raw, JobsConfig(), frozenset({"sms", "voice"}))
+    _, rows = store.add_job(job, "c", frozenset({"sms"}), claim=True)
+    sms = [r for r in rows if r.channel == "sms"]
+    assert [(r.state, r.attempts) for r in sms] == [(DeliveryState.SENDING, 1)] * 2
+    assert {(r.state, r.last_error) for r in rows if r.channel == "voice"} == {
+        (FAILED, "channel_disabled")
+    }
+    assert [store.delivery(r.id) for r in sms] == sms  # what the store holds
+    assert claim(store, [sms[0].id]) == [None]  # claimed already
+    assert job_state(store, "c") is JobState.ACCEPTED  # running from its first outcome
+    assert {d.id for d, _ in store.pending_deliveries()} == {r.id for r in sms}
+    assert sent(store, [(sms[0].id, ["p1"])])[0][0].delivery.state is SENT
+    assert job_state(store, "c") is JobState.RUNNING
+    interrupted = store.recover_interrupted()  # killed before the other was sent
+    assert [d.id for d in interrupted] == [sms[1].id]
+    again = store.delivery(sms[1].id)
+    assert again.state is DeliveryState.RETRYING and again.possibly_sent
+    assert again.last_error == "interrupted" and again.attempts == 1
+    assert claimed(claim(store, [sms[1].id])[0]).delivery.attempts == 2
