@@ -236,20 +236,28 @@ def measure_ceiling(mta: PrivateMta, connections: int, total: int) -> float:
     return per * connections / elapsed
 
 
-def gateway_config(work: Path, broker: Mosquitto, mta: PrivateMta) -> Path:
-    """Shipped defaults but for where things are: broker, store, SMTP host and port."""
+def gateway_config(
+    work: Path, broker: Mosquitto, mta: PrivateMta, concurrency: int | None = None
+) -> Path:
+    """Shipped defaults but for where things are: broker, store, SMTP host and port (and
+    `[email] concurrency` when the run measures its sizing)."""
     path = work / "gateway.toml"
     path.write_text(
         'node = "bench"\n'
         f'[mqtt]\nhost = "127.0.0.1"\nport = {broker.port}\ntopic_prefix = "plp"\n'
         f'[store]\npath = "{work}/gateway.sqlite3"\n'
         f'[email]\nenabled = true\nhost = "127.0.0.1"\nport = {mta.port}\nsender = "{SENDER}"\n'
+        + (f"concurrency = {concurrency}\n" if concurrency is not None else "")
     )
     return path
 
 
 async def run_gateway(
-    mta: PrivateMta, jobs: list[int], py_spy: str | None = None, keep_log: str | None = None
+    mta: PrivateMta,
+    jobs: list[int],
+    py_spy: str | None = None,
+    keep_log: str | None = None,
+    concurrency: int | None = None,
 ) -> list[dict[str, float]]:
     results: list[dict[str, float]] = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -257,7 +265,7 @@ async def run_gateway(
         (work / "broker").mkdir()
         broker = Mosquitto(work / "broker")
         broker.start()
-        gw = GatewayProcess(gateway_config(work, broker, mta), work)
+        gw = GatewayProcess(gateway_config(work, broker, mta, concurrency), work)
         gw.start()
         try:
             async with Observer(broker) as obs:
@@ -334,6 +342,12 @@ def main() -> None:
     parser.add_argument("--ceiling-messages", type=int, default=8_000)
     parser.add_argument("--py-spy", metavar="BINARY", help="profile the gateway during each job")
     parser.add_argument("--log", metavar="FILE", help="keep the gateway's log there")
+    parser.add_argument(
+        "--email-concurrency",
+        type=int,
+        metavar="N",
+        help="the gateway's [email] concurrency (default: the shipped value)",
+    )
     args = parser.parse_args()
     if os.geteuid() != 0:
         sys.exit("run as root: Postfix's master needs it")
@@ -341,7 +355,9 @@ def main() -> None:
         print(f"postfix {mta.port}: {' '.join(mta.features())}")
         ceiling = measure_ceiling(mta, args.connections, args.ceiling_messages)
         print(f"MTA ceiling           {ceiling:.0f} e-mails/s ({args.connections} smtplib clients)")
-        results = asyncio.run(run_gateway(mta, args.jobs, args.py_spy, args.log))
+        results = asyncio.run(
+            run_gateway(mta, args.jobs, args.py_spy, args.log, args.email_concurrency)
+        )
         # Measured again: on a shared machine the ceiling moves; both bound the ratio.
         after = measure_ceiling(mta, args.connections, args.ceiling_messages)
         print(f"MTA ceiling after     {after:.0f} e-mails/s (same clients, after the jobs)")
