@@ -18,6 +18,7 @@ from typing import Any, Protocol
 
 from . import __version__
 from .async_store import AsyncStore
+from .domain import DeliveryState
 from .job_id import checked_job_id
 from .outcomes import count_state_sets
 from .privacy import address_hash
@@ -26,6 +27,12 @@ from .rows import Change
 log = logging.getLogger("gateway.status")
 
 EVENT_BATCH = 1000  # delivery events per batch message at most
+# A delivery's way to its member is logged at DEBUG: at INFO, three or four lines per message
+# cost a fifth of the gateway's CPU. A job's outcome is one INFO line when it ends
+# (`publish_job`); retries, failures, replies and members' choices stay at INFO, one each.
+_ROUTINE = frozenset(
+    {DeliveryState.QUEUED, DeliveryState.SENDING, DeliveryState.SENT, DeliveryState.DELIVERED}
+)
 
 
 def iso(ts: float | None) -> str | None:
@@ -140,6 +147,7 @@ class StatusPublisher:
         self.started = time.time()
         self.sinks: list[StatusSink] = []
         self._job_states: dict[str, tuple[str, bool]] = {}  # job id -> last state, final
+        self._summarised: dict[str, None] = {}  # jobs whose end was logged (oldest first)
 
     # -- deliveries ---------------------------------------------------------------------
     def delivery(self, change: Change, priority: str | None = None) -> None:
@@ -176,7 +184,8 @@ class StatusPublisher:
             sink.delivery_state(d.channel, d.state.value)
             if d.state.value == "retrying":
                 sink.retry(d.channel)
-        log.info(
+        log.log(
+            logging.DEBUG if d.state in _ROUTINE else logging.INFO,
             "delivery %s job=%s ref=%s channel=%s to=%s %s->%s attempt=%d reason=%s",
             d.id,
             d.job_id,
@@ -224,6 +233,26 @@ class StatusPublisher:
         }
         self._publish(self.topics.job_status(job_id), dumps(payload), qos=1, retain=True)
         self._job_state(job_id, row.state.value, row.state.final)
+        if row.state.final:
+            self._summarise(job_id, row.state.value, totals, row.reason)
+
+    def _summarise(
+        self, job_id: str, state: str, totals: Mapping[str, int], reason: str | None
+    ) -> None:
+        """One INFO line when a job ends: its deliveries per state (logged once per job)."""
+        if job_id in self._summarised:
+            return
+        self._summarised[job_id] = None
+        if len(self._summarised) > 10_000:  # bounded: the oldest are forgotten
+            del self._summarised[next(iter(self._summarised))]
+        log.info(
+            "job %s %s: %d deliveries, %s%s",
+            job_id,
+            state,
+            sum(totals.values()),
+            " ".join(f"{s}={n}" for s, n in sorted(totals.items())) or "none",
+            f" ({reason})" if reason else "",
+        )
 
     def _job_state(self, job_id: str, state: str, final: bool) -> None:
         # Job states as published: a state shorter than the status interval may be skipped.
