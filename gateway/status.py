@@ -22,7 +22,10 @@ from .domain import DeliveryState
 from .job_id import checked_job_id
 from .outcomes import count_state_sets
 from .privacy import address_hash
-from .rows import Change
+from .rows import Change, JobRow
+from .store_contract import StoreContract
+
+MemberStates = tuple[frozenset[DeliveryState], int]
 
 log = logging.getLogger("gateway.status")
 
@@ -110,6 +113,20 @@ class StatusSink(Protocol):
     def retry(self, channel: str) -> None: ...
 
     def reject(self, reason: str) -> None: ...
+
+
+def _counts_and_member_sets(
+    store: StoreContract, job_id: str
+) -> tuple[tuple[JobRow, dict[str, dict[str, int]]] | None, list[MemberStates]]:
+    """A job with its delivery counts, and its members' sets of delivery states. A member has
+    at most one delivery per channel: when the job's deliveries are all on one channel, each
+    member's set is its one delivery's state, read from the counts, without a second scan of
+    the job (half the store's time for a status of a large job)."""
+    found = store.job_with_counts(job_id)
+    if found is not None and len(found[1]) == 1:
+        ((_, per_state),) = found[1].items()
+        return found, [(frozenset({DeliveryState(s)}), n) for s, n in per_state.items()]
+    return found, store.member_state_sets(job_id)
 
 
 class StatusPublisher:
@@ -206,10 +223,7 @@ class StatusPublisher:
             self._wake.set()
 
     async def publish_job(self, job_id: str) -> None:
-        store = self._store.store
-        found, states = await self._store.run(
-            lambda: (store.job_with_counts(job_id), store.member_state_sets(job_id))
-        )
+        found, states = await self._store.run(_counts_and_member_sets, self._store.store, job_id)
         if found is None:
             return
         row, counts = found
