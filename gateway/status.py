@@ -248,24 +248,22 @@ class StatusPublisher:
         self._publish(self.topics.job_status(job_id), dumps(payload), qos=1, retain=True)
         self._job_state(job_id, row.state.value, row.state.final)
         if row.state.final:
-            self._summarise(job_id, row.state.value, totals, row.reason)
+            self._summarise(job_id, row.state.value, totals)
 
-    def _summarise(
-        self, job_id: str, state: str, totals: Mapping[str, int], reason: str | None
-    ) -> None:
-        """One INFO line when a job ends: its deliveries per state (logged once per job)."""
+    def _summarise(self, job_id: str, state: str, totals: Mapping[str, int]) -> None:
+        """One INFO line when a job ends: its deliveries per state (logged once per job; a
+        cancel's free-text reason stays in the job status, out of the log)."""
         if job_id in self._summarised:
             return
         self._summarised[job_id] = None
         if len(self._summarised) > 10_000:  # bounded: the oldest are forgotten
             del self._summarised[next(iter(self._summarised))]
         log.info(
-            "job %s %s: %d deliveries, %s%s",
+            "job %s %s: %d deliveries, %s",
             job_id,
             state,
             sum(totals.values()),
             " ".join(f"{s}={n}" for s, n in sorted(totals.items())) or "none",
-            f" ({reason})" if reason else "",
         )
 
     def _job_state(self, job_id: str, state: str, final: bool) -> None:
