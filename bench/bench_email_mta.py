@@ -12,7 +12,8 @@ instance left disabled); the system's own mail configuration and port 25 are not
 the private instance is stopped and removed afterwards.
 
 Run (as root): .venv/bin/python -m bench.bench_email_mta [--jobs 5000 10000] [--connections 8]
-    [--py-spy PATH]  (py-spy from PyPI: the gateway's profile per job, collapsed stacks)
+    [--py-spy PATH] [--log FILE] [--email-concurrency N] [--log-level LEVEL]
+    (py-spy from PyPI: the gateway's profile per job, collapsed stacks)
 """
 
 from __future__ import annotations
@@ -236,20 +237,34 @@ def measure_ceiling(mta: PrivateMta, connections: int, total: int) -> float:
     return per * connections / elapsed
 
 
-def gateway_config(work: Path, broker: Mosquitto, mta: PrivateMta) -> Path:
-    """Shipped defaults but for where things are: broker, store, SMTP host and port."""
+def gateway_config(
+    work: Path,
+    broker: Mosquitto,
+    mta: PrivateMta,
+    concurrency: int | None = None,
+    log_level: str | None = None,
+) -> Path:
+    """Shipped defaults but for where things are: broker, store, SMTP host and port (and
+    `[email] concurrency` or `[log] level` when the run measures their effect)."""
     path = work / "gateway.toml"
     path.write_text(
         'node = "bench"\n'
         f'[mqtt]\nhost = "127.0.0.1"\nport = {broker.port}\ntopic_prefix = "plp"\n'
         f'[store]\npath = "{work}/gateway.sqlite3"\n'
         f'[email]\nenabled = true\nhost = "127.0.0.1"\nport = {mta.port}\nsender = "{SENDER}"\n'
+        + (f"concurrency = {concurrency}\n" if concurrency is not None else "")
+        + (f'[log]\nlevel = "{log_level}"\n' if log_level is not None else "")
     )
     return path
 
 
 async def run_gateway(
-    mta: PrivateMta, jobs: list[int], py_spy: str | None = None, keep_log: str | None = None
+    mta: PrivateMta,
+    jobs: list[int],
+    py_spy: str | None = None,
+    keep_log: str | None = None,
+    concurrency: int | None = None,
+    log_level: str | None = None,
 ) -> list[dict[str, float]]:
     results: list[dict[str, float]] = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -257,7 +272,7 @@ async def run_gateway(
         (work / "broker").mkdir()
         broker = Mosquitto(work / "broker")
         broker.start()
-        gw = GatewayProcess(gateway_config(work, broker, mta), work)
+        gw = GatewayProcess(gateway_config(work, broker, mta, concurrency, log_level), work)
         gw.start()
         try:
             async with Observer(broker) as obs:
@@ -334,6 +349,17 @@ def main() -> None:
     parser.add_argument("--ceiling-messages", type=int, default=8_000)
     parser.add_argument("--py-spy", metavar="BINARY", help="profile the gateway during each job")
     parser.add_argument("--log", metavar="FILE", help="keep the gateway's log there")
+    parser.add_argument(
+        "--email-concurrency",
+        type=int,
+        metavar="N",
+        help="the gateway's [email] concurrency (default: the shipped value)",
+    )
+    parser.add_argument(
+        "--log-level",
+        choices=["DEBUG", "INFO", "WARNING"],
+        help="the gateway's [log] level (default: the shipped INFO)",
+    )
     args = parser.parse_args()
     if os.geteuid() != 0:
         sys.exit("run as root: Postfix's master needs it")
@@ -341,7 +367,16 @@ def main() -> None:
         print(f"postfix {mta.port}: {' '.join(mta.features())}")
         ceiling = measure_ceiling(mta, args.connections, args.ceiling_messages)
         print(f"MTA ceiling           {ceiling:.0f} e-mails/s ({args.connections} smtplib clients)")
-        results = asyncio.run(run_gateway(mta, args.jobs, args.py_spy, args.log))
+        results = asyncio.run(
+            run_gateway(
+                mta,
+                args.jobs,
+                args.py_spy,
+                args.log,
+                args.email_concurrency,
+                args.log_level,
+            )
+        )
         # Measured again: on a shared machine the ceiling moves; both bound the ratio.
         after = measure_ceiling(mta, args.connections, args.ceiling_messages)
         print(f"MTA ceiling after     {after:.0f} e-mails/s (same clients, after the jobs)")

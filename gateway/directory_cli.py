@@ -126,7 +126,8 @@ def cmd_set_plp(args: argparse.Namespace) -> int:
                 names[lang] = value
         coordinators = old.coordinators
         if args.coordinator_email or args.coordinator_phone:
-            from .jobs import normalise_email, normalise_phone
+            from .email_address import normalise_email
+            from .jobs import normalise_phone
 
             coordinators = tuple(
                 [Coordinator(email=normalise_email(e)) for e in args.coordinator_email or []]

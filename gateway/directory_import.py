@@ -22,7 +22,8 @@ import phonenumbers
 
 from .directory import Coordinator, Member, Plp, kind_text, valid_sender_id
 from .domain import LANGUAGES
-from .jobs import REF_PATTERN, normalise_email, parse_phone
+from .email_address import normalise_email
+from .jobs import REF_PATTERN, parse_phone
 from .numbers import NumberPolicy, kind_of
 
 _REF = re.compile(REF_PATTERN)

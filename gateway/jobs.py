@@ -23,7 +23,6 @@ from operator import attrgetter
 from typing import Annotated, Any, Literal
 
 import phonenumbers
-from email_validator import EmailNotValidError, validate_email
 from pydantic import (
     AwareDatetime,
     BaseModel,
@@ -40,6 +39,7 @@ from pydantic_core import PydanticCustomError
 from .config import JobsConfig
 from .directory import Audience, plp_options, recipient_ref, to_recipients
 from .domain import Job, Priority, Recipient
+from .email_address import normalise_email
 from .job_id import JOB_ID_PATTERN, valid_job_id
 from .numbers import NumberPolicy, kind_of
 from .payload import PayloadError, read_json
@@ -321,13 +321,6 @@ def refused_channels(
         return frozenset()
     kind = kind_of(number, e164)
     return frozenset(c for c in judged if not policies[c].allows(kind))
-
-
-def normalise_email(raw: str) -> str:
-    try:
-        return str(validate_email(raw, check_deliverability=False).normalized)
-    except EmailNotValidError:
-        raise ValueError("invalid_email") from None
 
 
 def parse_job(

@@ -221,7 +221,10 @@ class EmailChannel:
         )
 
     def limits(self) -> Limits:
-        return Limits(self._cfg.concurrency, self._cfg.rate, self._cfg.retry.policy())
+        # Twice as many attempts as connections (as SMS has twice its windows): an attempt's
+        # claim and outcome are store writes, about half of its time; meanwhile the next
+        # attempt already waits for the connection (`_turns` keeps `concurrency` at a time).
+        return Limits(2 * self._cfg.concurrency, self._cfg.rate, self._cfg.retry.policy())
 
     async def prepare(self, job: Job) -> Mapping[str, str]:
         return {}
