@@ -54,7 +54,8 @@ INLINE_MEMBERS = 50  # numbers parsed on the loop (~1 ms), more in a thread
 # A larger job is stored in chunks, each sent as soon as it is stored: a small first one for
 # the first SMS within a fraction of a second, then chunks large enough to amortise a commit.
 CHUNK_MEMBERS = 2_000
-FIRST_CHUNK = 256
+FIRST_CHUNK = 50
+SECOND_CHUNK = 200
 PHONE_REGION = "BE"
 
 log = logging.getLogger("gateway.intake")
@@ -314,7 +315,9 @@ class Intake:
                 log.debug("job %s: members %d to %d stored", header.id, start, stop - 1)
                 if rows:
                     await self._scheduler.job_accepted(header, rows)
-            start, size = stop, CHUNK_MEMBERS
+            # The second chunk small too: the first attempts' claims go to the store's one
+            # thread while it is written, and must not wait behind a 2,000-member insert.
+            start, size = stop, (SECOND_CHUNK if start == 0 else CHUNK_MEMBERS)
         if await self._store.run(store.transition_job_if_done, header.id):
             self._status.job_dirty(header.id, immediate=True)
         await asyncio.to_thread(allocator.release_free_memory)  # what the intake freed
