@@ -240,22 +240,16 @@ class DirectoryStore(Transactions):
 
         return self._read(read)
 
-    def _with_groups(
-        self, rows: list[Row], plps: Sequence[str] | None = None, groups: bool = True
-    ) -> list[Member]:
+    def _with_groups(self, rows: list[Row], plps: Sequence[str] | None = None) -> list[Member]:
         if not rows:
             return []
         scope = plps if plps is not None else sorted({r["plp_id"] for r in rows})
         found: dict[tuple[str, str], list[str]] = {}
-        for g in (
-            []
-            if not groups
-            else self._db.execute(
-                f"SELECT plp_id, ref, grp FROM member_groups WHERE plp_id IN ({_marks(scope)})"  # noqa: S608
-                " ORDER BY grp",
-                list(scope),
-            ).fetchall()
-        ):
+        for g in self._db.execute(
+            f"SELECT plp_id, ref, grp FROM member_groups WHERE plp_id IN ({_marks(scope)})"  # noqa: S608
+            " ORDER BY grp",
+            list(scope),
+        ).fetchall():
             found.setdefault((g["plp_id"], g["ref"]), []).append(g["grp"])
         return [
             Member(
