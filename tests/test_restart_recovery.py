@@ -147,6 +147,36 @@ def chunk_ends(full: int) -> list[int]:
     return ends
 
 
+def stored_so_far(tmp_path: Path, store_url: str | None, job_id: str) -> tuple[int, int]:
+    """A chunked job's deliveries stored and whether it is complete, read while the daemon
+    is down."""
+    stored, complete = query(
+        tmp_path,
+        store_url,
+        "SELECT (SELECT count(*) FROM deliveries WHERE job_id=?), complete FROM jobs WHERE id=?",
+        job_id,
+        job_id,
+    )
+    return stored, complete
+
+
+async def resumed_whole(
+    observer: Observer, tmp_path: Path, store_url: str | None, job_id: str, total: int
+) -> None:
+    """Once the redelivered job's intake resumed: every member stored once, the job complete."""
+    await observer.wait(
+        lambda: (observer.status(job_id) or {}).get("deliveries") == total, timeout=120
+    )
+    rows, members_stored, complete = query(
+        tmp_path,
+        store_url,
+        "SELECT count(*), count(DISTINCT rindex), min(j.complete) FROM deliveries d"
+        " JOIN jobs j ON j.id = d.job_id WHERE d.job_id=?",
+        job_id,
+    )
+    assert (rows, members_stored, complete) == (total, total, 1), "none lost, none doubled"
+
+
 async def test_kill_9_mid_intake_of_a_large_job_then_redelivery_loses_and_doubles_no_member(
     gateway: GatewayFactory,
     observer: Observer,
@@ -164,28 +194,12 @@ async def test_kill_9_mid_intake_of_a_large_job_then_redelivery_loses_and_double
     last = boundaries[chunk] - 1
     proc.wait_log(f"job municipality: members {boundaries[chunk - 1] if chunk else 0} to {last}")
     proc.kill()
-    stored, complete = query(
-        tmp_path,
-        store_url,
-        "SELECT (SELECT count(*) FROM deliveries WHERE job_id=?), complete FROM jobs WHERE id=?",
-        "municipality",
-        "municipality",
-    )
+    stored, complete = stored_so_far(tmp_path, store_url, "municipality")
     assert not complete, f"killed after chunk {chunk}: the job must not be complete yet"
     assert stored in boundaries[chunk:-1], "a chunk is stored whole or not at all"
 
     gateway()  # the broker delivers the unacknowledged job again: its intake resumes
-    await observer.wait(
-        lambda: (observer.status("municipality") or {}).get("deliveries") == total, timeout=120
-    )
-    rows, members_stored, complete = query(
-        tmp_path,
-        store_url,
-        "SELECT count(*), count(DISTINCT rindex), min(j.complete) FROM deliveries d"
-        " JOIN jobs j ON j.id = d.job_id WHERE d.job_id=?",
-        "municipality",
-    )
-    assert (rows, members_stored, complete) == (total, total, 1), "none lost, none doubled"
+    await resumed_whole(observer, tmp_path, store_url, "municipality", total)
     await observer.publish("plp/jobs/municipality/cancel", json.dumps({"reason": "test over"}))
     await observer.wait_job("municipality", "cancelled", timeout=60)
     counts = Counter(m.rcpts[0] for m in smtp.mailbox)
@@ -226,13 +240,7 @@ async def test_kill_9_mid_intake_of_an_audience_job_then_a_directory_change_and_
     await observer.publish_job(job)
     proc.wait_log("job town-alert: members 0 to 49 stored")
     proc.kill()
-    stored, complete = query(
-        tmp_path,
-        store_url,
-        "SELECT (SELECT count(*) FROM deliveries WHERE job_id=?), complete FROM jobs WHERE id=?",
-        "town-alert",
-        "town-alert",
-    )
+    stored, complete = stored_so_far(tmp_path, store_url, "town-alert")
     assert not complete and stored in boundaries[:-1], "killed mid-intake, a chunk stored whole"
 
     # Before the redelivery the directory changes: members that sort first join (resolved
@@ -245,17 +253,7 @@ async def test_kill_9_mid_intake_of_an_audience_job_then_a_directory_change_and_
     finally:
         store.close()
     gateway()  # the broker delivers the unacknowledged job again: its intake resumes
-    await observer.wait(
-        lambda: (observer.status("town-alert") or {}).get("deliveries") == total, timeout=120
-    )
-    rows, members_stored, complete = query(
-        tmp_path,
-        store_url,
-        "SELECT count(*), count(DISTINCT rindex), min(j.complete) FROM deliveries d"
-        " JOIN jobs j ON j.id = d.job_id WHERE d.job_id=?",
-        "town-alert",
-    )
-    assert (rows, members_stored, complete) == (total, total, 1), "none lost, none doubled"
+    await resumed_whole(observer, tmp_path, store_url, "town-alert", total)
     refs, gone = query(
         tmp_path,
         store_url,
