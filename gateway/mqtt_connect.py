@@ -42,7 +42,8 @@ def tls_parameters(cfg: MqttConfig) -> aiomqtt.TLSParameters | None:
 RECEIVE_MAXIMUM = 20
 
 
-def _session_expiry(seconds: int) -> Properties:
+def _persistent_session(seconds: int) -> Properties:
+    """CONNECT properties of a persistent MQTT 5 session: its expiry and Receive Maximum."""
     properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
     properties.SessionExpiryInterval = seconds
     properties.ReceiveMaximum = RECEIVE_MAXIMUM
@@ -72,7 +73,7 @@ def open_client(
         clean_session=None if v5 else not persistent,
         # (3.1.1 accepts only paho's default here.)
         clean_start=not persistent if v5 else MQTT_CLEAN_START_FIRST_ONLY,
-        properties=_session_expiry(cfg.session_expiry) if v5 and persistent else None,
+        properties=_persistent_session(cfg.session_expiry) if v5 and persistent else None,
         username=cfg.username,
         password=cfg.password,
         keepalive=cfg.keepalive,
