@@ -160,8 +160,17 @@ V4: tuple[str, ...] = ("ALTER TABLE jobs ADD COLUMN complete INTEGER NOT NULL DE
 #: after a crash resumes from the members the job was accepted with.
 V5: tuple[str, ...] = ("ALTER TABLE jobs ADD COLUMN frozen TEXT",)
 
+#: Version 6: a job's delivery counts (its status, every `job_status_interval`) are read from
+#: an index alone: (job_id, state) plus the channel. Without the channel each count read every
+#: delivery row of the job (80 ms for 100,000, half the store thread's time on such a job;
+#: 8 ms from the index). It replaces the (job_id, state) index, a prefix of it.
+V6: tuple[str, ...] = (
+    "CREATE INDEX IF NOT EXISTS deliveries_job_counts ON deliveries(job_id, state, channel)",
+    "DROP INDEX IF EXISTS deliveries_job_state",
+)
+
 #: Every migration, in order: MIGRATIONS[i] brings the schema from version i to i + 1.
-MIGRATIONS: tuple[tuple[str, ...], ...] = (V1, V2, V3, V4, V5)
+MIGRATIONS: tuple[tuple[str, ...], ...] = (V1, V2, V3, V4, V5, V6)
 
 _VERSION_TABLE = (
     "CREATE TABLE IF NOT EXISTS schema_version"

@@ -24,6 +24,13 @@ from .rows import (
 from .store_retention import Retention
 
 PENDING = ("queued", "sending", "retrying", "held")
+# A job's head (gateway.rows.row_to_job): never its body, which holds every member of a
+# large job (9 MB for 100,000) and is read only to build its deliveries.
+# A job's delivery counts (its status): read from the index deliveries_job_counts alone.
+COUNTS = (
+    "SELECT channel, state, count(*) AS n FROM deliveries WHERE job_id=? GROUP BY channel, state"
+)
+_HEAD = "id, priority, state, created_at, updated_at, expires_at, finished_at, reason"
 
 # Members stored after their job was closed (a cancel or the expiry during a large intake).
 _CLOSED = {
@@ -257,18 +264,27 @@ class Jobs(Retention):
             lambda: self._db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
         )
 
+    def _job_head(self, job_id: str) -> Any:
+        return self._read(
+            lambda: self._db.execute(
+                f"SELECT {_HEAD} FROM jobs WHERE id = ?",  # noqa: S608
+                (job_id,),
+            ).fetchone()
+        )
+
     def job(self, job_id: str) -> Job | None:
         r = self._job_record(job_id)
         return job_from_row(r) if r is not None else None
 
     def job_row(self, job_id: str) -> JobRow | None:
-        r = self._job_record(job_id)
+        r = self._job_head(job_id)
         return row_to_job(r) if r is not None else None
 
     def active_jobs(self) -> list[JobRow]:
         rows = self._read(
             lambda: self._db.execute(
-                "SELECT * FROM jobs WHERE state IN ('accepted', 'running') ORDER BY created_at"
+                f"SELECT {_HEAD} FROM jobs WHERE state IN ('accepted', 'running')"  # noqa: S608
+                " ORDER BY created_at"
             ).fetchall()
         )
         return [row_to_job(r) for r in rows]
@@ -289,13 +305,7 @@ class Jobs(Retention):
 
     def counts(self, job_id: str) -> dict[str, dict[str, int]]:
         out: dict[str, dict[str, int]] = {}
-        rows = self._read(
-            lambda: self._db.execute(
-                "SELECT channel, state, count(*) AS n FROM deliveries WHERE job_id=?"
-                " GROUP BY channel, state",
-                (job_id,),
-            ).fetchall()
-        )
+        rows = self._read(lambda: self._db.execute(COUNTS, (job_id,)).fetchall())
         for r in rows:
             out.setdefault(r["channel"], {})[r["state"]] = r["n"]
         return out
@@ -326,7 +336,8 @@ class Jobs(Retention):
         """The latest jobs, newest first (the status page)."""
         rows = self._read(
             lambda: self._db.execute(
-                "SELECT * FROM jobs ORDER BY created_at DESC LIMIT ?", (limit,)
+                f"SELECT {_HEAD} FROM jobs ORDER BY created_at DESC LIMIT ?",  # noqa: S608
+                (limit,),
             ).fetchall()
         )
         return [row_to_job(r) for r in rows]

@@ -5,13 +5,15 @@ counts either way."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from gateway.config import JobsConfig
 from gateway.domain import DeliveryState
 from gateway.jobs import content_hash, parse_job
 from gateway.rows import AddResult
 from gateway.status import _counts_and_member_sets
-from gateway.store import SqlStore
+from gateway.store import SqliteStore, SqlStore
+from gateway.store_jobs import COUNTS
 from tests.fixtures import email_job, members
 
 
@@ -48,3 +50,11 @@ def test_member_sets_from_one_channels_counts_match_the_stores_grouping(
         (["sending"], 1),
     ]
     assert _counts_and_member_sets(any_store, "nope") == (None, [])
+
+
+def test_a_jobs_counts_are_read_from_an_index_alone(tmp_path: Path) -> None:
+    """A status every `job_status_interval` reads the job's counts: from the index on
+    (job_id, state, channel), never every delivery row of a 100,000-member job."""
+    store = SqliteStore(tmp_path / "s.sqlite3")
+    plan = store._db.execute(f"EXPLAIN QUERY PLAN {COUNTS}", ("j",)).fetchall()
+    assert any("COVERING INDEX deliveries_job_counts" in str(tuple(r)) for r in plan), plan
