@@ -24,7 +24,10 @@ from tests.pg_fixtures import PostgresServer
 from tests.sms_fixtures import SmscProcess
 from tests.voice_fixtures import AsteriskProcess, member, voice_job
 
-N = int(os.environ.get("PLP_TEST_CLUSTER_N", "3000"))
+# Members of the big cluster jobs: enough that every node claims several batches and the kill
+# lands mid-job. The load itself (6,000 members, 1-3 nodes, takeover) is bench/bench_cluster.py;
+# PLP_TEST_CLUSTER_N=3000 runs these tests at their former size.
+N = int(os.environ.get("PLP_TEST_CLUSTER_N", "1000"))
 
 
 def per_address(smtp: SmtpServer) -> Counter[str]:
@@ -59,7 +62,7 @@ async def test_the_same_job_id_published_twice_to_two_nodes_runs_once(
     assert re.search(r"node a: live, boot \w+, lease \d", shown.stdout), shown.stdout
 
 
-async def test_three_nodes_share_a_3000_member_job_over_email_and_sms(
+async def test_three_nodes_share_a_large_job_over_email_and_sms(
     node: NodeFactory, observer: Observer, smtp: SmtpServer, smsc: SmscProcess
 ) -> None:
     nodes = [node(name, smsc.config(window=50)) for name in ("n1", "n2", "n3")]

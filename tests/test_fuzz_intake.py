@@ -1,11 +1,13 @@
-"""10,000 seeded hostile payloads against the real daemon and broker: it stays up, logs no
+"""3,000 seeded hostile payloads against the real daemon and broker: it stays up, logs no
 traceback, answers every one on plp/jobs/rejected (never `internal_error`), publishes nothing
 outside plp/jobs/<a valid id>/... and its own topics, and the next hot job is delivered.
-A longer soak with other seeds: `python -m bench.bench_hostile soak`."""
+Every kind of payload comes up some 300 times at this seed; PLP_TEST_FUZZ_N=10000 runs the
+former count, and a longer soak with other seeds is `python -m bench.bench_hostile soak`."""
 
 from __future__ import annotations
 
 import asyncio
+import os
 from collections import Counter
 
 import aiomqtt
@@ -18,7 +20,7 @@ from tests.test_hostile_payloads import assert_alive, every_topic, hot_job_goes_
 from tests.test_signed_jobs import SECURITY
 
 SEED = 20261212
-COUNT = 10_000
+COUNT = int(os.environ.get("PLP_TEST_FUZZ_N", "3000"))
 OWN_TOPICS = {"plp/jobs", "plp/jobs/rejected", "plp/gateway/test/availability",
               "plp/gateway/test/health"}  # fmt: skip
 
@@ -40,7 +42,7 @@ async def test_fuzzed_payloads_never_stop_the_gateway(
     ours = {topic for topic, _ in payloads}
     async with every_topic(broker) as topics:
         await publish_all(broker, payloads)
-        # (Counted, not parsed, on every wake-up: 10,000 messages.)
+        # (Counted, not parsed, on every wake-up: thousands of messages.)
         await observer.wait(lambda: len(observer.on("/jobs/rejected")) >= COUNT, timeout=120)
         await hot_job_goes_out(observer, smtp, "after-fuzz")
 
