@@ -556,7 +556,7 @@ class Scheduler:
         if claim is None or job is None:
             return
         if lane.claim_ahead:
-            await self._turn(lane, job.priority, delivery_id)
+            await self._turn(lane, job.priority, claim)
         self._status.delivery(claim)
         d = claim.delivery
         if job.expires_at.timestamp() <= time.time():
@@ -621,14 +621,27 @@ class Scheduler:
         else:
             await self._succeeded(d, outcome)
 
-    @staticmethod
-    async def _turn(lane: _Lane, priority: Priority, delivery_id: int) -> None:
+    async def _turn(self, lane: _Lane, priority: Priority, claim: Change) -> None:
         """A claimed attempt of a lane that claims ahead waits for a turn to send and store
         its outcome (released when its task ends, `_start`): at most `concurrency` attempts
         are sent and not yet recorded, whatever was claimed ahead of them."""
         turns = lane.turns[priority]
-        await turns.acquire()
-        lane.held[delivery_id] = turns
+        d = claim.delivery
+        try:
+            await turns.acquire()
+        except asyncio.CancelledError:
+            if self._stopping:
+                # Never sent nor published `sending`: back to `queued`, its attempt uncounted
+                # (as `_give_back_claims`), not "possibly sent" at the next start.
+                store = self._store.store
+                try:
+                    await self._store.run(
+                        store.transition, d.id, DeliveryState.QUEUED, attempts=d.attempts - 1
+                    )
+                except StoreError:
+                    log.exception("stopping: claimed attempt %d not given back", d.id)
+            raise
+        lane.held[d.id] = turns
 
     async def _succeeded(self, d: DeliveryRow, outcome: Outcome) -> None:
         changes = await self._record_sent(

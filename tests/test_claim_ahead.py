@@ -63,3 +63,21 @@ async def test_attempts_are_claimed_ahead_but_only_concurrency_are_in_the_channe
         assert sorted(a.delivery_id for a in gated.sent) == sorted(ids)  # each once
         assert all(s.store.delivery(i).attempts == 1 for i in ids)
         await s.scheduler.stop(1)
+
+
+async def test_a_clean_stop_gives_back_the_attempts_claimed_ahead(tmp_path: Path) -> None:
+    """Claimed ahead and never sent: `queued` again with the attempt uncounted, not
+    "possibly sent" at the next start; the ones in the channel are interrupted as ever."""
+    async with stack(tmp_path) as s:
+        gated = Gated()
+        s.sms = gated
+        s.scheduler = type(s.scheduler)(s.astore, {"sms": gated}, s.scheduler._status)
+        await s.scheduler.start()
+        ids = await s.accept(job("cold", 12, priority="cold"))
+        await until(lambda: gated.inside == 2 and len(s.scheduler._lanes["sms"].inflight) == 5)
+        await s.scheduler.stop(0.05)
+        rows = [s.store.delivery(i) for i in ids]
+        interrupted = [r for r in rows if r.state is DeliveryState.RETRYING]
+        assert len(interrupted) == 2 and all(r.possibly_sent for r in interrupted)
+        queued = [r for r in rows if r.state is DeliveryState.QUEUED]
+        assert len(queued) == 10 and all(r.attempts == 0 for r in queued)
