@@ -325,7 +325,8 @@ def _cpu_seconds(gw: GatewayProcess) -> float:
 def _py_spy(binary: str, gw: GatewayProcess, out: str) -> subprocess.Popen[bytes]:
     """Sample the gateway's Python stacks (collapsed, for flamegraph.pl or a quick sort)."""
     assert gw.proc is not None
-    cmd = [binary, "record", "-p", str(gw.proc.pid), "-r", "200", "--format", "raw", "-o", out]
+    pid = str(gw.proc.pid)
+    cmd = [binary, "record", "-p", pid, "-r", "200", "--format", "raw", "--threads", "-o", out]
     proc = subprocess.Popen([*cmd, "--nonblocking"], stdout=subprocess.DEVNULL)
     time.sleep(1)  # py-spy attaches before the job is published; not a wait for an event
     return proc

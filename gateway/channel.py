@@ -121,6 +121,11 @@ class Limits:
     rate: float
     retry: RetryPolicy
     receipt_wait: float | None = None
+    # Attempts claimed beyond `concurrency`, waiting for their turn: a claim (a store write)
+    # is then done before a turn frees. Only `concurrency` are sent or have their outcome
+    # stored at a time, so a crash resends no more than before (claimed, unsent ones are
+    # sent once after it).
+    claim_ahead: int = 0
 
 
 @runtime_checkable

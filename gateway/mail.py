@@ -33,6 +33,13 @@ from .smtp_pipeline import Pipeline
 
 log = logging.getLogger("gateway.mail")
 
+# Attempts sent or having their outcome stored, per connection (`Limits.concurrency`), and
+# claimed ahead of them (`Limits.claim_ahead`). A claim and an outcome are store writes: with
+# only twice the connections in the lane, 4-8 of 16 connections were busy on a large job
+# (sampled under load) while the next attempts waited for their claims; claimed ahead, 10-16.
+ATTEMPTS_PER_CONNECTION = 2
+CLAIMED_AHEAD_PER_CONNECTION = 2
+
 
 class LinkState(enum.StrEnum):
     UNKNOWN = "unknown"  # not probed yet
@@ -221,10 +228,16 @@ class EmailChannel:
         )
 
     def limits(self) -> Limits:
-        # Twice as many attempts as connections (as SMS has twice its windows): an attempt's
-        # claim and outcome are store writes, about half of its time; meanwhile the next
-        # attempt already waits for the connection (`_turns` keeps `concurrency` at a time).
-        return Limits(2 * self._cfg.concurrency, self._cfg.rate, self._cfg.retry.policy())
+        # While an attempt's outcome is stored, the next one already has the connection
+        # (`_turns` keeps `concurrency` on the wire at a time), and the ones after it are
+        # claimed: nothing waits for the store when a connection frees.
+        cfg = self._cfg
+        return Limits(
+            ATTEMPTS_PER_CONNECTION * cfg.concurrency,
+            cfg.rate,
+            cfg.retry.policy(),
+            claim_ahead=CLAIMED_AHEAD_PER_CONNECTION * cfg.concurrency,
+        )
 
     async def prepare(self, job: Job) -> Mapping[str, str]:
         return {}

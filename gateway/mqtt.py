@@ -208,6 +208,7 @@ class MqttLink:
             # pending calls is normal and must not log a warning each time.
             mqtt_adapter.set_pending_calls_threshold(client, 2 * PUBLISH_WINDOW)
         mqtt_adapter.no_delay(client)
+        mqtt_adapter.cork_writes(client)
         return client
 
     async def run(self) -> None:

@@ -4,8 +4,9 @@ aiomqtt has no public manual-acknowledgement API and costs a future and a timeou
 `publish()`; the gateway needs both (acknowledge a job only once stored; thousands of status
 events per second). So it uses the paho client aiomqtt wraps, `Client._client`, for: manual
 acknowledgement (on before connecting), `ack()`, `publish()`, the `on_publish` and
-`on_socket_open` callbacks, and aiomqtt's `pending_calls_threshold`. `missing_internals()`
-names any of these a new release removed; tests/test_borrowed_internals.py fails with it.
+`on_socket_open` callbacks, `loop_write` (wrapped, as aiomqtt calls it: `cork_writes`), and
+aiomqtt's `pending_calls_threshold`. `missing_internals()` names any of these a new release
+removed; tests/test_borrowed_internals.py fails with it.
 """
 
 from __future__ import annotations
@@ -18,10 +19,12 @@ from typing import Any
 
 import aiomqtt
 import paho.mqtt.client as paho
+from paho.mqtt.enums import MQTTErrorCode
 
 __all__ = [
     "ack",
     "chain_on_publish",
+    "cork_writes",
     "enable_manual_ack",
     "missing_internals",
     "no_delay",
@@ -87,6 +90,32 @@ def no_delay(client: aiomqtt.Client) -> None:
     inner_client.on_socket_open = on_socket_open
 
 
+def cork_writes(client: aiomqtt.Client) -> None:
+    """paho writes each queued packet with a `send` of its own: with Nagle off, a burst of
+    status events became as many TCP segments, each waking the broker. Corked (Linux's
+    TCP_CORK) for the length of one `loop_write` (aiomqtt calls it once the socket is
+    writable), the burst leaves in full segments when uncorked; nothing waits longer."""
+    cork = getattr(socket, "TCP_CORK", None)
+    if cork is None:
+        return
+    inner = _paho(client)
+    write = inner.loop_write
+
+    def loop_write() -> MQTTErrorCode:
+        sock = inner.socket()
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, cork, 1)  # type: ignore[union-attr]
+        except (OSError, AttributeError):  # not a TCP socket (websockets): as paho does
+            return write()
+        try:
+            return write()
+        finally:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, cork, 0)  # type: ignore[union-attr]
+
+    inner.loop_write = loop_write  # type: ignore[method-assign]
+
+
 def missing_internals() -> list[str]:
     """The aiomqtt/paho internals this adapter relies on that the installed versions lack."""
     missing = []
@@ -98,7 +127,7 @@ def missing_internals() -> list[str]:
     inner = getattr(client, "_client", None)
     if not isinstance(inner, paho.Client):
         return ["aiomqtt.Client()._client (the wrapped paho.mqtt.client.Client)"]
-    for name in ("manual_ack_set", "ack", "publish"):
+    for name in ("manual_ack_set", "ack", "publish", "loop_write", "socket"):
         if not callable(getattr(inner, name, None)):
             missing.append(f"paho.mqtt.client.Client.{name}()")
     for name in ("on_publish", "on_socket_open"):

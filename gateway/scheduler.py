@@ -65,6 +65,12 @@ class _Lane:
     limiter: object | None = None
     rate: float = 0.0
     inflight: dict[int, asyncio.Task[None]] = field(default_factory=dict)
+    # A channel that claims ahead (`Limits.claim_ahead`, e-mail): its slots hold that many
+    # more attempts, and a claimed attempt waits for one of these turns to send and store
+    # its outcome (`Scheduler._turn`); delivery id -> the turn it holds.
+    claim_ahead: int = 0
+    turns: dict[Priority, Slots] = field(default_factory=lambda: {p: Slots(1) for p in Priority})
+    held: dict[int, Slots] = field(default_factory=dict)
 
 
 class Scheduler:
@@ -124,8 +130,11 @@ class Scheduler:
 
     def _apply_limits(self, lane: _Lane) -> None:
         limits = lane.channel.limits()
+        lane.claim_ahead = limits.claim_ahead
         for slots in lane.slots.values():
-            slots.resize(limits.concurrency)
+            slots.resize(limits.concurrency + limits.claim_ahead)
+        for turns in lane.turns.values():
+            turns.resize(limits.concurrency)
         # Several nodes: a channel's rate (e-mail messages/s, calls/s) is for all together.
         rate = limits.rate / self._nodes
         if rate != lane.rate or lane.limiter is None:
@@ -249,7 +258,9 @@ class Scheduler:
             name: {
                 **lane.queue.depth(),
                 "inflight": len(lane.inflight),
-                "slots": lane.slots[Priority.COLD].size,
+                "slots": lane.turns[Priority.COLD].size
+                if lane.claim_ahead
+                else lane.slots[Priority.COLD].size,
             }
             for name, lane in self._lanes.items()
         }
@@ -519,6 +530,9 @@ class Scheduler:
         def done(_: asyncio.Task[None]) -> None:
             lane.inflight.pop(delivery_id, None)
             lane.slots[priority].release()
+            turn = lane.held.pop(delivery_id, None)
+            if turn is not None:
+                turn.release()
 
         task.add_done_callback(done)
 
@@ -541,6 +555,8 @@ class Scheduler:
         )
         if claim is None or job is None:
             return
+        if lane.claim_ahead:
+            await self._turn(lane, job.priority, claim)
         self._status.delivery(claim)
         d = claim.delivery
         if job.expires_at.timestamp() <= time.time():
@@ -604,6 +620,28 @@ class Scheduler:
             )
         else:
             await self._succeeded(d, outcome)
+
+    async def _turn(self, lane: _Lane, priority: Priority, claim: Change) -> None:
+        """A claimed attempt of a lane that claims ahead waits for a turn to send and store
+        its outcome (released when its task ends, `_start`): at most `concurrency` attempts
+        are sent and not yet recorded, whatever was claimed ahead of them."""
+        turns = lane.turns[priority]
+        d = claim.delivery
+        try:
+            await turns.acquire()
+        except asyncio.CancelledError:
+            if self._stopping:
+                # Never sent nor published `sending`: back to `queued`, its attempt uncounted
+                # (as `_give_back_claims`), not "possibly sent" at the next start.
+                store = self._store.store
+                try:
+                    await self._store.run(
+                        store.transition, d.id, DeliveryState.QUEUED, attempts=d.attempts - 1
+                    )
+                except StoreError:
+                    log.exception("stopping: claimed attempt %d not given back", d.id)
+            raise
+        lane.held[d.id] = turns
 
     async def _succeeded(self, d: DeliveryRow, outcome: Outcome) -> None:
         changes = await self._record_sent(

@@ -21,7 +21,15 @@ from aiosmtplib.email import quote_address
 _LINE_ENDINGS = re.compile(rb"\r\n|\n|\r(?!\n)")
 _PERIOD = re.compile(rb"(?m)^\.")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# A dot-atom address of these characters is its own quoted form (`quote_address` parses it
+# with the email package to give back the same string, a tenth of a message's CPU).
+_DOT_ATOM = re.compile(r"[A-Za-z0-9_+-]+(?:\.[A-Za-z0-9_+-]+)*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*")
 _MAX_REPLY = 64 * 1024  # a server that sends more without ending its reply is broken
+
+
+def quote_envelope(address: str) -> str:
+    """`quote_address`, without parsing the usual address."""
+    return f"<{address}>" if _DOT_ATOM.fullmatch(address) else quote_address(address)
 
 
 class Reply:
@@ -120,19 +128,26 @@ class Pipeline(asyncio.Protocol):
         self._transport.write(data)  # type: ignore[attr-defined]
 
     async def _reply(self) -> Reply:
-        try:
-            async with asyncio.timeout(self._timeout):
-                while not self._replies:
-                    if self._lost is not None:
-                        raise self._lost
-                    self._waiter = asyncio.get_running_loop().create_future()
-                    await self._waiter
-        except TimeoutError:
-            self.close()  # replies out of step from now on: this connection is done
-            raise aiosmtplib.SMTPReadTimeoutError("Timed out waiting for server reply") from None
-        finally:
-            self._waiter = None
-        return self._replies.popleft()
+        return (await self._replies_of(1))[0]
+
+    async def _replies_of(self, n: int) -> list[Reply]:
+        """The next `n` replies, in order, within one timeout (none when they are here)."""
+        if len(self._replies) < n:
+            try:
+                async with asyncio.timeout(self._timeout):
+                    while len(self._replies) < n:
+                        if self._lost is not None:
+                            raise self._lost
+                        self._waiter = asyncio.get_running_loop().create_future()
+                        await self._waiter
+            except TimeoutError:
+                self.close()  # replies out of step from now on: this connection is done
+                raise aiosmtplib.SMTPReadTimeoutError(
+                    "Timed out waiting for server reply"
+                ) from None
+            finally:
+                self._waiter = None
+        return [self._replies.popleft() for _ in range(n)]
 
     async def sendmail(
         self, sender: str, recipient: str, message: bytes, mail_options: list[str]
@@ -140,16 +155,16 @@ class Pipeline(asyncio.Protocol):
         """One message to one recipient; raises what aiosmtplib's `sendmail` would."""
         if _CONTROL.search(sender) or _CONTROL.search(recipient):
             raise ValueError("address contains a control character")
-        mail = " ".join([f"MAIL FROM:{quote_address(sender)}", *mail_options])
-        envelope = f"{mail}\r\nRCPT TO:{quote_address(recipient)}\r\n"
+        mail = " ".join([f"MAIL FROM:{quote_envelope(sender)}", *mail_options])
+        rcpt = f"RCPT TO:{quote_envelope(recipient)}\r\n"
         message = _LINE_ENDINGS.sub(b"\r\n", message)
         if self.chunking:
-            await self._send_chunked(sender, recipient, envelope, message)
+            await self._send_chunked(sender, recipient, f"{mail}\r\n{rcpt}", message)
             return
-        commands = [f"{mail}\r\n", f"RCPT TO:{quote_address(recipient)}\r\n", "DATA\r\n"]
+        commands = [f"{mail}\r\n", rcpt, "DATA\r\n"]
         if self.pipelining:
             self._write("".join(commands).encode())
-            replies = [await self._reply() for _ in commands]
+            replies = await self._replies_of(len(commands))
         else:  # one command at a time, stopping at the first refusal
             replies = []
             for command in commands:
@@ -188,7 +203,7 @@ class Pipeline(asyncio.Protocol):
         server reads the chunk whatever became of the envelope and answers it (554 or 503 when
         the envelope failed), so the three replies always come."""
         self._write(envelope.encode() + f"BDAT {len(message)} LAST\r\n".encode() + message)
-        mail_reply, rcpt_reply, bdat_reply = [await self._reply() for _ in range(3)]
+        mail_reply, rcpt_reply, bdat_reply = await self._replies_of(3)
         if mail_reply.code != 250:
             raise aiosmtplib.SMTPSenderRefused(mail_reply.code, mail_reply.message, sender)
         if rcpt_reply.code not in (250, 251):

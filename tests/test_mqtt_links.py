@@ -130,3 +130,30 @@ async def test_a_refused_job_subscription_is_logged_loudly(
         "the broker refused the subscription to $share/g/plp/jobs:"
         " Shared subscription not supported"
     ]
+
+
+async def test_a_burst_of_events_arrives_whole_and_in_order_and_a_lone_one_at_once(
+    broker: Mosquitto,
+) -> None:
+    """The status connection writes a burst corked (one segment for many events): every
+    event arrives, in order, and the connection is uncorked after each write, so a lone
+    event that follows is not held back."""
+    cfg = parse_config({"node": "a", "mqtt": {"host": broker.host, "port": broker.port}})
+    link = MqttLink(cfg.mqtt, cfg.client_id, [], Outgoing("plp/will", b""))
+    task = asyncio.create_task(link.run())
+    try:
+        async with Observer(broker, topics=("burst",)) as obs:
+            await asyncio.wait_for(link.status_connected.wait(), 30)
+            for i in range(500):
+                link.publish("plp/burst", str(i))
+            await obs.wait(lambda: len(obs.on("/burst")) == 500, 30)
+            link.publish("plp/burst", "lone")
+            await obs.wait(lambda: len(obs.on("/burst")) == 501, 30)
+        assert [s.payload.decode() for s in obs.on("/burst")] == [
+            *map(str, range(500)),
+            "lone",
+        ]
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 from aiosmtpd.controller import Controller
+from aiosmtplib.email import quote_address
 
 from gateway.channel import Attempt
 from gateway.config import EmailConfig
@@ -22,6 +23,7 @@ from gateway.domain import Priority
 from gateway.errors import ChannelError, PermanentError, TemporaryError
 from gateway.mail import EmailChannel
 from gateway.simulator_process import free_port
+from gateway.smtp_pipeline import quote_envelope
 from tests.conftest import GatewayFactory
 from tests.fixtures import Observer, SmtpServer, email_job, members
 from tests.mqtt_tls_fixtures import make_pki
@@ -325,3 +327,32 @@ async def test_pipelined_transactions_over_tls(
     finally:
         controller.stop()
     assert sorted(handler.received) == [(f"member{n}@example.be", True) for n in range(1, 5)]
+
+
+@pytest.mark.parametrize(
+    "address",
+    [
+        "member1@example.be",
+        "a.b+c_d-e@sub.example.be",
+        "x@y",
+        "Jean <jean@example.be>",
+        '"a b"@example.be',
+        "a..b@example.be",
+        ".a@example.be",
+        "a@example..be",
+        "émile@exemple.be",
+        "a@b@c",
+        " a@example.be ",
+    ],
+)
+def test_envelope_addresses_are_quoted_as_aiosmtplib_quotes_them(address: str) -> None:
+    """The usual address skips the email package's parser: same result either way."""
+    try:
+        expected: str | type[Exception] = quote_address(address)
+    except ValueError:
+        expected = ValueError
+    try:
+        got: str | type[Exception] = quote_envelope(address)
+    except ValueError:
+        got = ValueError
+    assert got == expected
