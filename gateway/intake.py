@@ -66,6 +66,10 @@ Ack = Callable[[aiomqtt.Message], None]
 class PayloadCheck(Protocol):
     """Authenticity check before parsing (gateway.signing.Verifier)."""
 
+    def reads(self, payload: bytes) -> bool:
+        """False when `check` would return the payload as it is, unread."""
+        ...
+
     def check(self, payload: bytes) -> bytes:
         """Return the payload to parse, or raise SignatureError (or JobRejected)."""
         ...
@@ -168,8 +172,14 @@ class Intake:
         resolved: Resolved | None = None
         try:
             size = len(payload)
-            if self.check is not None and size <= self.limits.max_payload_bytes:
-                # (An oversize payload is left to the parser's size check, unread.)
+            if (
+                self.check is not None
+                and size <= self.limits.max_payload_bytes
+                and self.check.reads(payload)
+            ):
+                # (An oversize payload is left to the parser's size check, unread; so is an
+                # unsigned one where signatures are not required: two parses of a 10 MB job
+                # fewer, 0.24 s and its peak of memory.)
                 # Read within bounds first: the check parses the payload too.
                 await _sized(size, read_job, payload, self.limits)
                 payload = await _sized(size, self.check.check, payload)
