@@ -310,6 +310,8 @@ class Intake:
             bodies.append(",".join([member_json(r) for r in chunk]))
             new = [r for r in chunk if r.index >= stored]
             body = job_to_body(header, bodies) if stop == total else None
+            if body is not None:
+                bodies.clear()  # in the body now: not held twice while it is stored
             if new or body is not None:
                 rows = await self._store.run(
                     add_members_choosing,
@@ -325,6 +327,7 @@ class Intake:
                 log.debug("job %s: members %d to %d stored", header.id, start, stop - 1)
                 if rows:
                     await self._scheduler.job_accepted(header, rows)
+            body = None  # stored: freed before the heap is trimmed below
             # The second chunk small too: the first attempts' claims go to the store's one
             # thread while it is written, and must not wait behind a 2,000-member insert.
             start, size = stop, (SECOND_CHUNK if start == 0 else CHUNK_MEMBERS)
