@@ -66,6 +66,10 @@ Ack = Callable[[aiomqtt.Message], None]
 class PayloadCheck(Protocol):
     """Authenticity check before parsing (gateway.signing.Verifier)."""
 
+    def reads(self, payload: bytes) -> bool:
+        """False when `check` would return the payload as it is, unread."""
+        ...
+
     def check(self, payload: bytes) -> bytes:
         """Return the payload to parse, or raise SignatureError (or JobRejected)."""
         ...
@@ -168,8 +172,14 @@ class Intake:
         resolved: Resolved | None = None
         try:
             size = len(payload)
-            if self.check is not None and size <= self.limits.max_payload_bytes:
-                # (An oversize payload is left to the parser's size check, unread.)
+            if (
+                self.check is not None
+                and size <= self.limits.max_payload_bytes
+                and self.check.reads(payload)
+            ):
+                # (An oversize payload is left to the parser's size check, unread; so is an
+                # unsigned one where signatures are not required: two parses of a 10 MB job
+                # fewer, 0.24 s of CPU before its first chunk.)
                 # Read within bounds first: the check parses the payload too.
                 await _sized(size, read_job, payload, self.limits)
                 payload = await _sized(size, self.check.check, payload)
@@ -300,6 +310,8 @@ class Intake:
             bodies.append(",".join([member_json(r) for r in chunk]))
             new = [r for r in chunk if r.index >= stored]
             body = job_to_body(header, bodies) if stop == total else None
+            if body is not None:
+                bodies.clear()  # in the body now: not held twice while it is stored
             if new or body is not None:
                 rows = await self._store.run(
                     add_members_choosing,
@@ -315,6 +327,7 @@ class Intake:
                 log.debug("job %s: members %d to %d stored", header.id, start, stop - 1)
                 if rows:
                     await self._scheduler.job_accepted(header, rows)
+            body = None  # stored: freed before the heap is trimmed below
             # The second chunk small too: the first attempts' claims go to the store's one
             # thread while it is written, and must not wait behind a 2,000-member insert.
             start, size = stop, (SECOND_CHUNK if start == 0 else CHUNK_MEMBERS)

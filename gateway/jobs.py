@@ -12,7 +12,6 @@ at most MAX_ERRORS errors (and how many there were).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from collections.abc import Mapping, Set
@@ -40,6 +39,7 @@ from .config import JobsConfig
 from .directory import Audience, plp_options, recipient_ref, to_recipients
 from .domain import Job, Priority, Recipient
 from .email_address import normalise_email
+from .job_hash import SLICE, JobDigest, hash_of
 from .job_id import JOB_ID_PATTERN, valid_job_id
 from .numbers import NumberPolicy, kind_of
 from .payload import PayloadError, read_json
@@ -260,35 +260,7 @@ def _errors_from(
 
 def content_hash(payload: bytes) -> str:
     """Hash of the job's meaning, not its bytes: re-sends with other key order still match."""
-    return _hash_of(read_json(payload))
-
-
-def _hash_of(data: Any) -> str:
-    """SHA-256 of the canonical JSON (sorted keys, no spaces, ASCII) of the parsed payload.
-    A large job's members are written a slice at a time into the hash: the same bytes, never
-    a second copy of a 10 MB payload as one string (and its bytes) at the intake's peak."""
-    digest = hashlib.sha256()
-    recipients = data.get("recipients") if isinstance(data, dict) else None
-    if not isinstance(recipients, list) or len(recipients) <= _SLICE:
-        digest.update(_canonical(data).encode())
-        return digest.hexdigest()
-    digest.update(b"{")
-    for n, key in enumerate(sorted(data)):
-        digest.update(f"{',' if n else ''}{_canonical(key)}:".encode())
-        if key != "recipients":
-            digest.update(_canonical(data[key]).encode())
-            continue
-        digest.update(b"[")
-        for start in range(0, len(recipients), _SLICE):
-            part = _canonical(recipients[start : start + _SLICE])  # "[a,b]": its members
-            digest.update(f"{',' if start else ''}{part[1:-1]}".encode())
-        digest.update(b"]")
-    digest.update(b"}")
-    return digest.hexdigest()
-
-
-def _canonical(data: Any) -> str:
-    return json.dumps(data, sort_keys=True, separators=(",", ":"))
+    return hash_of(read_json(payload))
 
 
 def parse_phone(raw: str, region: str = "BE") -> phonenumbers.PhoneNumber:
@@ -389,21 +361,45 @@ def _validate(
             ],
             None,
         )
-    data = read_job(payload, limits)
+    try:
+        # The depth is bounded by the schema (4 levels) for a job that passes; for one that
+        # does not, the reading below, depth first, names its errors as it always did.
+        return _checked(
+            read_job(payload, limits, depth=False), limits, enabled_channels, now, resolved, hashed
+        )
+    except JobRejected:
+        pass
+    return _checked(read_job(payload, limits), limits, enabled_channels, now, resolved, hashed)
+
+
+def _checked(
+    data: dict[str, Any],
+    limits: JobsConfig,
+    enabled_channels: frozenset[str],
+    now: datetime,
+    resolved: Resolved | None,
+    hashed: bool,
+) -> tuple[JobIn, str | None]:
+    """The job in a parsed payload, validated (with its content hash), or JobRejected. Its
+    members are freed from `data` as they are validated."""
     job_id = data["id"] if valid_job_id(data.get("id")) else None
     oversized = _oversized(data)
     if oversized is not None:
         raise JobRejected([oversized], job_id)
-    digest = _hash_of(data) if hashed else None  # before the members are freed below
     errors: list[JobErrorItem] = []
     total = 0
     recipients = data.get("recipients")
+    large = isinstance(recipients, list) and len(recipients) > SLICE
+    # A large job's members go into the hash as they are validated, before they are freed.
+    hasher = JobDigest(data) if hashed and large else None
+    digest = hash_of(data) if hashed and not large else None
     if isinstance(recipients, list):
         if len(recipients) > limits.max_recipients:
             # At once: validating a million members only to refuse them is the attack.
             detail = f"{len(recipients)} recipients > limit {limits.max_recipients}"
             raise JobRejected([JobErrorItem("$.recipients", "too_many_recipients", detail)], job_id)
-        checked, errors, total = _recipients(recipients)
+        checked, errors, total = _recipients(recipients, hasher)
+        digest = hasher.hexdigest() if hasher is not None else digest
         # When some failed, any valid member stands in for the list: its errors are counted.
         data = {**data, "recipients": checked if not total else [RecipientIn()]}
     try:
@@ -503,13 +499,14 @@ def _reference_errors(spec: JobIn, resolved: Resolved, limits: JobsConfig) -> li
     return errors
 
 
-def read_job(payload: bytes, limits: JobsConfig) -> dict[str, Any]:
-    """The payload as a JSON object, read within bounds, or JobRejected."""
+def read_job(payload: bytes, limits: JobsConfig, depth: bool = True) -> dict[str, Any]:
+    """The payload as a JSON object, read within bounds, or JobRejected. `depth=False`: its
+    depth bounded by the caller (`gateway.payload.read_json`)."""
     # A job of max_recipients members needs about 12 values each, its texts a few more (the
     # commas in them count too): beyond that the payload is refused before it is parsed.
     max_values = 16 * limits.max_recipients + 4 * limits.max_text_length + 1000
     try:
-        data = read_json(payload, max_values)
+        data = read_json(payload, max_values, depth=depth)
     except PayloadError as exc:
         raise JobRejected([JobErrorItem("$", exc.code, exc.detail)]) from None
     if not isinstance(data, dict):
@@ -567,18 +564,23 @@ def _size(value: Any) -> int:
 
 
 _RECIPIENT_LIST = TypeAdapter(list[RecipientIn])
-_SLICE = 256  # members validated at a time: pydantic holds every error of a slice
+_SLICE = SLICE  # members validated at a time: pydantic holds every error of a slice
 
 
-def _recipients(items: list[Any]) -> tuple[list[RecipientIn], list[JobErrorItem], int]:
+def _recipients(
+    items: list[Any], hasher: JobDigest | None = None
+) -> tuple[list[RecipientIn], list[JobErrorItem], int]:
     """Validate members by slices: the first MAX_ERRORS errors are kept, all are counted,
-    and pydantic never holds the errors of more than one slice (900,000 at once took 200 MB)."""
+    and pydantic never holds the errors of more than one slice (900,000 at once took 200 MB).
+    Each valid slice goes into `hasher` while no member has failed (then, no hash is used)."""
     checked: list[RecipientIn] = []
     errors: list[JobErrorItem] = []
     total = 0
     for start in range(0, len(items), _SLICE):
         try:
             checked += _RECIPIENT_LIST.validate_python(items[start : start + _SLICE])
+            if hasher is not None and not total:
+                hasher.add(items[start : start + _SLICE], valid=True)
         except ValidationError as exc:
             total += exc.error_count()
             if len(errors) < MAX_ERRORS:

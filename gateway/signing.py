@@ -42,6 +42,8 @@ DOMAIN = "plp-sig-v1"
 _TS_RE = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,6})?(Z|[+-]\d{2}:\d{2})$")
 _NONCE_RE = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
 _SIG_FIELDS = {"v", "alg", "kid", "ts", "nonce", "mac"}
+_SIG_NAME = b'"sig"'
+_ESCAPED_SIG_LETTER = re.compile(rb"\\u00(?:67|69|73)")  # g, i or s as a JSON escape
 
 REASONS = ("unsigned", "malformed_signature", "unknown_key", "bad_signature", "stale", "replayed")
 WRONG_JOB = "wrong_job"  # a cancel whose `cancel` member is not the job id of its topic
@@ -341,6 +343,13 @@ class Verifier:
 
     # -- the intake's payload check (gateway.intake.PayloadCheck) ----------------------------
 
+    def reads(self, payload: bytes) -> bool:
+        """Whether `check` reads the payload: signatures are required, or it may carry a
+        `sig` member (its name plain, or a letter of it as a `\\u` escape: then perhaps)."""
+        return (
+            self.require or _SIG_NAME in payload or _ESCAPED_SIG_LETTER.search(payload) is not None
+        )
+
     def check(self, payload: bytes) -> bytes:
         """Verify a job payload as received on MQTT; return what the intake should parse.
 
@@ -349,6 +358,8 @@ class Verifier:
         without `sig`, so that re-signing the same job (new nonce) still reads as the same
         content to the store's duplicate detection.
         """
+        if not self.reads(payload):
+            return payload  # unsigned, and allowed: verify() would let it through
         try:
             body = json.loads(payload)
         except ValueError:

@@ -27,6 +27,7 @@ from gateway.jobs import (
     member_count,
     members,
     parse_job,
+    validate_and_hash,
     validate_job,
 )
 from gateway.privacy import erased_ref
@@ -243,6 +244,41 @@ def test_a_large_jobs_content_hash_is_the_canonical_jsons_written_in_slices() ->
         job = {**email_job("h", []), "recipients": crowd, "zzz": {"y": 1}, "a": "é"}
         canonical = json.dumps(job, sort_keys=True, separators=(",", ":")).encode()
         assert content_hash(json.dumps(job).encode()) == hashlib.sha256(canonical).hexdigest()
+
+
+def test_a_valid_large_jobs_hash_written_while_validated_is_its_content_hash() -> None:
+    """A valid large job's members go into the hash as each slice validates, by orjson where
+    it writes what `json` writes: the digest stored is the canonical JSON's all the same,
+    with printable ASCII, escapes, DEL, non-ASCII text, nulls and members' own channels."""
+    printable = ['q"\\/', "tab\there", "ctl\x01", "sl/ash{[:,]}"]  # orjson's slices
+    other = ["\x7f", "Zoë 😀", "\u2028"]  # `json`'s: in the first slice only
+    for n in (257, 3001):
+        crowd: list[dict[str, Any]] = people(n)
+        for i in range(0, n, 5):
+            text = other[i % len(other)] if i < 256 else printable[i % len(printable)]
+            crowd[i] = {"email": f"{text}@x.be", "lang": None, "ref": f"r{i}"}
+        for i in range(1, n, 11):
+            crowd[i] = {"channels": ["email"], "email": "a@b.be", "phone": None}
+        job = email_job("v", crowd, ttl=90.5, test=True, subject={"fr": "é"})
+        for payload in (json.dumps(job).encode(), json.dumps(job, sort_keys=True).encode()):
+            _, digest = validate_and_hash(payload, JobsConfig(), EMAIL, datetime.now(UTC))
+            canonical = json.dumps(job, sort_keys=True, separators=(",", ":")).encode()
+            assert digest == hashlib.sha256(canonical).hexdigest() == content_hash(payload)
+
+
+def test_a_job_nested_too_deep_is_named_so_wherever_the_depth_is() -> None:
+    """A job is parsed without the bound on depth first (a valid job nests 4 levels): one
+    that fails is read again with it, so nesting still comes first among its errors."""
+    for levels in (33, 500, 5000):
+        nested = "[" * levels + "]" * levels
+        for where in (f'"x": {nested}', f'"recipients": [{{"channels": {nested}}}]'):
+            payload = f'{{"id": "deep-1", {where}}}'.encode()
+            try:
+                validate_and_hash(payload, JobsConfig(), EMAIL, datetime.now(UTC))
+            except JobRejected as rej:
+                assert [(e.path, e.code) for e in rej.errors] == [("$", "too_deep")]
+            else:
+                raise AssertionError("accepted")
 
 
 def test_a_large_jobs_bad_members_are_named_as_before() -> None:

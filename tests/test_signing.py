@@ -250,6 +250,22 @@ def test_intake_check_returns_what_to_parse_and_forgets_unstored_nonces() -> Non
     v.discard(b"[]")  # never raises
 
 
+def test_the_check_reads_every_payload_that_may_carry_a_signature() -> None:
+    """An unsigned job where signatures are optional is not read by the check (a 10 MB job:
+    two parses fewer); one whose `sig` member is named with an escape still is, and fails."""
+    v = verifier(require=False)
+    unsigned = json.dumps(job()).encode()
+    assert not v.reads(unsigned) and v.reads(json.dumps({"sig": 1}).encode())
+    assert verifier(require=True).reads(unsigned)
+    bad = json.dumps(sign(job(), "dispatch-1", OTHER_KEY, datetime.now(UTC))).encode()
+    for name in (b'"\\u0073ig"', b'"s\\u0069g"', b'"si\\u0067"'):
+        hidden = bad.replace(b'"sig"', name)
+        assert v.reads(hidden)
+        with pytest.raises(SignatureError) as info:
+            v.check(hidden)
+        assert info.value.reason == "bad_signature"
+
+
 CANCEL_NONCE = "Zk3pW9sQx1VbR6mT0yLd2A"
 CANCEL_TS = "2026-11-22T19:05:00Z"
 
