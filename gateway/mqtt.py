@@ -348,7 +348,8 @@ class MqttLink:
         messages go back to the head of the queue for the next connection.
         """
         wake = self._out_ready  # a message to send, or a PUBACK
-        mqtt_adapter.chain_on_publish(client, wake.set)
+        # Only this loop publishes on the status connection, never aiomqtt's publish().
+        mqtt_adapter.notify_on_publish(client, wake.set)
         loop = asyncio.get_running_loop()
         inflight: deque[tuple[Outgoing, paho.MQTTMessageInfo]] = deque()
         progress = loop.time()  # last time the broker confirmed something (or none waited)
