@@ -134,6 +134,7 @@ def py_spy(gw: GatewayProcess) -> subprocess.Popen[bytes] | None:
         return None
     binary = str(Path(sys.executable).parent / "py-spy")
     cmd = [binary, "record", "-p", str(gw.proc.pid), "-f", "raw", "-o", out, "--threads"]
+    cmd += os.environ.get("BENCH_PYSPY_ARGS", "").split()
     return subprocess.Popen([*cmd, "--nonblocking"], stdout=subprocess.DEVNULL)
 
 

@@ -10,6 +10,7 @@ import asyncio
 import functools
 import itertools
 import logging
+import time
 from collections.abc import Mapping
 from datetime import UTC, datetime
 
@@ -53,7 +54,12 @@ def number_problem(e164: str) -> str | None:
 
 def validity_period(seconds: float) -> str:
     """SMPP relative time `YYMMDDhhmmss000R` for a duration (days may exceed a month)."""
-    total = max(1, int(seconds))
+    return _relative_time(max(1, int(seconds)))
+
+
+@functools.lru_cache(maxsize=16)
+def _relative_time(total: int) -> str:
+    # Every SMS of a job asks for the same few values (whole seconds): formatted once each.
     days, rest = divmod(total, 86400)
     hours, rest = divmod(rest, 3600)
     minutes, secs = divmod(rest, 60)
@@ -202,7 +208,7 @@ class SmsChannel:
                 attempt.delivery_id, masked, kind_of_e164(attempt.address), problem,
             )  # fmt: skip
             raise PermanentError(problem)
-        remaining = (attempt.expires_at - datetime.now(UTC)).total_seconds()
+        remaining = attempt.expires_at.timestamp() - time.time()
         if remaining <= 1:
             raise PermanentError("expired", "the job expired before the SMS was submitted")
         try:
