@@ -1,7 +1,10 @@
 """Benchmark: SMS through the whole gateway — MQTT job -> daemon -> SMPP -> SMSC simulator.
 
 Prints MQTT publish -> first submit_sm latency (p50, p99 over repeated single-recipient jobs),
-and the sustained submit_sm/s of a 10,000-recipient job as the SMSC sees it.
+the sustained submit_sm/s of a 10,000-recipient job as the SMSC sees it, and the gateway's CPU
+time per SMS over that job (what a shared machine moves least). BENCH_PYSPY=FILE samples the
+gateway's threads with py-spy during the job (raw format; BENCH_PYSPY_ARGS adds options, e.g.
+"--gil -r 200" for where the Python time goes).
 Run: .venv/bin/python -m bench.bench_sms_daemon [--recipients 10000] [--window 50] [--singles 200]
      [--kannel] [--plot DIR]
 """
