@@ -1,7 +1,10 @@
 """Benchmark: SMS through the whole gateway — MQTT job -> daemon -> SMPP -> SMSC simulator.
 
 Prints MQTT publish -> first submit_sm latency (p50, p99 over repeated single-recipient jobs),
-and the sustained submit_sm/s of a 10,000-recipient job as the SMSC sees it.
+the sustained submit_sm/s of a 10,000-recipient job as the SMSC sees it, and the gateway's CPU
+time per SMS over that job (what a shared machine moves least). BENCH_PYSPY=FILE samples the
+gateway's threads with py-spy during the job (raw format; BENCH_PYSPY_ARGS adds options, e.g.
+"--gil -r 200" for where the Python time goes).
 Run: .venv/bin/python -m bench.bench_sms_daemon [--recipients 10000] [--window 50] [--singles 200]
      [--kannel] [--plot DIR]
 """
@@ -13,7 +16,9 @@ import asyncio
 import contextlib
 import json
 import os
+import signal
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -56,11 +61,14 @@ async def _single(dispatch: aiomqtt.Client, sim: SmscProcess, i: int) -> float:
 
 @contextlib.asynccontextmanager
 async def stack(
-    sim_args: tuple[str, ...], sms: dict[str, Any], events: str = "each"
+    sim_args: tuple[str, ...],
+    sms: dict[str, Any],
+    events: str = "each",
+    started: list[GatewayProcess] | None = None,
 ) -> AsyncIterator[tuple[Mosquitto, SmscProcess, Observer]]:
     """mosquitto, the SMSC simulator and the gateway (log level BENCH_LOG, default WARNING),
     each its own process, in BENCH_DIR or a temporary directory; the gateway is online and
-    bound when this yields."""
+    bound when this yields (and appended to `started`, if given)."""
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(os.environ.get("BENCH_DIR", tmp))
         (work / "broker").mkdir()
@@ -77,6 +85,8 @@ async def stack(
             config.write_text(text)
             gw = GatewayProcess(config, work)
             gw.start()
+            if started is not None:
+                started.append(gw)
             # Only what the bench reads: a subscriber to every delivery event would be a second
             # Python MQTT client on the gateway's two cores (dispatch's consumer runs elsewhere).
             async with Observer(broker, topics=("jobs/+/status", "gateway/#")) as obs:
@@ -111,22 +121,50 @@ def cpu_report(before: list[int], after: list[int]) -> str:
     return f"busy {(total - idle - delta[7]) / total:.0%}, steal {delta[7] / total:.0%}"
 
 
+def gateway_cpu(gw: GatewayProcess) -> float:
+    """CPU seconds (user + system, all threads) the gateway process has used so far: unlike
+    submit_sm/s, hardly moved by what else runs on the machine."""
+    assert gw.proc is not None
+    fields = Path(f"/proc/{gw.proc.pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def py_spy(gw: GatewayProcess) -> subprocess.Popen[bytes] | None:
+    """With BENCH_PYSPY=FILE, sample the gateway's threads during the big job (raw format:
+    one collapsed stack and its count per line) until it is stopped with SIGINT."""
+    out = os.environ.get("BENCH_PYSPY")
+    if not out or gw.proc is None:
+        return None
+    binary = str(Path(sys.executable).parent / "py-spy")
+    cmd = [binary, "record", "-p", str(gw.proc.pid), "-f", "raw", "-o", out, "--threads"]
+    cmd += os.environ.get("BENCH_PYSPY_ARGS", "").split()
+    return subprocess.Popen([*cmd, "--nonblocking"], stdout=subprocess.DEVNULL)
+
+
 async def run(n: int, window: int, singles: int, events: str) -> tuple[float, list[float]]:
     """The sustained submit_sm/s of the big job, and the single jobs' latencies (ms)."""
-    async with stack((), {"window": window}, events) as (broker, sim, obs):
+    started: list[GatewayProcess] = []
+    async with stack((), {"window": window}, events, started) as (broker, sim, obs):
+        gw = started[0]
         cpu0 = cpu_times()
         lat = await single_latencies(broker, sim, singles)
         cpu1 = cpu_times()
         await sim.ctl("reset")
         job = sms_job("bench-sms", members(n))
         payload = json.dumps(job)
+        spy = py_spy(gw)
+        gw_cpu0 = gateway_cpu(gw)
         t0 = time.monotonic()
         await obs.publish("plp/jobs", payload)
         stats = await sim.wait(lambda s: s["counters"].get("accepted", 0) >= n, 600)
         t_all = time.monotonic()
         await obs.wait_job("bench-sms", "done", timeout=600)
         t_done = time.monotonic()
+        gw_cpu = gateway_cpu(gw) - gw_cpu0
         cpu2 = cpu_times()
+        if spy is not None:
+            spy.send_signal(signal.SIGINT)
+            spy.wait(60)
     first, last = stats["first_accepted_at"], stats["last_accepted_at"]
     lat_ms = sorted(x * 1000 for x in lat)
     p99 = lat_ms[min(len(lat_ms) - 1, int(len(lat_ms) * 0.99))]
@@ -142,6 +180,7 @@ async def run(n: int, window: int, singles: int, events: str) -> tuple[float, li
     print(f"sustained (seen by SMSC)    {(n - 1) / (last - first):.0f} submit_sm/s")
     print(f"job 'done' (all receipts)   {t_done - t0:.2f} s after publish")
     print(f"duplicates at the SMSC      {stats['duplicates']}")
+    print(f"gateway CPU per SMS         {gw_cpu * 1e6 / n:.0f} µs (all threads, publish to done)")
     print(f"CPU during the job          {cpu_report(cpu1, cpu2)}")
     return float((n - 1) / (last - first)), lat_ms
 

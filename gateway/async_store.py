@@ -40,13 +40,18 @@ class WriteBatch:
         self._running = False
         self._task: asyncio.Task[None] | None = None
 
-    async def call(self, fn: BatchFn, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+    def call(
+        self, fn: BatchFn, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> asyncio.Future[Any]:
+        """The future of one call's result: a plain future, not a coroutine around one (three
+        writes per SMS)."""
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[Any] = loop.create_future()
         self._pending.append((fn, (args, kwargs), fut))
         if not self._running:
             self._running = True
-            self._task = asyncio.get_running_loop().create_task(self._drain())
-        return await fut
+            self._task = loop.create_task(self._drain())
+        return fut
 
     async def _drain(self) -> None:
         try:
@@ -93,9 +98,9 @@ class Batched(Generic[T]):
         self._writes = writes
         self._batch = batch
 
-    async def __call__(self, *args: Any, **kwargs: Any) -> T:
-        result: T = await self._writes.call(self._batch, args, kwargs)
-        return result
+    def __call__(self, *args: Any, **kwargs: Any) -> asyncio.Future[T]:
+        fut: asyncio.Future[T] = self._writes.call(self._batch, args, kwargs)
+        return fut
 
 
 class AsyncStore:

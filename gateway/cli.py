@@ -20,6 +20,7 @@ import aiomqtt
 from . import (
     __version__,
     allocator,
+    gc_tuning,
     schemas,  # light: the models are imported only to print a schema
 )
 from .config import Config, UnreadSecret, load_config, load_config_deferring_secrets
@@ -71,6 +72,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     config = _load(args.config)
     setup_logging(config.log.level, config.log.format)
     allocator.fix_mmap_threshold()  # a large job's buffers go back to the system once freed
+    gc_tuning.tune()  # fewer garbage collections, none walking what was imported
 
     async def main() -> int:
         try:

@@ -23,11 +23,11 @@ from paho.mqtt.enums import MQTTErrorCode
 
 __all__ = [
     "ack",
-    "chain_on_publish",
     "cork_writes",
     "enable_manual_ack",
     "missing_internals",
     "no_delay",
+    "notify_on_publish",
     "publish",
     "set_pending_calls_threshold",
 ]
@@ -61,17 +61,12 @@ def publish(
     return _paho(client).publish(topic, payload, qos, retain)
 
 
-def chain_on_publish(client: aiomqtt.Client, notify: Callable[[], None]) -> None:
-    """Call `notify` after aiomqtt's own handling of every PUBACK (and QoS 0 write)."""
-    inner_client = _paho(client)
-    inner = inner_client.on_publish
-
-    def on_publish(*args: Any) -> None:
-        if inner is not None:
-            inner(*args)
-        notify()
-
-    inner_client.on_publish = on_publish
+def notify_on_publish(client: aiomqtt.Client, notify: Callable[[], None]) -> None:
+    """Call `notify` at every PUBACK (and QoS 0 write) *instead of* aiomqtt's handler: for
+    a connection that publishes only through `publish()` above, never through aiomqtt's
+    own, whose handler finds no waiter then and raises and suppresses a KeyError per PUBACK
+    (the status connection: four PUBACKs per SMS)."""
+    _paho(client).on_publish = lambda *_: notify()
 
 
 def no_delay(client: aiomqtt.Client) -> None:

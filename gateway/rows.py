@@ -65,33 +65,44 @@ class Change:
     job_finished: JobState | None = None
 
 
+#: A stored state's member by its value: a dict lookup, not `DeliveryState(value)`'s
+#: enum machinery (the hot path reads a few per SMS).
+STATE_OF: dict[str, DeliveryState] = {s.value: s for s in DeliveryState}
+_NO_IDS: tuple[str, ...] = ()
+
+
 def row_to_delivery(r: Row, **changes: Any) -> DeliveryRow:
     """The row as a record; `changes` (field -> value) replace what the row says, for a row
-    read just before an UPDATE that set them."""
-    fields: dict[str, Any] = {
-        "id": r["id"],
-        "job_id": r["job_id"],
-        "rindex": r["rindex"],
-        "ref": r["ref"],
-        "channel": r["channel"],
-        "address": r["address"],
-        "masked": r["masked"],
-        "lang": r["lang"],
-        "state": None,
-        "attempts": r["attempts"],
-        "next_attempt_at": r["next_attempt_at"],
-        "last_error": r["last_error"],
-        "detail": r["detail"],
-        "provider_ids": None,
-        "possibly_sent": bool(r["possibly_sent"]),
-        "updated_at": r["updated_at"],
-    }
-    fields.update(changes)
-    if fields["state"] is None:
-        fields["state"] = DeliveryState(r["state"])
-    if fields["provider_ids"] is None:
-        fields["provider_ids"] = tuple(json.loads(r["provider_ids"]))
-    return DeliveryRow(**fields)
+    read just before an UPDATE that set them.
+
+    Three per SMS (claim, send, receipt) on the store's thread, which shares the GIL with the
+    event loop: the fields are given by position, the state looked up in a dict, and the
+    usual empty list of provider ids not parsed."""
+    c = changes
+    state = c["state"] if "state" in c else STATE_OF[r["state"]]
+    if "provider_ids" in c:
+        provider_ids = c["provider_ids"]
+    else:
+        stored = r["provider_ids"]
+        provider_ids = _NO_IDS if stored == "[]" else tuple(json.loads(stored))
+    return DeliveryRow(
+        c.get("id", r["id"]),
+        c.get("job_id", r["job_id"]),
+        c.get("rindex", r["rindex"]),
+        c.get("ref", r["ref"]),
+        c.get("channel", r["channel"]),
+        c.get("address", r["address"]),
+        c.get("masked", r["masked"]),
+        c.get("lang", r["lang"]),
+        state,
+        c.get("attempts", r["attempts"]),
+        c.get("next_attempt_at", r["next_attempt_at"]),
+        c.get("last_error", r["last_error"]),
+        c.get("detail", r["detail"]),
+        provider_ids,
+        c["possibly_sent"] if "possibly_sent" in c else bool(r["possibly_sent"]),
+        c.get("updated_at", r["updated_at"]),
+    )
 
 
 _PLAIN_FIELDS = frozenset({"attempts", "next_attempt_at", "last_error", "detail"})

@@ -538,7 +538,9 @@ class Scheduler:
 
     async def _attempt(self, lane: _Lane, delivery_id: int, job_id: str) -> None:
         store = self._store.store
-        job = await self._job(job_id)
+        job = self._jobs.get(job_id)  # the usual case: known, without a coroutine per attempt
+        if job is None:
+            job = await self._job(job_id)
         claimed = self._claimed.get(delivery_id)
         if claimed is not None and job is not None:
             # Started with its job (`_start_claimed`): prepared here. The claim stays listed

@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 
 from .domain import FINAL_DELIVERY_STATES, DeliveryState, JobState, can_transition
 from .errors import StoreError
-from .rows import Change, row_to_delivery
+from .rows import STATE_OF, Change, row_to_delivery
 from .store_db import Db, Row
 
 _CHUNK = 500  # bound variables per IN (...) list, far under SQLite's limit
@@ -104,7 +104,7 @@ def claim(
         row = row_to_delivery(
             r, state=DeliveryState.SENDING, attempts=r["attempts"] + 1, updated_at=now
         )
-        out.append(Change(row, DeliveryState(r["state"])))
+        out.append(Change(row, STATE_OF[r["state"]]))
     for chunk in _chunks(list(taken)):
         db.execute(
             "UPDATE deliveries SET state='sending', attempts=attempts+1, updated_at=?"  # noqa: S608
@@ -140,7 +140,7 @@ def record_sent(
 ) -> list[list[Change] | Exception]:
     """Record successful attempts and their provider ids; apply receipts that came early."""
     rows = rows_by_id(db, (item[0] for item in items))
-    state = {did: DeliveryState(r["state"]) for did, r in rows.items()}
+    state = {did: STATE_OF[r["state"]] for did, r in rows.items()}
     out: list[list[Change] | Exception] = []
     updates: list[tuple[Any, ...]] = []
     pids: list[tuple[str, str, int]] = []
@@ -309,7 +309,7 @@ def _settle(
     for (i, _), did in zip(bulk, dids, strict=True):
         r = rows[did]
         new, reason = settled_state(parts.get(did, []))
-        old = DeliveryState(r["state"])
+        old = STATE_OF[r["state"]]
         if new is None or not can_transition(old, new):
             out[i] = (True, None)
             continue

@@ -10,6 +10,7 @@ import asyncio
 import functools
 import itertools
 import logging
+import time
 from collections.abc import Mapping
 from datetime import UTC, datetime
 
@@ -53,7 +54,12 @@ def number_problem(e164: str) -> str | None:
 
 def validity_period(seconds: float) -> str:
     """SMPP relative time `YYMMDDhhmmss000R` for a duration (days may exceed a month)."""
-    total = max(1, int(seconds))
+    return _relative_time(max(1, int(seconds)))
+
+
+@functools.lru_cache(maxsize=16)
+def _relative_time(total: int) -> str:
+    # Every SMS of a job asks for the same few values (whole seconds): formatted once each.
     days, rest = divmod(total, 86400)
     hours, rest = divmod(rest, 3600)
     minutes, secs = divmod(rest, 60)
@@ -202,7 +208,7 @@ class SmsChannel:
                 attempt.delivery_id, masked, kind_of_e164(attempt.address), problem,
             )  # fmt: skip
             raise PermanentError(problem)
-        remaining = (attempt.expires_at - datetime.now(UTC)).total_seconds()
+        remaining = attempt.expires_at.timestamp() - time.time()
         if remaining <= 1:
             raise PermanentError("expired", "the job expired before the SMS was submitted")
         try:
@@ -257,7 +263,7 @@ class SmsChannel:
         )
 
     # receiving
-    def _on_deliver(self, smsc: SmscConfig, frame: P.Pdu) -> int | asyncio.Future[int]:
+    def _on_deliver(self, smsc: SmscConfig, frame: P.Pdu) -> int | asyncio.Future[bool]:
         item = classify(P.decode_deliver_sm(frame.body))
         loop = asyncio.get_running_loop()
         report: Receipt | Reply
@@ -281,22 +287,13 @@ class SmsChannel:
             log.warning("smsc %s: reports queue full, the SMSC will redeliver", smsc.name)
             return P.ESME_RX_T_APPN
         assert report.settled is not None
-        status: asyncio.Future[int] = loop.create_future()
-        report.settled.add_done_callback(functools.partial(_status_of, status))
-        return status
+        return report.settled  # the session answers once it is settled
 
     def _reply(self, mo: MobileOriginated, settled: asyncio.Future[bool]) -> Reply:
         sender = e164(mo.source_addr, mo.source_ton, self.config.default_region)
         keyword = self._keywords.match(mo.text)
         log.info("sms reply from %s%s", mask_phone(sender), " (acknowledges)" if keyword else "")
         return Reply("sms", sender, mo.text, keyword is not None, datetime.now(UTC), settled)
-
-
-def _status_of(status: asyncio.Future[int], settled: asyncio.Future[bool]) -> None:
-    """deliver_sm_resp status once the report is stored: ROK, or 'retry later' (X_T_APPN)."""
-    if not status.done():
-        applied = not settled.cancelled() and settled.result()
-        status.set_result(P.ESME_ROK if applied else P.ESME_RX_T_APPN)
 
 
 def e164(addr: str, ton: int, region: str) -> str:

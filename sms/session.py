@@ -30,7 +30,9 @@ log = logging.getLogger("sms.session")
 # Called for every deliver_sm with the PDU; returns the command_status for deliver_sm_resp,
 # or a future of it: the response is then sent once the news is safely stored, so a crash
 # before that makes the SMSC deliver it again instead of losing it.
-DeliverHandler = Callable[[P.Pdu], "int | asyncio.Future[int]"]
+#: A deliver_sm's handler: its response status now, or a future that says whether what the
+#: PDU carried is stored (True: ROK; False or cancelled: "retry later", the SMSC resends).
+DeliverHandler = Callable[[P.Pdu], "int | asyncio.Future[bool]"]
 
 MAX_THROTTLE_RETRIES = 20
 # The reconnect backoff starts over after a healthy bind: one that answered a submit_sm
@@ -520,9 +522,11 @@ class Session:
                 log.warning("smsc %s: no unbind_resp (%r)", self.name, exc)
 
 
-def _respond_later(link: _Link, sequence: int, status: asyncio.Future[int]) -> None:
-    if link.is_open and not status.cancelled():
-        link.write(_deliver_sm_resp(sequence, status.result()))
+def _respond_later(link: _Link, sequence: int, stored: asyncio.Future[bool]) -> None:
+    """deliver_sm_resp once the news is stored (ROK), or could not be (retry later)."""
+    if link.is_open:
+        ok = not stored.cancelled() and stored.result()
+        link.write(_deliver_sm_resp(sequence, P.ESME_ROK if ok else P.ESME_RX_T_APPN))
     # else: the link is gone; the SMSC delivers the unacknowledged PDU again
 
 

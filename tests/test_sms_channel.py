@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from gateway.channel import Channel, Receipt, Reply
+from gateway.channel import Channel, Receipt, Reply, settle
 from gateway.domain import DeliveryState
 from gateway.errors import LinkDown, PermanentError
 from sms.channel import SmsChannel
@@ -19,6 +19,7 @@ from tests.sms_fixtures import (
     channel,
     mobile,
     next_report,
+    reports_of,
     simulator,
     sms_config,
     smsc,
@@ -121,6 +122,20 @@ async def test_receipt_for_an_unknown_message_is_reported_and_acknowledged() -> 
         await sim.wait_until(lambda: sim.counters["deliver_sm_resp"] >= 1)
         assert sim.counters["deliver_sm_resp_errors"] == 0
         assert ch.health()["state"] == "up"
+
+
+async def test_a_receipt_not_stored_is_answered_retry_later_and_comes_again() -> None:
+    """deliver_sm_resp follows the store: ROK once stored, "retry later" when the store
+    could not take it (the SMSC then sends the receipt again)."""
+    async with simulator() as sim, channel(sms_config(smsc(sim))) as ch:
+        sim.send_receipt("424242", MOBILE, "DELIVRD")
+        first = await asyncio.wait_for(reports_of(ch).get(), 10)
+        assert sim.counters["deliver_sm_resp"] == 0  # not answered before it is settled
+        settle(first, False)  # as the daemon does when the store failed
+        again = await next_report(ch)  # settled as stored
+        assert again == first
+        await sim.wait_until(lambda: sim.counters["deliver_sm_resp"] >= 2)
+        assert sim.counters["deliver_sm_resp_errors"] == 1
 
 
 @pytest.mark.parametrize(
