@@ -6,11 +6,13 @@ no more than `concurrency` attempts are ever in the channel at once."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 from gateway.channel import Attempt, Limits, Outcome, RetryPolicy
 from gateway.domain import DeliveryState
-from tests.test_claim_at_intake import Sms, job, stack, until
+from tests.test_claim_at_intake import Sms, Stack, job, stack, until
 
 
 class Gated(Sms):
@@ -35,14 +37,21 @@ class Gated(Sms):
         return await super().send(attempt)
 
 
-async def test_attempts_are_claimed_ahead_but_only_concurrency_are_in_the_channel(
-    tmp_path: Path,
-) -> None:
+@contextlib.asynccontextmanager
+async def gated_stack(tmp_path: Path) -> AsyncIterator[tuple[Stack, Gated]]:
+    """The scheduler's stack with the gated channel as its SMS channel, started."""
     async with stack(tmp_path) as s:
         gated = Gated()
         s.sms = gated
         s.scheduler = type(s.scheduler)(s.astore, {"sms": gated}, s.scheduler._status)
         await s.scheduler.start()
+        yield s, gated
+
+
+async def test_attempts_are_claimed_ahead_but_only_concurrency_are_in_the_channel(
+    tmp_path: Path,
+) -> None:
+    async with gated_stack(tmp_path) as (s, gated):
         ids = await s.accept(job("cold", 12, priority="cold"))
 
         def sending() -> int:
@@ -68,11 +77,7 @@ async def test_attempts_are_claimed_ahead_but_only_concurrency_are_in_the_channe
 async def test_a_clean_stop_gives_back_the_attempts_claimed_ahead(tmp_path: Path) -> None:
     """Claimed ahead and never sent: `queued` again with the attempt uncounted, not
     "possibly sent" at the next start; the ones in the channel are interrupted as ever."""
-    async with stack(tmp_path) as s:
-        gated = Gated()
-        s.sms = gated
-        s.scheduler = type(s.scheduler)(s.astore, {"sms": gated}, s.scheduler._status)
-        await s.scheduler.start()
+    async with gated_stack(tmp_path) as (s, gated):
         ids = await s.accept(job("cold", 12, priority="cold"))
         await until(lambda: gated.inside == 2 and len(s.scheduler._lanes["sms"].inflight) == 5)
         await s.scheduler.stop(0.05)

@@ -15,15 +15,19 @@ from tests.fixtures import Observer
 from tests.voice_fixtures import AsteriskProcess, member, voice_job
 
 
-@pytest.fixture
-def slow_asterisk(tmp_path: Path) -> Iterator[AsteriskProcess]:
-    """Calls of 12 s of message at 4x speed: ~4 s each, long enough to kill mid-call."""
-    workdir = tmp_path / "slow-ami"
+def _playing_12_s(workdir: Path, speed: float) -> Iterator[AsteriskProcess]:
+    """An Asterisk simulator whose calls play 12 s of message at `speed`."""
     workdir.mkdir()
-    sim = AsteriskProcess(workdir, "--playback", "12", speed=4.0)
+    sim = AsteriskProcess(workdir, "--playback", "12", speed=speed)
     sim.start()
     yield sim
     sim.stop()
+
+
+@pytest.fixture
+def slow_asterisk(tmp_path: Path) -> Iterator[AsteriskProcess]:
+    """Calls of 12 s of message at 4x speed: ~4 s each, long enough to kill mid-call."""
+    yield from _playing_12_s(tmp_path / "slow-ami", 4.0)
 
 
 async def test_kill_9_with_calls_in_progress_then_restart_calls_nobody_twice(
@@ -140,12 +144,7 @@ async def test_cancel_stops_queued_calls_and_hangs_up_ringing_and_answered_ones(
 def long_call_asterisk(tmp_path: Path) -> Iterator[AsteriskProcess]:
     """Calls of 12 s of message at 8x speed: ~2 s each, long against the gateway's own delay
     between a call's end and the next originate, even on a loaded machine."""
-    workdir = tmp_path / "long-ami"
-    workdir.mkdir()
-    sim = AsteriskProcess(workdir, "--playback", "12", speed=8.0)
-    sim.start()
-    yield sim
-    sim.stop()
+    yield from _playing_12_s(tmp_path / "long-ami", 8.0)
 
 
 async def test_40_calls_on_10_channels_keep_every_channel_busy(
