@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from gateway.config import JobsConfig
-from gateway.domain import DeliveryState, JobState, Priority
+from gateway.domain import DeliveryState, Job, JobState, Priority
 from gateway.errors import SchemaTooNew, StoreError
 from gateway.jobs import content_hash, parse_job
 from gateway.migrations import MIGRATIONS, migrate
@@ -263,3 +263,27 @@ def test_the_url_password_never_reaches_a_message() -> None:
         "postgresql://plp:***@db.example:5432/plp"
     )
     assert safe_url("postgresql://plp@db/plp") == "postgresql://plp@db/plp"
+
+
+def test_fallbacks_of_one_job_read_its_members_once_each_with_its_own_address(
+    any_store: SqlStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A large job whose SMS fail falls back member by member: its body (every member) is
+    parsed once, not once per fallback, and each fallback still goes to its own member."""
+    store = any_store
+    payload = json.dumps({**email_job("fb", members(5)), "channels": ["sms"]}).encode()
+    job, _ = parse_job(payload, JobsConfig(), BOTH)
+    _, rows = store.add_job(job, content_hash(payload), BOTH)
+    parsed: list[str] = []
+    read_job = store.job
+
+    def counted(job_id: str) -> Job | None:
+        parsed.append(job_id)
+        return read_job(job_id)
+
+    monkeypatch.setattr(store, "job", counted)
+    made = [store.add_fallback(r.id, "voice", BOTH) for r in rows]
+    assert parsed == ["fb"]
+    assert [m.address if m else None for m in made] == [m["phone"] for m in members(5)]
+    store.set_job_state("fb", JobState.CANCELLED)  # ended: its members are let go
+    assert store._fallback_members is None
