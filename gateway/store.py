@@ -108,7 +108,10 @@ class SqlStore(DirectoryStore, Jobs, ClusterClaims):
             " WHERE id=? AND state='running' AND complete=1",
             (now, now, job_id),
         )
-        return JobState.DONE if cur.rowcount else None
+        if not cur.rowcount:
+            return None
+        self._let_go_of_members(job_id)
+        return JobState.DONE
 
     def finish_receipt_waits(
         self, waits: Mapping[str, float], now: float | None = None
