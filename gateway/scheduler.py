@@ -445,12 +445,7 @@ class Scheduler:
         self._closed.add(job_id)
         dstate = DeliveryState.CANCELLED if state is JobState.CANCELLED else DeliveryState.EXPIRED
         changes = await self._store.run(self._store.store.close_job, job_id, state, dstate, reason)
-        for change in changes:
-            self._claimed.pop(change.delivery.id, None)  # no longer `sending` in the store
-        for lane in self._lanes.values():
-            for did, task in list(lane.inflight.items()):
-                if any(c.delivery.id == did for c in changes):
-                    task.cancel()
+        self._cancel_inflight(c.delivery.id for c in changes)
         for change in changes:
             self._status.delivery(change)
         self._status.job_dirty(job_id, immediate=True)
