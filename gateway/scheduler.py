@@ -209,8 +209,16 @@ class Scheduler:
         """Attempts claimed with their job but not started go back to `queued`, their attempt
         uncounted: a clean stop does not make them `possibly_sent` at the next start."""
         claimed, self._claimed = list(self._claimed.values()), {}
+        for change in await self._give_back(claimed):
+            if isinstance(change, Change):
+                self._status.delivery(change)
+
+    async def _give_back(self, claimed: list[Change]) -> list[Change | Exception | None]:
+        """Claimed attempts never sent go back to `queued`, their attempt uncounted (the
+        store's changes). On a store error they stay `sending`: the next start retries them
+        as possibly sent."""
         if not claimed:
-            return
+            return []
         store = self._store.store
         calls = [
             ((c.delivery.id, DeliveryState.QUEUED), {"attempts": c.delivery.attempts - 1})
@@ -219,12 +227,9 @@ class Scheduler:
         try:
             changes = await self._store.run(store.many, store.transition, calls)
         except StoreError:
-            # They stay `sending`: the next start retries them as possibly sent.
             log.exception("stopping: %d claimed attempts not given back", len(claimed))
-            return
-        for change in changes:
-            if isinstance(change, Change):
-                self._status.delivery(change)
+            return []
+        return changes
 
     def claims_at_intake(self, job: Job) -> bool:
         """Whether `job` is stored with its attempts claimed (`StoreContract.add_job`'s
@@ -623,22 +628,15 @@ class Scheduler:
         its outcome (released when its task ends, `_start`): at most `concurrency` attempts
         are sent and not yet recorded, whatever was claimed ahead of them."""
         turns = lane.turns[priority]
-        d = claim.delivery
         try:
             await turns.acquire()
         except asyncio.CancelledError:
             if self._stopping:
-                # Never sent nor published `sending`: back to `queued`, its attempt uncounted
-                # (as `_give_back_claims`), not "possibly sent" at the next start.
-                store = self._store.store
-                try:
-                    await self._store.run(
-                        store.transition, d.id, DeliveryState.QUEUED, attempts=d.attempts - 1
-                    )
-                except StoreError:
-                    log.exception("stopping: claimed attempt %d not given back", d.id)
+                # Never sent nor published `sending`: back to `queued`, not "possibly sent"
+                # at the next start (its change unpublished, as its claim was).
+                await self._give_back([claim])
             raise
-        lane.held[d.id] = turns
+        lane.held[claim.delivery.id] = turns
 
     async def _succeeded(self, d: DeliveryRow, outcome: Outcome) -> None:
         changes = await self._record_sent(
