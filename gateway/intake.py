@@ -67,7 +67,7 @@ class PayloadCheck(Protocol):
     """Authenticity check before parsing (gateway.signing.Verifier)."""
 
     def reads(self, payload: bytes) -> bool:
-        """False when `check` would return the payload as it is, unread."""
+        """False when `check` would return the payload as it is: it is then not called."""
         ...
 
     def check(self, payload: bytes) -> bytes:

@@ -344,8 +344,10 @@ class Verifier:
     # -- the intake's payload check (gateway.intake.PayloadCheck) ----------------------------
 
     def reads(self, payload: bytes) -> bool:
-        """Whether `check` reads the payload: signatures are required, or it may carry a
-        `sig` member (its name plain, or a letter of it as a `\\u` escape: then perhaps)."""
+        """Whether `check` must read the payload: signatures are required, or it may carry a
+        `sig` member (its name plain, or a letter of it as a `\\u` escape: then perhaps).
+        When not, `check` would give it back as it is: the intake skips it (and its bounded
+        read before it), so `check` does not scan a 10 MB payload for it a second time."""
         return (
             self.require or _SIG_NAME in payload or _ESCAPED_SIG_LETTER.search(payload) is not None
         )
@@ -358,8 +360,6 @@ class Verifier:
         without `sig`, so that re-signing the same job (new nonce) still reads as the same
         content to the store's duplicate detection.
         """
-        if not self.reads(payload):
-            return payload  # unsigned, and allowed: verify() would let it through
         try:
             body = json.loads(payload)
         except ValueError:
