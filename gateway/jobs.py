@@ -564,7 +564,6 @@ def _size(value: Any) -> int:
 
 
 _RECIPIENT_LIST = TypeAdapter(list[RecipientIn])
-_SLICE = SLICE  # members validated at a time: pydantic holds every error of a slice
 
 
 def _recipients(
@@ -576,18 +575,20 @@ def _recipients(
     checked: list[RecipientIn] = []
     errors: list[JobErrorItem] = []
     total = 0
-    for start in range(0, len(items), _SLICE):
+    # SLICE members at a time, validated and hashed: pydantic holds every error of a slice.
+    for start in range(0, len(items), SLICE):
+        part = items[start : start + SLICE]
         try:
-            checked += _RECIPIENT_LIST.validate_python(items[start : start + _SLICE])
+            checked += _RECIPIENT_LIST.validate_python(part)
             if hasher is not None and not total:
-                hasher.add(items[start : start + _SLICE], valid=True)
+                hasher.add(part, valid=True)
         except ValidationError as exc:
             total += exc.error_count()
             if len(errors) < MAX_ERRORS:
                 errors += _errors_from(exc, ("recipients",), start)
         # The parsed members go as their models come (the list is the parser's, read once):
         # a 100,000-member job never holds both at once (~50 MB less at its peak).
-        items[start : start + _SLICE] = [None] * min(_SLICE, len(items) - start)
+        items[start : start + SLICE] = [None] * len(part)
     return checked, errors[:MAX_ERRORS], total
 
 

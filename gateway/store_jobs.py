@@ -24,12 +24,12 @@ from .rows import (
 from .store_retention import Retention
 
 PENDING = ("queued", "sending", "retrying", "held")
-# A job's head (gateway.rows.row_to_job): never its body, which holds every member of a
-# large job (9 MB for 100,000) and is read only to build its deliveries.
 # A job's delivery counts (its status): read from the index deliveries_job_counts alone.
 COUNTS = (
     "SELECT channel, state, count(*) AS n FROM deliveries WHERE job_id=? GROUP BY channel, state"
 )
+# A job's head (gateway.rows.row_to_job): never its body, which holds every member of a
+# large job (9 MB for 100,000) and is read only to build its deliveries.
 _HEAD = "id, priority, state, created_at, updated_at, expires_at, finished_at, reason"
 
 # Members stored after their job was closed (a cancel or the expiry during a large intake).

@@ -27,11 +27,10 @@ from .pacing import Gate, Pacer
 
 log = logging.getLogger("sms.session")
 
-# Called for every deliver_sm with the PDU; returns the command_status for deliver_sm_resp,
-# or a future of it: the response is then sent once the news is safely stored, so a crash
-# before that makes the SMSC deliver it again instead of losing it.
 #: A deliver_sm's handler: its response status now, or a future that says whether what the
 #: PDU carried is stored (True: ROK; False or cancelled: "retry later", the SMSC resends).
+#: The response then waits for it, so a crash before the news is stored makes the SMSC
+#: deliver it again instead of losing it.
 DeliverHandler = Callable[[P.Pdu], "int | asyncio.Future[bool]"]
 
 MAX_THROTTLE_RETRIES = 20
