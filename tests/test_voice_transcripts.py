@@ -202,3 +202,21 @@ async def test_simulator_reproduces_transcript(case: str) -> None:
     ref_end = max(e["_t"] for e in reference if e["Event"] == "Hangup")
     got_end = max(e["_t"] for e in produced if e["Event"] == "Hangup")
     assert abs(got_end - ref_end) <= max(1.5, 0.1 * ref_end), (got_end, ref_end)
+
+
+def test_an_adopted_call_whose_answer_came_before_its_adoption_still_ends() -> None:
+    """Killed while the call rang: the new process finds it ringing (Status), and its answer
+    comes before the call is adopted (events of a call not yet ours are dropped). The
+    dialplan's events after the answer (played, the digit) tell it was answered: its hangup
+    ends it, acknowledged, instead of leaving it to the call timeout and a second call."""
+    action_response, events = load_transcript("answer_ack.jsonl")
+    stream = _with_originate_response(action_response[1], events)
+    answer = next(i for i, e in enumerate(stream) if e["Event"] == "OriginateResponse")
+    ringing = [
+        {**e, "ChannelStateDesc": "Ringing"} for e in stream[:answer] if e["Event"] == "Newchannel"
+    ]
+    assert ringing, "the transcript's channels, as a Status after the restart lists them"
+    tracker = CallTracker()
+    tracker.adopt("job42-answer_ack", "d-answer_ack", ringing)
+    results = [r for e in stream[answer + 1 :] if (r := tracker.feed(e))]
+    assert [r.outcome for r in results] == [CallOutcome.ACKNOWLEDGED]

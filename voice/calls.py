@@ -299,6 +299,11 @@ class CallTracker:
 
     def _hangup(self, call: Call, event: Event) -> CallResult | None:
         call.causes.append(_s(event, "Cause"))
+        heard = call.playback is not None or call.digit is not None
+        if call.adopted and not call.answered and heard:
+            # Adopted while ringing, answered before it was adopted (its answer unseen): the
+            # dialplan's own events after the answer (played, a digit) say it was answered.
+            call.answered = True
         if not call.answered:
             return None  # a failed call ends with its OriginateResponse
         uid = _s(event, "Uniqueid")
