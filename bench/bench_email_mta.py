@@ -38,6 +38,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.procstat import tree_cpu  # noqa: E402
 from gateway.simulator_process import free_port, wait_port  # noqa: E402
 from tests.fixtures import GatewayProcess, Mosquitto, Observer, email_job, members  # noqa: E402
 
@@ -315,11 +316,10 @@ async def run_gateway(
 
 
 def _cpu_seconds(gw: GatewayProcess) -> float:
-    """CPU time (user + system, all threads) the gateway process has used so far: unlike
-    e-mails/s, hardly moved by what else runs on the machine."""
+    """CPU time (user + system, all threads) the gateway process and its status child have
+    used so far: unlike e-mails/s, hardly moved by what else runs on the machine."""
     assert gw.proc is not None
-    fields = Path(f"/proc/{gw.proc.pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return sum(tree_cpu(gw.proc.pid).values())
 
 
 def _py_spy(binary: str, gw: GatewayProcess, out: str) -> subprocess.Popen[bytes]:

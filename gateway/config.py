@@ -105,6 +105,12 @@ class MqttConfig(Section):
         description="seconds the broker keeps the jobs session of a disconnected gateway"
         " (MQTT 5; 4294967295: never)",
     )
+    # The status connection (delivery events, job statuses) in a child process of its own:
+    # paho's work per message, about half the gateway's CPU per SMS, on another core.
+    status_process: bool = Field(
+        True,
+        description="publish status messages from a child process (false: in the daemon's own)",
+    )
 
     @property
     def version(self) -> MqttProtocol:

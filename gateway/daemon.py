@@ -35,6 +35,7 @@ from .signing import Verifier
 from .status import StatusPublisher, Topics, dumps, iso
 from .status_page import StatusPage
 from .store import open_store
+from .tasks import cancel_all
 
 log = logging.getLogger("gateway.daemon")
 
@@ -92,6 +93,8 @@ class Gateway:
             ],
             will=Outgoing(self.topics.availability, b"offline", qos=1, retain=True),
             buffer=config.status.event_buffer,
+            status_process=config.mqtt.status_process,
+            log=config.log,
         )
         self.status = StatusPublisher(
             self.link.publish,
@@ -577,9 +580,8 @@ class Gateway:
         if self.link.connected.is_set():
             await self.link.flush(5)
         await self.presence.close()
-        for task in background:
-            task.cancel()
-        await asyncio.gather(*background, return_exceptions=True)
+        for name in await cancel_all(background):
+            log.error("stopping: task %s ignored its cancellation", name)
         if self.metrics_server is not None:
             await self.metrics_server.stop()
         await self.watchdog.stop()

@@ -23,35 +23,26 @@ import contextlib
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable
-from typing import NamedTuple
 
 import aiomqtt
 import paho.mqtt.client as paho
 from paho.mqtt.reasoncodes import ReasonCode
 
 from . import mqtt_adapter
-from .config import MqttConfig
-from .mqtt_connect import open_client
+from .config import LogConfig, MqttConfig
+from .mqtt_connect import Broker, open_client
+from .mqtt_publisher import Outgoing, Publisher
+from .status_process import StatusProcess
+from .status_wire import ChildSetup
 
-PUBLISH_BATCH = 64  # status messages handed to paho per turn of the event loop
-PUBLISH_WINDOW = 256  # status messages published and not yet confirmed, at most
-PUBLISH_TIMEOUT = 10.0  # seconds without a confirmation while some are awaited
+__all__ = ["MqttLink", "Outgoing"]
+
 STATUS_FIRST = 2.0  # seconds the job connection waits, at most, for the status connection
 
 log = logging.getLogger("gateway.mqtt")
 
 MessageHandler = Callable[[aiomqtt.Message], Awaitable[None]]
 ConnectHook = Callable[[], Awaitable[None]]
-
-
-class Outgoing(NamedTuple):
-    """One message to publish. A tuple, not a frozen dataclass: four per SMS (its delivery
-    events), and a frozen dataclass costs six times as much to build."""
-
-    topic: str
-    payload: bytes
-    qos: int = 1
-    retain: bool = False
 
 
 class MqttLink:
@@ -62,17 +53,41 @@ class MqttLink:
         subscriptions: list[str],
         will: Outgoing,
         buffer: int = 200_000,
+        *,
+        status_process: bool = False,
+        log: LogConfig | None = None,
     ) -> None:
         self._cfg = cfg
         self._client_id = client_id
-        # Clean session: the queue of what to publish is ours (self._out), not the broker's.
-        # Stable per node like the job session's, so a restarted process replaces its own.
-        self._status_id = f"{client_id}-status"
         self._subscriptions = subscriptions
         self._will = will
         self._out: deque[Outgoing] = deque()
         self._buffer = buffer
         self._out_ready = asyncio.Event()
+        # Clean session: the queue of what to publish is ours (self._out), not the broker's.
+        # Stable per node like the job session's, so a restarted process replaces its own.
+        status_id = f"{client_id}-status"
+        self._status: Publisher | StatusProcess
+        if status_process:
+            log = log or LogConfig()
+            setup = ChildSetup(
+                Broker.of(cfg),
+                status_id,
+                cfg.reconnect_initial_delay,
+                cfg.reconnect_max_delay,
+                log.level,
+                log.format,
+            )
+            self._status = StatusProcess(setup, self._out, self._out_ready)
+        else:
+            self._status = Publisher(
+                Broker.of(cfg),
+                status_id,
+                self._out,
+                self._out_ready,
+                initial_delay=cfg.reconnect_initial_delay,
+                max_delay=cfg.reconnect_max_delay,
+            )
         self._client: aiomqtt.Client | None = None
         self._handler: MessageHandler | None = None
         self._on_connect: ConnectHook | None = None
@@ -84,11 +99,9 @@ class MqttLink:
         self.allowed = asyncio.Event()
         self.allowed.set()
         self.connected = asyncio.Event()  # the job connection
-        self.status_connected = asyncio.Event()
-        self._status_now = asyncio.Event()  # cuts the status connection's backoff short
+        self.status_connected = self._status.connected
         self.dropped = 0
-        self._jobs_error: str | None = None  # last failure of each connection, while down
-        self._status_error: str | None = None
+        self._jobs_error: str | None = None  # last failure of the job connection, while down
         self.connects = 0
 
     def set_handlers(self, handler: MessageHandler, on_connect: ConnectHook) -> None:
@@ -97,7 +110,7 @@ class MqttLink:
 
     @property
     def last_error(self) -> str | None:
-        return self._jobs_error or self._status_error
+        return self._jobs_error or self._status.error
 
     @property
     def state(self) -> str:
@@ -124,12 +137,15 @@ class MqttLink:
         """Wait until the outgoing queue is empty (or `timeout`); True when it is."""
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(timeout):
-                while self._out or self._sending:  # noqa: ASYNC110 - only at shutdown
+                while self._out or self._status.unconfirmed:  # noqa: ASYNC110 - at shutdown
                     await asyncio.sleep(0.01)
                 return True
         return False
 
-    _sending = 0
+    @property
+    def status_pid(self) -> int | None:
+        """The status child's process id (None in process, or between children)."""
+        return self._status.pid if isinstance(self._status, StatusProcess) else None
 
     def pause_intake(self) -> None:
         """Stop handing incoming messages to the handler (shutdown): they stay unacked."""
@@ -187,28 +203,18 @@ class MqttLink:
             # recognises its id, nothing is lost or doubled.
             log.info("ack of mid %d not sent (rc %s); broker will redeliver", message.mid, rc)
 
-    def _make_client(self, *, jobs: bool) -> aiomqtt.Client:
-        """The job connection (`jobs`: persistent session, the availability will, manual
-        acknowledgement) or the status connection (clean session, no will)."""
+    def _make_client(self) -> aiomqtt.Client:
+        """The job connection: persistent session, the availability will, manual
+        acknowledgement (the status connection is gateway.mqtt_publisher's)."""
         will = self._will
         client = open_client(
             self._cfg,
-            self._client_id if jobs else self._status_id,
-            persistent=jobs,
-            will=aiomqtt.Will(will.topic, will.payload, qos=will.qos, retain=will.retain)
-            if jobs
-            else None,
-            # Unlimited in paho: _pump_out bounds what is in flight (PUBLISH_WINDOW), and a
-            # limit makes paho scan every unconfirmed message at each PUBACK.
-            max_inflight_messages=0,
+            self._client_id,
+            persistent=True,
+            will=aiomqtt.Will(will.topic, will.payload, qos=will.qos, retain=will.retain),
         )
-        if jobs:
-            # Must happen before connecting: see the module docstring.
-            mqtt_adapter.enable_manual_ack(client)
-        else:
-            # _pump_out keeps up to PUBLISH_WINDOW publications in flight: that many
-            # pending calls is normal and must not log a warning each time.
-            mqtt_adapter.set_pending_calls_threshold(client, 2 * PUBLISH_WINDOW)
+        # Must happen before connecting: see the module docstring.
+        mqtt_adapter.enable_manual_ack(client)
         mqtt_adapter.no_delay(client)
         mqtt_adapter.cork_writes(client)
         return client
@@ -216,7 +222,7 @@ class MqttLink:
     async def run(self) -> None:
         """Both connections, each reconnecting with backoff on its own; until cancelled."""
         async with asyncio.TaskGroup() as tg:
-            tg.create_task(self._run_status(), name="mqtt-status")
+            tg.create_task(self._status.run(), name="mqtt-status")
             await self._run_jobs()
 
     async def _run_jobs(self) -> None:
@@ -224,7 +230,7 @@ class MqttLink:
         while True:
             await self.allowed.wait()
             await self._status_first()
-            client = self._make_client(jobs=True)
+            client = self._make_client()
             try:
                 async with client:
                     self._client = client
@@ -291,43 +297,11 @@ class MqttLink:
         connection the broker refuses must not keep alerts out for more than STATUS_FIRST."""
         if self.status_connected.is_set():
             return
-        self._status_now.set()
+        self._status.now.set()
+        self._out_ready.set()  # the child's feeder hands `now` on
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(STATUS_FIRST):
                 await self.status_connected.wait()
-
-    async def _run_status(self) -> None:
-        """Publish the outgoing queue on its own connection; what the broker has not
-        confirmed when it drops goes again on the next one."""
-        delay = self._cfg.reconnect_initial_delay
-        while True:
-            await self.allowed.wait()
-            self._status_now.clear()
-            try:
-                async with self._make_client(jobs=False) as client:
-                    self._status_error = None
-                    self.status_connected.set()
-                    log.info("status connection up as %s", self._status_id)
-                    delay = self._cfg.reconnect_initial_delay
-                    async with asyncio.TaskGroup() as tg:
-                        tg.create_task(self._pump_out(client))
-                        # Subscribed to nothing: this only notices the connection drop,
-                        # which cancels _pump_out (it requeues what is unconfirmed).
-                        async for _ in client.messages:
-                            pass
-            except* aiomqtt.MqttError as eg:
-                self._status_error = f"status connection: {eg.exceptions[0]}"
-                log.warning(
-                    "MQTT link down (status connection): %s; reconnecting in %.1fs",
-                    eg.exceptions[0],
-                    delay,
-                )
-            finally:
-                self.status_connected.clear()
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(delay):
-                    await self._status_now.wait()
-            delay = min(delay * 2, self._cfg.reconnect_max_delay)
 
     async def _pump_in(self, client: aiomqtt.Client) -> None:
         async for message in client.messages:
@@ -338,80 +312,3 @@ class MqttLink:
             except Exception as exc:
                 # Unacknowledged: a new session gets it again once the cause is gone.
                 raise aiomqtt.MqttError(f"message handler failed: {exc}") from exc
-
-    async def _pump_out(self, client: aiomqtt.Client) -> None:
-        """Publish the outgoing queue through paho, up to PUBLISH_WINDOW unconfirmed.
-
-        aiomqtt's `publish()` costs a future and a timeout task per message; status events
-        come by thousands per second, so messages go to paho directly and are confirmed in
-        order from their PUBACKs (one wake-up per PUBACK burst). More go out while earlier
-        ones wait for theirs: a broker with Nagle on (a stock mosquitto) holds its PUBACKs
-        until a segment of ours acknowledges the first, so waiting for a whole batch stalls
-        each batch for our delayed ACK (~40 ms: at most ~1,600 messages/s). Unconfirmed
-        messages go back to the head of the queue for the next connection.
-        """
-        wake = self._out_ready  # a message to send, or a PUBACK
-        # Only this loop publishes on the status connection, never aiomqtt's publish().
-        mqtt_adapter.notify_on_publish(client, wake.set)
-        loop = asyncio.get_running_loop()
-        inflight: deque[tuple[Outgoing, paho.MQTTMessageInfo]] = deque()
-        progress = loop.time()  # last time the broker confirmed something (or none waited)
-        try:
-            while True:
-                wake.clear()
-                if inflight and inflight[0][1].is_published():
-                    progress = loop.time()
-                    while inflight and inflight[0][1].is_published():
-                        inflight.popleft()
-                room = min(PUBLISH_WINDOW - len(inflight), len(self._out), PUBLISH_BATCH)
-                if room > 0:
-                    if not inflight:
-                        progress = loop.time()
-                    batch = [self._out.popleft() for _ in range(room)]
-                    inflight.extend(self._publish_now(client, batch))
-                    self._sending = len(inflight)
-                    await asyncio.sleep(0)  # paho writes, PUBACKs are read, between batches
-                    continue
-                self._sending = len(inflight)
-                if not inflight:
-                    await wake.wait()
-                    continue
-                left = progress + PUBLISH_TIMEOUT - loop.time()
-                try:
-                    async with asyncio.timeout(max(left, 0)):
-                        await wake.wait()
-                except TimeoutError:
-                    raise aiomqtt.MqttError(
-                        f"{len(inflight)} publications not confirmed in {PUBLISH_TIMEOUT:.0f} s"
-                    ) from None
-        finally:
-            # The connection ended (or a publication failed: _publish_now put its batch
-            # back first): keep for the next connection what the broker has not confirmed.
-            self._requeue([m for m, info in inflight if not info.is_published()])
-            self._sending = 0
-
-    def _publish_now(
-        self, client: aiomqtt.Client, batch: list[Outgoing]
-    ) -> list[tuple[Outgoing, paho.MQTTMessageInfo]]:
-        sent: list[tuple[Outgoing, paho.MQTTMessageInfo]] = []
-        for i, m in enumerate(batch):
-            try:
-                info = mqtt_adapter.publish(client, m.topic, m.payload, m.qos, m.retain)
-            except ValueError as exc:
-                # paho refuses this one message (a wildcard or bad UTF-8 in its topic, an
-                # oversize payload): it is dropped, the writer and the others go on.
-                log.error(
-                    "MQTT publication dropped, paho refused it: %s (topic of %d characters)",
-                    exc,
-                    len(m.topic),
-                )
-                continue
-            if info.rc != paho.MQTT_ERR_SUCCESS:
-                self._requeue([o for o, inf in sent if not inf.is_published()] + batch[i:])
-                raise aiomqtt.MqttError(f"publish failed: {paho.error_string(info.rc)}")
-            sent.append((m, info))
-        return sent
-
-    def _requeue(self, messages: list[Outgoing]) -> None:
-        """Put messages back at the head of the outgoing queue, in their order."""
-        self._out.extendleft(reversed(messages))

@@ -19,6 +19,7 @@ from gateway.job_id import valid_job_id
 from gateway.mqtt import MqttLink, Outgoing
 from gateway.signing import sign
 from gateway.status import Topics
+from gateway.tasks import cancel_all
 from tests.conftest import GatewayFactory
 from tests.fixtures import GatewayProcess, Mosquitto, Observer, SmtpServer, email_job, members
 from tests.test_signed_jobs import KEY, SECURITY, now
@@ -52,9 +53,7 @@ async def every_topic(broker: Mosquitto) -> AsyncIterator[list[str]]:
     try:
         yield topics
     finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        assert not await cancel_all([task])
 
 
 def assert_alive(proc: GatewayProcess) -> None:
@@ -167,9 +166,7 @@ async def test_the_mqtt_writer_drops_a_publication_paho_refuses(
         topics = [s.topic for s in observer.seen if s.topic != "plp/writer/availability"]
         assert topics == ["plp/writer/next"]
     finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        assert not await cancel_all([task])
 
 
 def deep(levels: int) -> bytes:

@@ -18,6 +18,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from gateway.config import parse_config
 from gateway.mqtt import MqttLink, Outgoing
+from gateway.tasks import cancel_all
 from tests.conftest import GatewayFactory
 from tests.fixtures import (
     GatewayProcess,
@@ -143,6 +144,7 @@ async def test_a_burst_of_events_arrives_whole_and_in_order_and_a_lone_one_at_on
     task = asyncio.create_task(link.run())
     try:
         async with Observer(broker, topics=("burst",)) as obs:
+            await asyncio.wait_for(link.connected.wait(), 30)
             await asyncio.wait_for(link.status_connected.wait(), 30)
             for i in range(500):
                 link.publish("plp/burst", str(i))
@@ -154,6 +156,4 @@ async def test_a_burst_of_events_arrives_whole_and_in_order_and_a_lone_one_at_on
             "lone",
         ]
     finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        assert not await cancel_all([task])
