@@ -23,7 +23,7 @@ from gateway.privacy import mask_phone
 from gateway.queues import Slots
 
 from .ami import AmiActionError, AmiClient, AmiNotConnected
-from .calls import CallOutcome, CallResult, CallTracker, recorded_result
+from .calls import CallOutcome, CallResult, CallTracker, Origin, recorded_result
 from .config import VoiceConfig
 
 log = logging.getLogger("voice.calls")
@@ -91,7 +91,6 @@ class VoiceChannel:
         self._tracker = CallTracker()
         self._waiters: dict[str, asyncio.Future[CallResult]] = {}
         self._hangup_wanted: dict[str, bool] = {}  # action id -> Hangup already sent
-        self._orphans: dict[str, tuple[str, list[dict[str, str]]]] = {}
         self._placed_on: dict[str, int] = {}  # action id -> AMI connection number it went out on
         # Free call channels; the next one goes to a waiting hot call before any cold one.
         self._slots = Slots(config.max_channels)
@@ -209,7 +208,9 @@ class VoiceChannel:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self._cfg.ami.action_timeout):
                     await self._reconciled.wait()
-        result = await self._ended_while_down(attempt)
+        result = self._ended_before_adoption(attempt)
+        if result is None:
+            result = await self._ended_while_down(attempt)
         if result is None:
             async with self._slots.hold(attempt.priority):
                 self.active += 1
@@ -231,6 +232,22 @@ class VoiceChannel:
         )
         return self._settle(attempt, result, ack)
 
+    # -- calls of an earlier process -------------------------------------------------------
+    def _ended_before_adoption(self, attempt: Attempt) -> CallResult | None:
+        """The outcome of the call an earlier (killed) process placed for this delivery, if
+        it ended after this process's first reconcile found it: followed since then."""
+        call = self._tracker.orphan(str(attempt.delivery_id))
+        if call is None or call.result is None:
+            return None
+        self._tracker.forget(call.action_id)
+        log.info(
+            "call %s of delivery %s ended before its retry: %s (followed since the restart)",
+            call.action_id,
+            attempt.delivery_id,
+            call.result.outcome.value,
+        )
+        return call.result
+
     # -- what Asterisk recorded ------------------------------------------------------------
     async def _ended_while_down(self, attempt: Attempt) -> CallResult | None:
         """The result of the interrupted previous attempt, if its call ended while no
@@ -242,7 +259,8 @@ class VoiceChannel:
         """
         if not attempt.interrupted or attempt.number < 2:
             return None
-        if str(attempt.delivery_id) in self._orphans:
+        orphan = self._tracker.orphan(str(attempt.delivery_id))
+        if orphan is not None and orphan.ended_at is None:
             return None  # still up: `_call` adopts it
         # Newest first: the cut-off call is the previous attempt's, unless the retry that
         # should have asked was itself cut off (a second kill) or could not ask (no AMI).
@@ -316,14 +334,22 @@ class VoiceChannel:
     async def _call(self, attempt: Attempt, audio: Rendered, ack: bool) -> CallResult:
         cfg = self._cfg
         delivery = str(attempt.delivery_id)
-        orphan = self._orphans.pop(delivery, None)
+        orphan = self._tracker.orphan(delivery)
+        if orphan is not None and orphan.result is None and orphan.ended_at is not None:
+            # Hung up without an outcome seen (no OriginateResponse): it never connected,
+            # or AstDB would have had its record. Call again.
+            self._tracker.forget(orphan.action_id)
+            orphan = None
         loop = asyncio.get_running_loop()
         if orphan is not None:
-            # Placed by an earlier process (killed mid-call): follow it instead of re-calling.
-            action_id, channels = orphan
-            self._tracker.adopt(action_id, delivery, channels)
+            # Placed by an earlier process (killed mid-call), followed since the first
+            # reconcile: take it over, from its state so far, instead of calling again.
+            action_id = orphan.action_id
+            call = self._tracker.adopt(action_id, delivery)
             waiter: asyncio.Future[CallResult] = loop.create_future()
             self._waiters[action_id] = waiter
+            if call.result is not None:  # it ended while this attempt waited for a slot
+                waiter.set_result(call.result)
             log.info("adopted call %s still in progress for delivery %s", action_id, delivery)
         else:
             action_id = f"plp-{attempt.delivery_id}-{attempt.number}"
@@ -419,11 +445,6 @@ class VoiceChannel:
     # -- events ----------------------------------------------------------------------------
     def _on_event(self, event: Mapping[str, Any]) -> None:
         name = str(event.get("Event", ""))
-        if name == "Hangup" and self._orphans:
-            channel = str(event.get("Channel", ""))
-            for delivery, (_aid, chans) in list(self._orphans.items()):
-                if any(c.get("Channel") == channel for c in chans):
-                    del self._orphans[delivery]
         result = self._tracker.feed(event)
         if result is not None:
             self._resolve(result)
@@ -440,6 +461,16 @@ class VoiceChannel:
         if waiter is not None and not waiter.done():
             waiter.set_result(result)
         if waiter is None:
+            call = self._tracker.get(result.action_id)
+            if call is not None and call.origin is Origin.ORPHAN:
+                # An earlier process's call: kept, with its AstDB record, for its attempt.
+                log.info(
+                    "call %s of delivery %s (placed before the restart) ended: %s",
+                    result.action_id,
+                    call.delivery,
+                    result.outcome.value,
+                )
+                return
             self._forget(result.action_id)  # cancelled or timed out earlier: now it ended
             if result.answered:  # the dialplan's h extension has recorded it: not needed
                 self._spawn(self._forget_record(result.action_id), f"dbdel-{result.action_id}")
@@ -476,22 +507,17 @@ class VoiceChannel:
                     "Variables": ",".join(str(p) for p in pairs),
                 }
             )
+        # Also starts following the live calls of an earlier (killed) process: every event
+        # of theirs counts from now on, for the attempt that adopts one later.
         for result in self._tracker.reconcile(live, only=earlier):
             if result.action_id in self._waiters or result.action_id in self._hangup_wanted:
                 self._resolve(await self._ended_unseen(result))
-        self._orphans.clear()
-        groups: dict[str, list[dict[str, str]]] = {}
-        for ch in live:
-            found = dict(p.partition("=")[::2] for p in ch["Variables"].split(",") if "=" in p)
-            aid = found.get("PLP_CALL", "")
-            if aid and self._tracker.get(aid) is None and found.get("DELIVERY_ID"):
-                groups.setdefault(aid, []).append(ch)
-                self._orphans[found["DELIVERY_ID"]] = (aid, groups[aid])
-        if live or self._orphans:
+        orphans = self._tracker.orphans()
+        if live or orphans:
             log.info(
                 "AMI reconcile: %d live channels, %d calls of an earlier run",
                 len(live),
-                len(self._orphans),
+                len(orphans),
             )
 
     # -- outcome -> delivery state ---------------------------------------------------------
