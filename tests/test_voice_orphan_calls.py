@@ -14,7 +14,7 @@ import pytest
 
 from gateway.channel import Report
 from gateway.domain import DeliveryState
-from gateway.errors import TemporaryError
+from gateway.errors import ChannelError, TemporaryError
 from tests.test_voice_transcripts import EXPECTED
 from tests.voice_fixtures import (
     FakeAudio,
@@ -176,6 +176,7 @@ class ScriptedAmi:
 
     def __init__(self, status: list[Mapping[str, str]]) -> None:
         self.status = status
+        self.records: dict[str, str] = {}  # AstDB plp/<PLP_CALL>
         self.originates: list[Mapping[str, Any]] = []
         self.db_gets: list[str] = []
         self.db_dels: list[str] = []
@@ -211,17 +212,21 @@ class ScriptedAmi:
 
     async def db_get(self, family: str, key: str, *, within: float | None = None) -> str | None:
         self.db_gets.append(key)
-        return None  # the transcripts' dialplan kept no AstDB record: only live events count
+        # The transcripts' dialplan kept no AstDB record: by default only live events count.
+        return self.records.get(key)
 
     async def db_del(self, family: str, key: str, *, within: float | None = None) -> bool:
         self.db_dels.append(key)
         return False
 
 
-async def _restarted(tmp_path: Path, case: str) -> tuple[VoiceChannel, ScriptedAmi, list[Any], int]:
-    """A restarted gateway's channel after its first reconcile, which found the call ringing."""
+async def _restarted(
+    tmp_path: Path, case: str, *, answered: bool = False
+) -> tuple[VoiceChannel, ScriptedAmi, list[Any], int]:
+    """A restarted gateway's channel after its first reconcile, which found the call ringing
+    (or, `answered`, just answered: its dialplan's events to come)."""
     stream = _as_placed(case)
-    at = _first_reconcile_at(stream)
+    at = _answered_at(stream) if answered else _first_reconcile_at(stream)
     cfg = VoiceConfig(
         enabled=True,
         channel="Local/{number}@plp-phones",
@@ -300,3 +305,67 @@ async def test_an_orphan_that_hung_up_without_an_outcome_is_called_again(tmp_pat
     assert err.value.reason == "originate_error"  # ScriptedAmi refuses the new call
     assert ami.db_gets == [_AID] and len(ami.originates) == 1
     assert channel._tracker.active() == []
+
+
+@pytest.mark.parametrize(
+    ("number_", "interrupted", "asked"),
+    [
+        (2, False, []),  # an ordinary retry: the peer that placed it stored its outcome
+        (3, True, ["plp-42-2", _AID]),  # attempt 2 (not watched here) was the cut-off one
+    ],
+)
+async def test_an_ended_orphan_settles_only_the_interrupted_retry_of_its_attempt(
+    tmp_path: Path, number_: int, interrupted: bool, asked: list[str]
+) -> None:
+    """A reconcile also watches the live calls of a cluster peer on the same Asterisk. Such a
+    call's outcome belongs to the peer, which follows it and stores it: the delivery's next
+    retry on this node (after `not_acknowledged`, `busy`...) calls again."""
+    channel, ami, stream, at = await _restarted(tmp_path, "answer_ack")
+    for event in stream[at:]:
+        channel._on_event(event)
+    retry = attempt(number(1), delivery_id=_DELIVERY, number_=number_, interrupted=interrupted)
+    with pytest.raises(ChannelError) as err:
+        await asyncio.wait_for(channel.send(retry), 5)
+    assert err.value.reason == "originate_error"  # dialled (ScriptedAmi refuses the call)
+    assert ami.db_gets == asked and len(ami.originates) == 1
+    assert channel._tracker.active() == []
+
+
+def test_a_call_found_answered_whose_played_event_fell_in_the_downtime_is_acknowledged() -> None:
+    """Killed during the message; its PLPPlayed came before the restart's first reconcile:
+    the PLPAck seen afterwards proves it was played (the dialplan asks only then)."""
+    stream = _stream("answer_ack")
+    played = next(i for i, e in enumerate(stream) if e.get("UserEvent") == "PLPPlayed")
+    tracker = CallTracker()
+    tracker.reconcile(_status(stream, played + 1, "job42-answer_ack", "d-answer_ack"))
+    for event in stream[played + 1 :]:
+        tracker.feed(event)
+    call = tracker.adopt("job42-answer_ack", "d-answer_ack")
+    assert call.result is not None
+    assert (call.result.outcome, call.result.guessed) == (CallOutcome.ACKNOWLEDGED, False)
+
+
+@pytest.mark.parametrize(
+    ("record", "ended"),
+    [
+        ("hung_up_early", "hung_up_early"),  # the record knows: hung up before the end
+        (None, "answered, not acknowledged"),  # no record: a normal clearing, taken as played
+    ],
+)
+async def test_the_guessed_outcome_of_a_call_found_answered_yields_to_its_astdb_record(
+    tmp_path: Path, record: str | None, ended: str
+) -> None:
+    """Found already answered (its start unseen), it ends with cause 16 and no dialplan event
+    seen: `answered` is a guess; the call's AstDB record, final at its hangup, decides."""
+    channel, ami, stream, at = await _restarted(tmp_path, "hangup_early", answered=True)
+    if record is not None:
+        ami.records[_AID] = record
+    for event in stream[at:]:
+        channel._on_event(event)
+    try:
+        out = await asyncio.wait_for(channel.send(_retry("hangup_early")), 5)
+        got = out.detail
+    except TemporaryError as exc:
+        got = exc.reason
+    assert got == ended
+    assert ami.db_gets == [_AID] and ami.originates == []

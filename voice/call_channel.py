@@ -23,7 +23,7 @@ from gateway.privacy import mask_phone
 from gateway.queues import Slots
 
 from .ami import AmiActionError, AmiClient, AmiNotConnected
-from .calls import CallOutcome, CallResult, CallTracker, Origin, recorded_result
+from .calls import Call, CallOutcome, CallResult, CallTracker, Origin, recorded_result
 from .config import VoiceConfig
 
 log = logging.getLogger("voice.calls")
@@ -74,6 +74,11 @@ class AudioSource(Protocol):
 def _clean(value: str) -> str:
     """A channel variable value: no separators that would split the Variable header."""
     return re.sub(r"[,\r\n|]", "_", value)
+
+
+def call_id(attempt: Attempt, number: int | None = None) -> str:
+    """The ActionID (and `PLP_CALL`) of the call of `attempt`, or of its attempt `number`."""
+    return f"plp-{attempt.delivery_id}-{attempt.number if number is None else number}"
 
 
 def ack_wanted(options: Mapping[str, object]) -> bool:
@@ -219,6 +224,8 @@ class VoiceChannel:
                     result = await self._call(attempt, audio, ack)
                 finally:
                     self.active -= 1
+        if result.guessed:  # its start was not seen: its record is final at its hangup
+            result = await self._ended_unseen(result)
         if result.answered and not result.recorded:
             self._spawn(self._forget_record(result.action_id), f"dbdel-{result.action_id}")
         self.outcomes[result.outcome.value] += 1
@@ -233,11 +240,29 @@ class VoiceChannel:
         return self._settle(attempt, result, ack)
 
     # -- calls of an earlier process -------------------------------------------------------
+    @staticmethod
+    def _takes_over(attempt: Attempt, call: Call) -> bool:
+        """Whether `attempt` adopts `call`, an orphan of its delivery (placed by another
+        process, followed since a reconcile found it live).
+
+        A live one, always: a second call to the member meanwhile is what adoption avoids.
+        An ended one only as the outcome of the interrupted attempt that placed it: a
+        cluster peer's call is watched too, and once that peer has stored its outcome
+        (busy, not acknowledged...) the delivery's next, ordinary retry must call again.
+        """
+        if call.ended_at is None:
+            return True
+        return (
+            call.result is not None
+            and attempt.interrupted
+            and call.action_id == call_id(attempt, attempt.number - 1)
+        )
+
     def _ended_before_adoption(self, attempt: Attempt) -> CallResult | None:
         """The outcome of the call an earlier (killed) process placed for this delivery, if
         it ended after this process's first reconcile found it: followed since then."""
         call = self._tracker.orphan(str(attempt.delivery_id))
-        if call is None or call.result is None:
+        if call is None or call.result is None or not self._takes_over(attempt, call):
             return None
         self._tracker.forget(call.action_id)
         log.info(
@@ -266,7 +291,7 @@ class VoiceChannel:
         # should have asked was itself cut off (a second kill) or could not ask (no AMI).
         # Records of calls whose end the gateway saw are deleted, so older ones are rare.
         for earlier in range(attempt.number - 1, 0, -1):
-            action_id = f"plp-{attempt.delivery_id}-{earlier}"
+            action_id = call_id(attempt, earlier)
             result = await self._recorded(action_id)
             if result is not None:
                 log.info(
@@ -302,8 +327,9 @@ class VoiceChannel:
         return result
 
     async def _ended_unseen(self, result: CallResult) -> CallResult:
-        """A call of this process that ended while the AMI link was down: what the dialplan
-        recorded beats what was seen before the link went (or `call_lost`)."""
+        """A call of this process that ended while the AMI link was down, or one whose start
+        was not seen (`guessed`): what the dialplan recorded beats what was seen (or
+        `call_lost`)."""
         if result.outcome is not CallOutcome.LOST and not result.answered:
             return result
         try:
@@ -335,9 +361,9 @@ class VoiceChannel:
         cfg = self._cfg
         delivery = str(attempt.delivery_id)
         orphan = self._tracker.orphan(delivery)
-        if orphan is not None and orphan.result is None and orphan.ended_at is not None:
-            # Hung up without an outcome seen (no OriginateResponse): it never connected,
-            # or AstDB would have had its record. Call again.
+        if orphan is not None and not self._takes_over(attempt, orphan):
+            # Ended, and not this attempt's to settle (see _takes_over), or hung up with no
+            # outcome seen (no OriginateResponse: it never connected). Call again.
             self._tracker.forget(orphan.action_id)
             orphan = None
         loop = asyncio.get_running_loop()
@@ -352,7 +378,7 @@ class VoiceChannel:
                 waiter.set_result(call.result)
             log.info("adopted call %s still in progress for delivery %s", action_id, delivery)
         else:
-            action_id = f"plp-{attempt.delivery_id}-{attempt.number}"
+            action_id = call_id(attempt)
             self._tracker.expect(action_id, delivery, ack_wanted=ack)
             waiter = loop.create_future()
             self._waiters[action_id] = waiter

@@ -69,6 +69,9 @@ class CallResult:
     played: bool = False
     digit: str | None = None
     recorded: bool = False  # read back from the dialplan's AstDB record, not seen live
+    # Inferred, not seen: answered before the gateway followed it, ended without a dialplan
+    # event (cause 16 taken for "played"); the call's AstDB record, if any, knows better.
+    guessed: bool = False
 
 
 @dataclass
@@ -153,12 +156,16 @@ def classify_answered(call: Call) -> CallResult:
     PLAYBACKSTATUS=SUCCESS when the member hangs up in the middle of the message.
     """
     cause = next((c for c in reversed(call.causes) if c and c != "0"), None)
-    if call.playback is None:
+    playback = call.playback
+    if playback is None and call.read_status is not None:
+        playback = "SUCCESS"  # its PLPPlayed went unseen: the dialplan asks only once played
+    guessed = False
+    if playback is None:
         # A call found already answered after a restart may have played before we saw it:
         # a normal clearing by our own dialplan is the best evidence we have.
-        adopted_ok = call.answer_unseen and cause == "16"
-        outcome = CallOutcome.ANSWERED if adopted_ok else CallOutcome.HUNG_UP_EARLY
-    elif call.playback != "SUCCESS":
+        guessed = call.answer_unseen and cause == "16"
+        outcome = CallOutcome.ANSWERED if guessed else CallOutcome.HUNG_UP_EARLY
+    elif playback != "SUCCESS":
         outcome, cause = CallOutcome.FAILED, "playback_failed"
     elif call.digit == "1":
         outcome = CallOutcome.ACKNOWLEDGED
@@ -169,8 +176,9 @@ def classify_answered(call: Call) -> CallResult:
         outcome,
         cause,
         answered=True,
-        played=call.playback == "SUCCESS",
+        played=playback == "SUCCESS",
         digit=call.digit,
+        guessed=guessed,
     )
 
 
