@@ -5,10 +5,7 @@ Asterisk recorded instead of being dialled again."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import pytest
 from panoramisk.actions import Action
@@ -16,10 +13,17 @@ from panoramisk.message import Message
 
 from gateway.domain import DeliveryState
 from gateway.errors import LinkDown, TemporaryError
-from tests.voice_fixtures import FakeAudio, attempt, call_config, number, sim_config, wait_for
+from tests.voice_fixtures import (
+    FakeAudio,
+    attempt,
+    call_config,
+    kill,
+    number,
+    sim_config,
+    wait_for,
+)
 from tests.voice_fixtures import started_channel as start
 from voice.ami import DB_NOT_FOUND, AmiActionError, AmiNotConnected, db_get_value
-from voice.call_channel import VoiceChannel
 from voice.calls import CallOutcome, recorded_result
 from voice.simulator import AsteriskSimulator
 
@@ -113,20 +117,6 @@ async def test_simulator_answers_db_actions_like_asterisk() -> None:
         await sim.stop()
 
 
-async def _kill(channel: VoiceChannel, sends: Sequence[asyncio.Task[Any]]) -> None:
-    """ "kill -9": the process vanishes, its AMI socket closes, its calls stay up in Asterisk."""
-    session = channel._ami._task
-    assert session is not None
-    session.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await session
-    channel._ami._close()
-    for task in sends:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-
-
 async def test_calls_that_ended_while_the_gateway_was_down_are_read_back_not_redialled(
     tmp_path: Path,
 ) -> None:
@@ -142,7 +132,7 @@ async def test_calls_that_ended_while_the_gateway_was_down_are_read_back_not_red
         for i, (d, ack) in cases.items()
     ]
     await wait_for(lambda: sum(c.answered for c in sim.live_calls()) == 3)
-    await _kill(old, sends)
+    await kill(old, sends)
     await wait_for(lambda: not sim.live_calls(), within=15)  # all ended while "down"
     assert set(sim.astdb.family("plp")) == {"plp-7-1", "plp-8-1", "plp-9-1"}  # not the ringing one
 

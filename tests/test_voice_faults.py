@@ -4,7 +4,6 @@ whose calls are still up, and the channel limit under 500 calls."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from pathlib import Path
 
 import pytest
@@ -15,6 +14,7 @@ from tests.voice_fixtures import (
     FakeAudio,
     attempt,
     call_config,
+    kill,
     number,
     sim_config,
     started_channel,
@@ -111,24 +111,46 @@ async def test_call_of_a_killed_gateway_is_adopted_not_redialled(tmp_path: Path)
     assert await old._ami.wait_up(10)
     send = asyncio.create_task(old.send(attempt(number(1), delivery_id=7, number_=1)))
     await wait_for(lambda: bool(sim.live_calls()) and sim.live_calls()[0].answered)
-    # "kill -9": the process vanishes, its AMI socket closes, the call stays up in Asterisk.
-    assert old._ami._task is not None
-    old._ami._task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await old._ami._task
-    old._ami._close()
-    send.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await send
+    await kill(old, [send])  # the call stays up in Asterisk
     new = await started_channel(call_config(sim), audio)
     try:
         assert await new._ami.wait_up(10)
-        await wait_for(lambda: bool(new._orphans))
+        await wait_for(lambda: bool(new._tracker.orphans()))
         # The scheduler retries the interrupted attempt: the channel follows the live call.
         out = await asyncio.wait_for(new.send(attempt(number(1), delivery_id=7, number_=2)), 30)
         assert out.state is DeliveryState.ACKNOWLEDGED
         assert out.provider_ids == ("plp-7-1",)
         assert sim.stats.calls_per_number["32470000001"] == 1
+    finally:
+        await new.stop()
+        await sim.stop()
+
+
+async def test_call_of_a_killed_gateway_that_ends_before_its_retry_is_not_redialled(
+    tmp_path: Path,
+) -> None:
+    """Killed while the call rang; the new process's first reconcile finds it; it is answered,
+    acknowledged and ends before the scheduler retries the attempt: that retry returns the
+    outcome the new process followed, at once (no call, no AstDB record needed)."""
+    sim = await _sim(speed=5.0)
+    audio = FakeAudio(tmp_path, seconds=3.0)
+    old = await started_channel(call_config(sim), audio)
+    assert await old._ami.wait_up(10)
+    send = asyncio.create_task(old.send(attempt(number(1), delivery_id=7, number_=1)))
+    await wait_for(lambda: bool(sim.live_calls()))
+    assert not sim.live_calls()[0].answered
+    await kill(old, [send])
+    new = await started_channel(call_config(sim), audio)
+    try:
+        await wait_for(lambda: bool(new._tracker.orphans()))
+        await wait_for(lambda: not sim.live_calls(), within=15)  # ended before the retry
+        sim.astdb.delete_tree("plp")  # what the new process saw is enough
+        retry = attempt(number(1), delivery_id=7, number_=2, interrupted=True)
+        out = await asyncio.wait_for(new.send(retry), 10)
+        assert out.state is DeliveryState.ACKNOWLEDGED
+        assert out.provider_ids == ("plp-7-1",)
+        assert sim.stats.originates == 1
+        assert new._tracker.active() == []
     finally:
         await new.stop()
         await sim.stop()

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from tests.voice_fixtures import load_transcript
+from tests.voice_fixtures import load_transcript, with_originate_response
 from voice.calls import CallOutcome, CallTracker
 from voice.simulator import AsteriskSimulator, SimConfig
 from voice.simulator_calls import DEFAULT_PLAYBACK_S
@@ -23,29 +23,13 @@ EXPECTED = {
 }
 
 
-def _with_originate_response(
-    response: dict[str, Any], events: list[dict[str, Any]]
-) -> list[dict[str, Any]]:
-    """Put the OriginateResponse panoramisk handed to send_action() back into the stream,
-    where Asterisk sent it: at the answer, or after the failed call's channels are gone."""
-    if response["Response"] == "Success":
-        half = response["Channel"]
-        at = next(
-            i
-            for i, e in enumerate(events)
-            if e["Event"] == "Newstate" and e["Channel"] == half and e["ChannelStateDesc"] == "Up"
-        )
-        return [*events[:at], response, *events[at:]]
-    return [*events, response]
-
-
 @pytest.mark.parametrize("case", sorted(EXPECTED))
 def test_transcript_replays_to_its_outcome(case: str) -> None:
     action_response, events = load_transcript(f"{case}.jsonl")
     tracker = CallTracker()
     tracker.expect(f"job42-{case}", f"d-{case}")
     results = [
-        r for e in _with_originate_response(action_response[1], events) if (r := tracker.feed(e))
+        r for e in with_originate_response(action_response[1], events) if (r := tracker.feed(e))
     ]
     assert [r.outcome for r in results] == [EXPECTED[case]]
 
@@ -55,7 +39,7 @@ def test_interleaved_calls_each_get_their_outcome_once() -> None:
     tracker = CallTracker()
     for case in EXPECTED:
         tracker.expect(f"job42-{case}", f"d-{case}")
-    stream = _with_originate_response(action_response[1], events)
+    stream = with_originate_response(action_response[1], events)
     results = [r for e in stream if (r := tracker.feed(e))]
     got = {r.action_id.removeprefix("job42-"): r.outcome for r in results}
     assert got == EXPECTED
@@ -184,7 +168,7 @@ async def _record(case: str, alert: str) -> list[dict[str, Any]]:
 @pytest.mark.parametrize("case", sorted(_DIGIT))
 async def test_simulator_reproduces_transcript(case: str) -> None:
     action_response, reference = load_transcript(f"{case}.jsonl")
-    reference = _with_originate_response(action_response[1], reference)
+    reference = with_originate_response(action_response[1], reference)
     alert = "/var/lib/asterisk/sounds/plp/alert-fr"
     produced = await _record(case, alert)
     ref_keys = _projection(reference)
@@ -210,7 +194,7 @@ def test_an_adopted_call_whose_answer_came_before_its_adoption_still_ends() -> N
     dialplan's events after the answer (played, the digit) tell it was answered: its hangup
     ends it, acknowledged, instead of leaving it to the call timeout and a second call."""
     action_response, events = load_transcript("answer_ack.jsonl")
-    stream = _with_originate_response(action_response[1], events)
+    stream = with_originate_response(action_response[1], events)
     answer = next(i for i, e in enumerate(stream) if e["Event"] == "OriginateResponse")
     ringing = [
         {**e, "ChannelStateDesc": "Ringing"} for e in stream[:answer] if e["Event"] == "Newchannel"

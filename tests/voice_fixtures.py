@@ -4,9 +4,10 @@ attempts, and a VoiceChannel wired to the simulator over TCP."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import wave
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -35,6 +36,22 @@ def load_transcript(name: str) -> tuple[list[dict[str, Any]], list[dict[str, Any
     lines = (TRANSCRIPTS / name).read_text(encoding="utf-8").splitlines()
     first = json.loads(lines[0])["action_response"]
     return first, [json.loads(line) for line in lines[1:]]
+
+
+def with_originate_response(
+    response: dict[str, Any], events: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """Put the OriginateResponse panoramisk handed to send_action() back into the stream,
+    where Asterisk sent it: at the answer, or after the failed call's channels are gone."""
+    if response["Response"] == "Success":
+        half = response["Channel"]
+        at = next(
+            i
+            for i, e in enumerate(events)
+            if e["Event"] == "Newstate" and e["Channel"] == half and e["ChannelStateDesc"] == "Up"
+        )
+        return [*events[:at], response, *events[at:]]
+    return [*events, response]
 
 
 @dataclass(frozen=True)
@@ -151,6 +168,20 @@ async def started_channel(cfg: VoiceConfig, audio: FakeAudio) -> VoiceChannel:
     ch = VoiceChannel(cfg, reports, audio)
     await ch.start()
     return ch
+
+
+async def kill(channel: VoiceChannel, sends: Sequence[asyncio.Task[Any]] = ()) -> None:
+    """ "kill -9": the process vanishes, its AMI socket closes, its calls stay up in Asterisk."""
+    session = channel._ami._task
+    assert session is not None
+    session.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await session
+    channel._ami._close()
+    for task in sends:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 async def wait_for(predicate: Any, within: float = 10.0) -> None:

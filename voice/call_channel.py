@@ -23,7 +23,7 @@ from gateway.privacy import mask_phone
 from gateway.queues import Slots
 
 from .ami import AmiActionError, AmiClient, AmiNotConnected
-from .calls import CallOutcome, CallResult, CallTracker, recorded_result
+from .calls import Call, CallOutcome, CallResult, CallTracker, Origin, recorded_result
 from .config import VoiceConfig
 
 log = logging.getLogger("voice.calls")
@@ -76,6 +76,11 @@ def _clean(value: str) -> str:
     return re.sub(r"[,\r\n|]", "_", value)
 
 
+def call_id(attempt: Attempt, number: int | None = None) -> str:
+    """The ActionID (and `PLP_CALL`) of the call of `attempt`, or of its attempt `number`."""
+    return f"plp-{attempt.delivery_id}-{attempt.number if number is None else number}"
+
+
 def ack_wanted(options: Mapping[str, object]) -> bool:
     voice = options.get("voice")
     return isinstance(voice, Mapping) and bool(voice.get("ack", False))
@@ -91,7 +96,6 @@ class VoiceChannel:
         self._tracker = CallTracker()
         self._waiters: dict[str, asyncio.Future[CallResult]] = {}
         self._hangup_wanted: dict[str, bool] = {}  # action id -> Hangup already sent
-        self._orphans: dict[str, tuple[str, list[dict[str, str]]]] = {}
         self._placed_on: dict[str, int] = {}  # action id -> AMI connection number it went out on
         # Free call channels; the next one goes to a waiting hot call before any cold one.
         self._slots = Slots(config.max_channels)
@@ -209,7 +213,9 @@ class VoiceChannel:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self._cfg.ami.action_timeout):
                     await self._reconciled.wait()
-        result = await self._ended_while_down(attempt)
+        result = self._ended_before_adoption(attempt)
+        if result is None:
+            result = await self._ended_while_down(attempt)
         if result is None:
             async with self._slots.hold(attempt.priority):
                 self.active += 1
@@ -218,6 +224,8 @@ class VoiceChannel:
                     result = await self._call(attempt, audio, ack)
                 finally:
                     self.active -= 1
+        if result.guessed:  # its start was not seen: its record is final at its hangup
+            result = await self._ended_unseen(result)
         if result.answered and not result.recorded:
             self._spawn(self._forget_record(result.action_id), f"dbdel-{result.action_id}")
         self.outcomes[result.outcome.value] += 1
@@ -231,6 +239,40 @@ class VoiceChannel:
         )
         return self._settle(attempt, result, ack)
 
+    # -- calls of an earlier process -------------------------------------------------------
+    @staticmethod
+    def _takes_over(attempt: Attempt, call: Call) -> bool:
+        """Whether `attempt` adopts `call`, an orphan of its delivery (placed by another
+        process, followed since a reconcile found it live).
+
+        A live one, always: a second call to the member meanwhile is what adoption avoids.
+        An ended one only as the outcome of the interrupted attempt that placed it: a
+        cluster peer's call is watched too, and once that peer has stored its outcome
+        (busy, not acknowledged...) the delivery's next, ordinary retry must call again.
+        """
+        if call.ended_at is None:
+            return True
+        return (
+            call.result is not None
+            and attempt.interrupted
+            and call.action_id == call_id(attempt, attempt.number - 1)
+        )
+
+    def _ended_before_adoption(self, attempt: Attempt) -> CallResult | None:
+        """The outcome of the call an earlier (killed) process placed for this delivery, if
+        it ended after this process's first reconcile found it: followed since then."""
+        call = self._tracker.orphan(str(attempt.delivery_id))
+        if call is None or call.result is None or not self._takes_over(attempt, call):
+            return None
+        self._tracker.forget(call.action_id)
+        log.info(
+            "call %s of delivery %s ended before its retry: %s (followed since the restart)",
+            call.action_id,
+            attempt.delivery_id,
+            call.result.outcome.value,
+        )
+        return call.result
+
     # -- what Asterisk recorded ------------------------------------------------------------
     async def _ended_while_down(self, attempt: Attempt) -> CallResult | None:
         """The result of the interrupted previous attempt, if its call ended while no
@@ -242,13 +284,14 @@ class VoiceChannel:
         """
         if not attempt.interrupted or attempt.number < 2:
             return None
-        if str(attempt.delivery_id) in self._orphans:
+        orphan = self._tracker.orphan(str(attempt.delivery_id))
+        if orphan is not None and orphan.ended_at is None:
             return None  # still up: `_call` adopts it
         # Newest first: the cut-off call is the previous attempt's, unless the retry that
         # should have asked was itself cut off (a second kill) or could not ask (no AMI).
         # Records of calls whose end the gateway saw are deleted, so older ones are rare.
         for earlier in range(attempt.number - 1, 0, -1):
-            action_id = f"plp-{attempt.delivery_id}-{earlier}"
+            action_id = call_id(attempt, earlier)
             result = await self._recorded(action_id)
             if result is not None:
                 log.info(
@@ -284,8 +327,9 @@ class VoiceChannel:
         return result
 
     async def _ended_unseen(self, result: CallResult) -> CallResult:
-        """A call of this process that ended while the AMI link was down: what the dialplan
-        recorded beats what was seen before the link went (or `call_lost`)."""
+        """A call of this process that ended while the AMI link was down, or one whose start
+        was not seen (`guessed`): what the dialplan recorded beats what was seen (or
+        `call_lost`)."""
         if result.outcome is not CallOutcome.LOST and not result.answered:
             return result
         try:
@@ -316,17 +360,25 @@ class VoiceChannel:
     async def _call(self, attempt: Attempt, audio: Rendered, ack: bool) -> CallResult:
         cfg = self._cfg
         delivery = str(attempt.delivery_id)
-        orphan = self._orphans.pop(delivery, None)
+        orphan = self._tracker.orphan(delivery)
+        if orphan is not None and not self._takes_over(attempt, orphan):
+            # Ended, and not this attempt's to settle (see _takes_over), or hung up with no
+            # outcome seen (no OriginateResponse: it never connected). Call again.
+            self._tracker.forget(orphan.action_id)
+            orphan = None
         loop = asyncio.get_running_loop()
         if orphan is not None:
-            # Placed by an earlier process (killed mid-call): follow it instead of re-calling.
-            action_id, channels = orphan
-            self._tracker.adopt(action_id, delivery, channels)
+            # Placed by an earlier process (killed mid-call), followed since the first
+            # reconcile: take it over, from its state so far, instead of calling again.
+            action_id = orphan.action_id
+            call = self._tracker.adopt(action_id, delivery)
             waiter: asyncio.Future[CallResult] = loop.create_future()
             self._waiters[action_id] = waiter
+            if call.result is not None:  # it ended while this attempt waited for a slot
+                waiter.set_result(call.result)
             log.info("adopted call %s still in progress for delivery %s", action_id, delivery)
         else:
-            action_id = f"plp-{attempt.delivery_id}-{attempt.number}"
+            action_id = call_id(attempt)
             self._tracker.expect(action_id, delivery, ack_wanted=ack)
             waiter = loop.create_future()
             self._waiters[action_id] = waiter
@@ -419,11 +471,6 @@ class VoiceChannel:
     # -- events ----------------------------------------------------------------------------
     def _on_event(self, event: Mapping[str, Any]) -> None:
         name = str(event.get("Event", ""))
-        if name == "Hangup" and self._orphans:
-            channel = str(event.get("Channel", ""))
-            for delivery, (_aid, chans) in list(self._orphans.items()):
-                if any(c.get("Channel") == channel for c in chans):
-                    del self._orphans[delivery]
         result = self._tracker.feed(event)
         if result is not None:
             self._resolve(result)
@@ -440,6 +487,16 @@ class VoiceChannel:
         if waiter is not None and not waiter.done():
             waiter.set_result(result)
         if waiter is None:
+            call = self._tracker.get(result.action_id)
+            if call is not None and call.origin is Origin.ORPHAN:
+                # An earlier process's call: kept, with its AstDB record, for its attempt.
+                log.info(
+                    "call %s of delivery %s (placed before the restart) ended: %s",
+                    result.action_id,
+                    call.delivery,
+                    result.outcome.value,
+                )
+                return
             self._forget(result.action_id)  # cancelled or timed out earlier: now it ended
             if result.answered:  # the dialplan's h extension has recorded it: not needed
                 self._spawn(self._forget_record(result.action_id), f"dbdel-{result.action_id}")
@@ -476,22 +533,17 @@ class VoiceChannel:
                     "Variables": ",".join(str(p) for p in pairs),
                 }
             )
+        # Also starts following the live calls of an earlier (killed) process: every event
+        # of theirs counts from now on, for the attempt that adopts one later.
         for result in self._tracker.reconcile(live, only=earlier):
             if result.action_id in self._waiters or result.action_id in self._hangup_wanted:
                 self._resolve(await self._ended_unseen(result))
-        self._orphans.clear()
-        groups: dict[str, list[dict[str, str]]] = {}
-        for ch in live:
-            found = dict(p.partition("=")[::2] for p in ch["Variables"].split(",") if "=" in p)
-            aid = found.get("PLP_CALL", "")
-            if aid and self._tracker.get(aid) is None and found.get("DELIVERY_ID"):
-                groups.setdefault(aid, []).append(ch)
-                self._orphans[found["DELIVERY_ID"]] = (aid, groups[aid])
-        if live or self._orphans:
+        orphans = self._tracker.orphans()
+        if live or orphans:
             log.info(
                 "AMI reconcile: %d live channels, %d calls of an earlier run",
                 len(live),
-                len(self._orphans),
+                len(orphans),
             )
 
     # -- outcome -> delivery state ---------------------------------------------------------
