@@ -19,12 +19,16 @@ import sys
 from collections import deque
 from pathlib import Path
 
-from .mqtt_publisher import Outgoing
+from .mqtt_publisher import PUBLISH_TIMEOUT, Outgoing
 from .status_wire import DONE, DOWN, NOW_FRAME, UP, ChildSetup, WireError, encode, setup_frame
 
 HANDED = 1024  # messages the child holds (queued or unconfirmed there), at most
 FEED_BATCH = 256  # messages per pipe write, at most
 STOP_GRACE = 5.0  # seconds a closing child may take to publish what it holds
+# Seconds a connected child may hold messages without a report before it is taken for stuck
+# and replaced: its own publisher reconnects after PUBLISH_TIMEOUT (10 s) without a PUBACK,
+# and says so, so silence this long means its loop no longer runs.
+STALL_S = 3 * PUBLISH_TIMEOUT
 
 log = logging.getLogger("gateway.mqtt")
 
@@ -85,6 +89,7 @@ class StatusProcess:
             delay = min(delay * 2, self._setup.max_delay)
 
     _was_up = False
+    _progress = 0.0  # loop time of the child's last report, or of a first message handed
 
     async def _serve(self) -> None:
         command, env = _command()
@@ -131,6 +136,8 @@ class StatusProcess:
                 stdin.write(NOW_FRAME)
             room = min(HANDED - len(handed), len(out), FEED_BATCH)
             if room > 0:
+                if not handed:  # the child's silence counts from here (see _reports)
+                    self._progress = asyncio.get_running_loop().time()
                 batch = [out.popleft() for _ in range(room)]
                 handed.extend(batch)
                 stdin.write(encode(batch))
@@ -141,7 +148,21 @@ class StatusProcess:
 
     async def _reports(self, stdout: asyncio.StreamReader) -> None:
         handed = self._handed
-        while line := await stdout.readline():
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                # (readline keeps a partial line buffered when the wait ends.)
+                line = await asyncio.wait_for(stdout.readline(), STALL_S / 3)
+            except TimeoutError:
+                stalled = loop.time() - self._progress > STALL_S
+                if handed and self.connected.is_set() and stalled:
+                    raise WireError(
+                        f"no report in {STALL_S:.0f} s with {len(handed)} messages held"
+                    ) from None
+                continue
+            if not line:
+                return
+            self._progress = loop.time()
             kind, _, rest = line.rstrip(b"\n").partition(b" ")
             if kind == DONE:
                 n = int(rest) if rest.isdigit() else 0

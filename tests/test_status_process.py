@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import random
 import signal
@@ -16,9 +17,11 @@ from pathlib import Path
 
 import pytest
 
+from gateway import status_process
 from gateway.config import MqttConfig
 from gateway.mqtt import MqttLink, Outgoing
 from gateway.mqtt_connect import Broker
+from gateway.status import dumps
 from gateway.status_wire import (
     ChildSetup,
     Decoder,
@@ -120,6 +123,27 @@ async def test_a_child_killed_mid_stream_loses_nothing_and_a_new_one_takes_over(
     assert len(got) - 6000 <= 1024  # at most what one child holds
 
 
+async def test_a_stuck_child_is_replaced_and_what_it_held_goes_out(
+    broker: Mosquitto, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(status_process, "STALL_S", 1.5)
+    monkeypatch.setattr(status_process, "STOP_GRACE", 1.0)
+    link = link_to(broker, "stuck")
+    async with Observer(broker, topics=("stuck",)) as obs, running(link):
+        first = link.status_pid
+        assert first is not None
+        os.kill(first, signal.SIGSTOP)  # alive, connected, and reading nothing
+        try:
+            for i in range(100):
+                link.publish("plp/stuck", str(i))
+            await obs.wait(lambda: len({s.payload for s in obs.on("/stuck")}) == 100, 60)
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(first, signal.SIGKILL)
+        assert link.status_pid not in (None, first)
+        assert await link.flush(30)
+
+
 async def test_paho_refusals_in_the_child_are_finished_and_the_rest_goes_on(
     broker: Mosquitto,
 ) -> None:
@@ -189,3 +213,31 @@ def _children_of(pid: int, n: int) -> list[int]:
             return found
         time.sleep(0.05)
     raise AssertionError(f"no child of {pid}")
+
+
+def test_status_payloads_are_the_bytes_json_wrote_and_what_orjson_refuses_still_goes() -> None:
+    def old(obj: object) -> bytes:
+        return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode()
+
+    event = {
+        "job_id": "zone5344-2026-000123",
+        "delivery_id": 17,
+        "ref": "m-é-😀",
+        "channel": "sms",
+        "address": "+32470****12",
+        "lang": "nl",
+        "state": "delivered",
+        "previous": "sent",
+        "attempt": 2,
+        "reason": None,
+        "time": "2026-12-07T10:00:00.123Z",
+        "detail": '\x00\x1f\x7f\b\f\n\r\t"\\/\u2028',
+        "provider_id_hash": ["ab12cd"],
+        "possibly_sent": True,
+        "counts": {"sms": {"delivered": 10_000, "failed": 0}},
+    }
+    assert dumps(event) == old(event)
+    for refused in ({1: "int key"}, {"n": 2**70}):
+        assert dumps(refused) == old(refused)
+    with pytest.raises(UnicodeEncodeError):  # as before: a lone surrogate is never published
+        dumps({"ref": "\udcff"})
