@@ -98,6 +98,7 @@ class Publisher:
         mqtt_adapter.set_pending_calls_threshold(client, 2 * PUBLISH_WINDOW)
         mqtt_adapter.no_delay(client)
         mqtt_adapter.cork_writes(client)
+        mqtt_adapter.fast_pubacks(client)
         return client
 
     def _state(self, up: bool, error: str | None) -> None:

@@ -58,3 +58,26 @@ def test_only_the_adapters_reach_inside() -> None:
                 if any(n.split(".")[0] == "panoramisk" for n in names):
                     offenders.append(f"{path.name}:{node.lineno} imports panoramisk")
     assert not offenders, offenders
+
+
+async def test_a_plain_puback_confirms_its_message_through_the_fast_path() -> None:
+    import aiomqtt
+
+    client = aiomqtt.Client("localhost")
+    mqtt_adapter.fast_pubacks(client)
+    inner = client._client
+    seen: list[object] = []
+    inner.on_publish = lambda *args: seen.append(args[3])
+    infos = [mqtt_adapter.publish(client, f"t/{i}", b"x", 1, False) for i in range(3)]
+    mids = [info.mid for info in infos]  # queued while not connected, as after a reconnect
+    assert list(inner._out_messages) == mids
+    inner._in_packet["packet"] = bytearray(mids[1].to_bytes(2, "big"))
+    inner._handle_pubackcomp("PUBACK")
+    assert list(inner._out_messages) == [mids[0], mids[2]]
+    inner._in_packet["packet"] = bytearray(b"\xff\xff")  # no such message: nothing happens
+    inner._handle_pubackcomp("PUBACK")
+    inner._in_packet["packet"] = bytearray(mids[0].to_bytes(2, "big"))
+    inner._handle_pubackcomp("PUBACK")
+    assert list(inner._out_messages) == [mids[2]]
+    assert [str(code) for code in seen] == ["Success", "Success"]
+    assert seen[0] is seen[1]  # the shared code: paho's own handler makes one per PUBACK
