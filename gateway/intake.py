@@ -372,8 +372,10 @@ class Intake:
         if resolved.audience is not None:
             return 0
         lead: list[Recipient] = []
+        deliveries = 0
         for r in first:
-            if sum(len(m.channels) for m in lead) + len(r.channels) > CLAIM_AT_INTAKE:
+            deliveries += len(r.channels)
+            if deliveries > CLAIM_AT_INTAKE:
                 break
             lead.append(r)
         # As many as its lanes have room for now (a narrow lane: fewer).
