@@ -1,7 +1,8 @@
 """A small hot job stored with its attempts claimed (`Scheduler.claims_at_intake`): the attempt
 starts without a second claim (at once, or through its lane's queue when the lane has a rate),
 and is published `queued` then `sending` like any other; a claim that never started is dropped
-when its job is cancelled and given back at a clean stop (not "possibly sent"). And
+when its job is cancelled and given back at a clean stop (not "possibly sent"). A large hot
+job's first members are claimed so too, in its header's transaction. And
 `AsyncStore.run_now` never uses the connection beside the store's thread.
 """
 
