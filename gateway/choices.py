@@ -204,12 +204,14 @@ def add_members_choosing(
     members: Sequence[Member] | None,
     config: DirectoryConfig,
     now: datetime,
+    claim: int = 0,
 ) -> list[DeliveryRow]:
     """`store.add_members` (a chunk of a large job) and the members' choices on it, in one
-    durable transaction, as `add_job_choosing`."""
+    durable transaction, as `add_job_choosing` (`claim`: `add_members`', for a job without
+    members' choices)."""
 
     def work() -> list[DeliveryRow]:
-        rows = store.add_members(job.id, recipients, enabled, body)
+        rows = store.add_members(job.id, recipients, enabled, body, claim=0 if members else claim)
         if rows and members:
             rows = apply_choices(store, job, rows, members, config, now)
         return rows

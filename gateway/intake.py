@@ -16,7 +16,7 @@ from typing import ParamSpec, Protocol, TypeVar
 
 import aiomqtt
 
-from . import allocator, directory_sync, frozen
+from . import allocator, directory_sync, frozen, gc_tuning
 from .async_store import AsyncStore
 from .choices import DirectoryConfig, add_job_choosing, add_members_choosing
 from .config import JobsConfig
@@ -41,8 +41,8 @@ from .jobs import (
 from .numbers import NumberPolicy
 from .payload import display
 from .privacy import scrub
-from .rows import AddResult, job_to_body, member_json
-from .scheduler import Scheduler
+from .rows import AddResult, DeliveryRow, job_to_body, member_json
+from .scheduler import CLAIM_AT_INTAKE, Scheduler
 from .signing import CancelRequest, SeenNonce, SignatureError, Verifier, parse_cancel
 from .status import StatusPublisher, Topics
 
@@ -211,6 +211,8 @@ class Intake:
         header = job_header(spec, self.limits, now, resolved)
         # The job's own recipients, then its audience's members (or a follow-up's members).
         total = member_count(spec, resolved)
+        if total > CHUNK_MEMBERS:
+            gc_tuning.set_aside()  # its members' models, never walked by the collector
         try:
             # A fallback delivery is made from the member in the job's body, which a chunked
             # job has only once complete: a job with fallbacks is stored in one transaction.
@@ -292,7 +294,31 @@ class Intake:
         broker acknowledged, by the caller) after the last chunk; a redelivery after a crash
         mid-way resumes after the members already stored, none lost or doubled."""
         store = self._store.store
-        begun = await self._store.run(frozen.begin_job, store, header, digest, spec, resolved)
+        # The header and the first chunk in one durable transaction, a hot job's first
+        # attempts claimed in it: the first SMS waits for one commit, not three (header,
+        # chunk, claims). A resumed intake stores none of them: it goes on from the store.
+        first = await self._members(spec, resolved, 0, FIRST_CHUNK)
+        claim = self._claimable(header, first, resolved)
+        now = datetime.now(UTC)
+
+        def begin() -> tuple[frozen.Begun, list[DeliveryRow]]:
+            begun = frozen.begin_job(store, header, digest, spec, resolved)
+            if begun.result is not AddResult.NEW or begun.stored:
+                return begun, []
+            rows = add_members_choosing(
+                store,
+                header,
+                first,
+                self._scheduler.enabled,
+                None,
+                _chosen(resolved),
+                self.directory,
+                now,
+                claim=claim,
+            )
+            return begun, rows
+
+        begun, first_rows = await self._store.run(store.atomically, begin, True)
         result, stored, header, resolved = begun.result, begun.stored, begun.header, begun.resolved
         if result is not AddResult.NEW:
             return result
@@ -305,14 +331,16 @@ class Intake:
         start, size = 0, FIRST_CHUNK
         while start < total:
             stop = min(start + size, total)
-            chunk = await self._members(spec, resolved, start, stop)
+            with_header = start == 0 and not stored  # the first chunk, stored with the header
+            chunk = first if with_header else await self._members(spec, resolved, start, stop)
             release_members(spec, start, stop)
             bodies.append(",".join([member_json(r) for r in chunk]))
             new = [r for r in chunk if r.index >= stored]
             body = job_to_body(header, bodies) if stop == total else None
             if body is not None:
                 bodies.clear()  # in the body now: not held twice while it is stored
-            if new or body is not None:
+            rows = first_rows if with_header else []
+            if not with_header and (new or body is not None):
                 rows = await self._store.run(
                     add_members_choosing,
                     store,
@@ -324,9 +352,10 @@ class Intake:
                     self.directory,
                     datetime.now(UTC),
                 )
+            if with_header or new or body is not None:
                 log.debug("job %s: members %d to %d stored", header.id, start, stop - 1)
-                if rows:
-                    await self._scheduler.job_accepted(header, rows)
+            if rows:
+                await self._scheduler.job_accepted(header, rows)
             body = None  # stored: freed before the heap is trimmed below
             # The second chunk small too: the first attempts' claims go to the store's one
             # thread while it is written, and must not wait behind a 2,000-member insert.
@@ -335,6 +364,26 @@ class Intake:
             self._status.job_dirty(header.id, immediate=True)
         await asyncio.to_thread(allocator.release_free_memory)  # what the intake freed
         return result
+
+    def _claimable(self, header: Job, first: list[Recipient], resolved: Resolved) -> int:
+        """How many of a large job's first members are stored with their attempts claimed:
+        at most as many as a small hot job's (`Scheduler.claims_at_intake`), none for an
+        audience's (its members' choices apply to its deliveries)."""
+        if resolved.audience is not None:
+            return 0
+        lead: list[Recipient] = []
+        deliveries = 0
+        for r in first:
+            deliveries += len(r.channels)
+            if deliveries > CLAIM_AT_INTAKE:
+                break
+            lead.append(r)
+        # As many as its lanes have room for now (a narrow lane: fewer).
+        while lead and not self._scheduler.claims_at_intake(
+            replace(header, recipients=tuple(lead))
+        ):
+            lead.pop()
+        return len(lead)
 
     async def _resolve(self, payload: bytes) -> Resolved | None:
         """What the store knows of the job's audience (the directory's members, frozen into

@@ -63,6 +63,7 @@ class StoreContract(Protocol):
         enabled_channels: frozenset[str],
         body: str | None = None,
         now: float | None = None,
+        claim: int = 0,
     ) -> list[DeliveryRow]: ...
 
     def add_fallback(

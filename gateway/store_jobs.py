@@ -185,9 +185,12 @@ class Jobs(Retention):
         enabled_channels: frozenset[str],
         body: str | None = None,
         now: float | None = None,
+        claim: int = 0,
     ) -> list[DeliveryRow]:
         """Store a chunk of a large job's members (their deliveries), durably. `body`, the
         whole job's (`job_to_body`), comes with the last chunk and marks the job complete.
+        `claim`: the first `claim` members' queued deliveries are stored claimed, as
+        `add_job`'s (a hot job's first chunk, stored with its header: `gateway.frozen`).
 
         A chunk stored after the job was cancelled or expired gets that final state: no
         member of a closed job is sent."""
@@ -200,8 +203,10 @@ class Jobs(Retention):
             closed = _CLOSED.get(JobState(job["state"]))
             start = self._db.execute("SELECT max(id) AS top FROM deliveries").fetchone()["top"]
             params = [
-                _delivery_params(job_id, r, channel, enabled_channels, now)
-                for r in recipients
+                _delivery_params(
+                    job_id, r, channel, enabled_channels, now, claim=i < claim and closed is None
+                )
+                for i, r in enumerate(recipients)
                 for channel in r.channels
             ]
             if closed is not None:

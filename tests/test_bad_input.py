@@ -9,6 +9,7 @@ import pytest
 
 from gateway.config import JobsConfig
 from gateway.jobs import JobRejected, parse_job
+from gateway.payload import value_bound
 from tests.conftest import GatewayFactory
 from tests.fixtures import Observer, SmtpServer, email_job, members
 
@@ -58,6 +59,12 @@ def test_too_many_recipients_and_oversize_payload_are_refused() -> None:
     small = JobsConfig(max_payload_bytes=2048)
     big = json.dumps(job(message={"fr": "x" * 3000})).encode()
     assert codes(big, small) == [("$", "payload_too_large")]
+
+
+def test_the_bound_on_values_counts_each_bracket_comma_and_colon() -> None:
+    # Those in strings too (a looser bound), escaped or not; nothing else.
+    payload = '{"a": [1, {"b": "x,y:z[{"}], "c\\"": "é"}'.encode()
+    assert value_bound(payload) == sum(payload.count(c) for c in b"{[,:") + 1 == 13
 
 
 def test_invalid_address_fails_only_that_recipient() -> None:

@@ -36,8 +36,10 @@ from gateway.store import SqliteStore, SqlStore
 from tests.conftest import GatewayFactory
 from tests.fixtures import Observer, SmtpServer, email_job
 from tests.fixtures import members as people
+from tests.sms_fixtures import sms_job
 
 EMAIL = frozenset({"email"})
+SMS = frozenset({"sms"})
 
 
 def audience_job(job_id: str, **extra: Any) -> dict[str, Any]:
@@ -81,6 +83,26 @@ def test_a_chunked_job_resumes_after_a_crash_and_is_never_done_before_its_last_c
     job = store.job("big")
     assert job is not None and [r.ref for r in job.recipients] == [f"m-{i:05d}" for i in range(30)]
     assert store.transition_job_if_done("big") is None  # 20 members still queued
+
+
+def test_a_chunks_first_members_can_be_stored_claimed(any_store: SqlStore) -> None:
+    # A hot job's first chunk, stored with its header (gateway.intake): its first attempts
+    # claimed as a small hot job's are, the others queued; a failed address is never claimed.
+    store = any_store
+    recipients = people(5)
+    recipients[1]["phone"] = "not a number"
+    payload = json.dumps(sms_job("first", recipients)).encode()
+    spec = validate_job(payload, JobsConfig(), SMS)
+    header = job_header(spec, JobsConfig(), datetime.now(UTC))
+    store.begin_job(header, content_hash(payload))
+    rows = store.add_members("first", members(spec, 0, 5, "BE", {}), SMS, claim=3)
+    assert [(r.state, r.attempts) for r in rows] == [
+        (DeliveryState.SENDING, 1),
+        (DeliveryState.FAILED, 0),
+        (DeliveryState.SENDING, 1),
+        (DeliveryState.QUEUED, 0),
+        (DeliveryState.QUEUED, 0),
+    ]
 
 
 def test_members_stored_after_a_cancel_are_never_sent(any_store: SqlStore) -> None:

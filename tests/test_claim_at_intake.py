@@ -1,7 +1,8 @@
 """A small hot job stored with its attempts claimed (`Scheduler.claims_at_intake`): the attempt
 starts without a second claim (at once, or through its lane's queue when the lane has a rate),
 and is published `queued` then `sending` like any other; a claim that never started is dropped
-when its job is cancelled and given back at a clean stop (not "possibly sent"). And
+when its job is cancelled and given back at a clean stop (not "possibly sent"). A large hot
+job's first members are claimed so too, in its header's transaction. And
 `AsyncStore.run_now` never uses the connection beside the store's thread.
 """
 
@@ -16,12 +17,14 @@ from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import aiomqtt
 import pytest
 
 from gateway.async_store import AsyncStore
 from gateway.channel import Attempt, Limits, Outcome, RetryPolicy
 from gateway.config import JobsConfig
 from gateway.domain import DeliveryState, Job, JobState
+from gateway.intake import CHUNK_MEMBERS, Intake
 from gateway.jobs import parse_job
 from gateway.rows import AddResult, Change
 from gateway.scheduler import CLAIM_AT_INTAKE, Scheduler
@@ -82,8 +85,8 @@ class Stack:
         self.astore = AsyncStore(self.store)
         self.events: list[dict[str, Any]] = []
         self.sms = Sms(rate)
-        status = StatusPublisher(self.publish, Topics("plp", "t"), self.astore, 0.5)
-        self.scheduler = Scheduler(self.astore, {"sms": self.sms}, status)
+        self.status = StatusPublisher(self.publish, Topics("plp", "t"), self.astore, 0.5)
+        self.scheduler = Scheduler(self.astore, {"sms": self.sms}, self.status)
 
     def publish(self, topic: str, payload: bytes | str, **_: Any) -> None:
         if topic.endswith("/deliveries"):
@@ -137,6 +140,45 @@ async def test_a_small_hot_job_is_sent_without_a_second_claim(tmp_path: Path, ra
         # Published like any attempt: announced queued (attempt 0), then claimed.
         assert s.states(did)[:2] == [("queued", 0), ("sending", 1)]
         assert s.states(did)[-1] == ("sent", 1)
+
+
+async def test_a_large_hot_job_sends_its_first_sms_after_one_commit(tmp_path: Path) -> None:
+    """Chunked (more than CHUNK_MEMBERS): its header, its first chunk and its first attempts'
+    claims are one transaction, and the first SMS goes without another."""
+    async with stack(tmp_path) as s:
+        commits: list[int] = []
+        at_first_send: list[int] = []
+        commit = s.store._db.commit
+
+        def counted() -> None:
+            commit()
+            commits.append(1)
+
+        s.store._db.commit = counted  # type: ignore[method-assign]
+        send = s.sms.send
+
+        async def first_counted(attempt: Attempt) -> Outcome:
+            if not at_first_send:
+                at_first_send.append(len(commits))
+            return await send(attempt)
+
+        s.sms.send = first_counted  # type: ignore[method-assign]
+        topics = Topics("plp", "t")
+        intake = Intake(s.astore, s.scheduler, s.status, topics, JobsConfig(), lambda _: None)
+        await s.scheduler.start()
+        n = CHUNK_MEMBERS + 10
+        raw = json.dumps(sms_job("big", members(n))).encode()
+        before = len(commits)  # the scheduler's start (interrupted attempts)
+        await intake.handle(aiomqtt.Message(topics.jobs, raw, 1, False, 1, None))
+        assert intake.counters["accepted"] == 1
+        await until(lambda: len(s.sms.sent) == n, 60)
+        await s.scheduler.stop(1)
+        assert at_first_send == [before + 1] and s.sms.sent[0].number == 1
+        # The first ones claimed with the job (as many as the lane had room for), the others
+        # by the scheduler; each claimed and sent once.
+        assert n - CLAIM_AT_INTAKE <= s.claims < n
+        assert len({a.delivery_id for a in s.sms.sent}) == n
+        assert {d.attempts for d in s.store.deliveries("big")} == {1}
 
 
 async def test_a_claim_not_started_is_given_back_at_a_clean_stop(tmp_path: Path) -> None:
