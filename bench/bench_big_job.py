@@ -24,6 +24,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench import procstat  # noqa: E402
+from bench.procstat import children, cpu_seconds, peak_rss_mb  # noqa: E402
 from tests.fixtures import GatewayProcess, Mosquitto, Observer, gateway_config, members  # noqa: E402
 from tests.sms_fixtures import SmscProcess, sms_job  # noqa: E402
 
@@ -51,12 +53,6 @@ class ProfiledGateway(GatewayProcess):
         )
 
 
-def cpu_seconds(pid: int) -> float:
-    """The process's CPU time so far (user + system, all its threads)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -69,14 +65,6 @@ async def sample_rss(pid: int, t0: float, out: list[tuple[float, float]]) -> Non
     while True:
         out.append((time.monotonic() - t0, rss_mb(pid)))
         await asyncio.sleep(0.25)
-
-
-def peak_rss_mb(pid: int) -> float:
-    """The process's peak resident set (VmHWM), in MB."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 async def run(n: int, window: int, profile: Path | None) -> None:
@@ -102,6 +90,7 @@ async def run(n: int, window: int, profile: Path | None) -> None:
                 await sim.wait(lambda s: s["bound"] >= 1, 30)
                 idle_mb = peak_rss_mb(gw.proc.pid)
                 cpu0, load0 = cpu_seconds(gw.proc.pid), os.getloadavg()[0]
+                kid_cpu0 = sum(cpu_seconds(k) for k in children(gw.proc.pid))
                 payload = json.dumps(sms_job("big-job", members(n)))
                 t0 = time.monotonic()
                 samples: list[tuple[float, float]] = []
@@ -114,6 +103,11 @@ async def run(n: int, window: int, profile: Path | None) -> None:
                 t_done = time.monotonic()
                 rss = peak_rss_mb(gw.proc.pid)
                 cpu = cpu_seconds(gw.proc.pid) - cpu0
+                # The status child (gateway.status_child): its own figures, beside the daemon's.
+                kids = children(gw.proc.pid)
+                kid_cpu = sum(cpu_seconds(k) for k in kids) - kid_cpu0
+                kid_rss = sum(peak_rss_mb(k) for k in kids)
+                pss = procstat.pss_mb(gw.proc.pid), sum(procstat.pss_mb(k) for k in kids)
                 load1 = os.getloadavg()[0]
                 sampler.cancel()
             if profile is not None:
@@ -146,6 +140,9 @@ async def run(n: int, window: int, profile: Path | None) -> None:
         pstats.Stats(str(profile)).sort_stats("tottime").print_stats(25)
     print(f"daemon RSS idle / peak       {idle_mb:.0f} MB / {rss:.0f} MB"
           f"  (target {TARGET_RSS_MB:.0f} MB: {rss / TARGET_RSS_MB:.2f}x)")  # fmt: skip
+    print(f"status child CPU / peak RSS  {kid_cpu:.1f} s / {kid_rss:.0f} MB")
+    print(f"PSS at the end               daemon {pss[0]:.0f} MB, status child {pss[1]:.0f} MB"
+          "  (shared pages divided between them)")  # fmt: skip
 
 
 async def main_async(args: argparse.Namespace) -> None:

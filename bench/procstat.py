@@ -57,3 +57,16 @@ def peak_rss_mb(pid: int) -> float:
     except OSError:
         pass
     return 0.0
+
+
+def pss_mb(pid: int) -> float:
+    """The process's proportional set size now (smaps_rollup): its resident pages, those it
+    shares with others (the interpreter's code, with its parent) divided among them; 0 once
+    it is gone or where the kernel has no smaps_rollup."""
+    try:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
