@@ -1,7 +1,8 @@
 """The voice channel: one attempt = one call through Asterisk, ended by its outcome.
 
 Implements gateway.channel.Channel. Audio comes from an `AudioSource` (the TTS
-synthesizer); the AMI session is voice/ami.py; outcomes come from voice/calls.py.
+synthesizer); the AMI session is voice/ami.py; outcomes come from voice/calls.py and
+voice/outcomes.py.
 """
 
 from __future__ import annotations
