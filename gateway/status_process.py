@@ -122,11 +122,18 @@ class StatusProcess:
         if proc.stdin is not None:
             proc.stdin.close()
         try:
-            await asyncio.wait_for(proc.wait(), STOP_GRACE)
-        except TimeoutError:
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
-            await proc.wait()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(proc.wait(), STOP_GRACE)
+            if proc.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.kill()
+                await proc.wait()
+        finally:
+            # Also when this wait is cancelled (a stop that would not wait): no child outlives
+            # its gateway's link for long. The event loop's child watcher reaps it.
+            if proc.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.kill()
 
     async def _feed(self, stdin: asyncio.StreamWriter) -> None:
         out, handed, ready = self._out, self._handed, self._ready
