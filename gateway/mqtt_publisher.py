@@ -164,13 +164,8 @@ class Publisher:
         try:
             while True:
                 wake.clear()
-                if inflight and inflight[0][1].is_published():
+                if self._finish_head(inflight):
                     progress = loop.time()
-                    done = 0
-                    while inflight and inflight[0][1].is_published():
-                        inflight.popleft()
-                        done += 1
-                    self._done(done, len(inflight))
                 room = min(PUBLISH_WINDOW - len(inflight), len(self._out), PUBLISH_BATCH)
                 if room > 0:
                     if not inflight:
@@ -199,18 +194,19 @@ class Publisher:
             # message goes back, a confirmed one among them included, so that `on_done`
             # counts stay the head of what was taken (at most a few messages twice, at a
             # reconnection: QoS 1 is at least once).
-            done = 0
-            while inflight and inflight[0][1].is_published():
-                inflight.popleft()
-                done += 1
-            self._done(done, 0)
+            self._finish_head(inflight)
             self._requeue([m for m, _ in inflight])
             self.unconfirmed = 0
 
-    def _done(self, n: int, unconfirmed: int) -> None:
-        self.unconfirmed = unconfirmed
-        if n and self._on_done is not None:
-            self._on_done(n)
+    def _finish_head(self, inflight: deque[tuple[Outgoing, Confirmation]]) -> int:
+        """Drop the finished messages at the head of `inflight` and tell `on_done` how many."""
+        done = 0
+        while inflight and inflight[0][1].is_published():
+            inflight.popleft()
+            done += 1
+        if done and self._on_done is not None:
+            self._on_done(done)
+        return done
 
     def _publish_now(
         self,

@@ -59,6 +59,8 @@ class StatusProcess:
         self.now = asyncio.Event()  # reconnect now: handed on to the child, and cuts a restart
         self.error: str | None = None
         self.pid: int | None = None
+        self._was_up = False  # the current child has been connected
+        self._progress = 0.0  # loop time of the child's last report, or of a first message handed
 
     @property
     def unconfirmed(self) -> int:
@@ -87,9 +89,6 @@ class StatusProcess:
                 async with asyncio.timeout(delay):
                     await self.now.wait()
             delay = min(delay * 2, self._setup.max_delay)
-
-    _was_up = False
-    _progress = 0.0  # loop time of the child's last report, or of a first message handed
 
     async def _serve(self) -> None:
         command, env = _command()
