@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench import procstat  # noqa: E402
-from bench.procstat import children, cpu_seconds, peak_rss_mb  # noqa: E402
+from bench.procstat import children, cpu_seconds, peak_rss_mb, rss_mb  # noqa: E402
 from tests.fixtures import GatewayProcess, Mosquitto, Observer, gateway_config, members  # noqa: E402
 from tests.sms_fixtures import SmscProcess, sms_job  # noqa: E402
 
@@ -51,13 +51,6 @@ class ProfiledGateway(GatewayProcess):
             env=env,
             cwd=ROOT,
         )
-
-
-def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 async def sample_rss(pid: int, t0: float, out: list[tuple[float, float]]) -> None:

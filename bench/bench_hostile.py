@@ -31,6 +31,7 @@ sys.path.insert(0, str(ROOT))
 
 import aiomqtt  # noqa: E402
 
+from bench.procstat import kib, peak_rss_mb  # noqa: E402
 from gateway.job_id import valid_job_id  # noqa: E402
 from tests.fixtures import (  # noqa: E402
     GatewayProcess,
@@ -45,14 +46,6 @@ from tests.fuzz_payloads import hostile_payloads  # noqa: E402
 from tests.test_signed_jobs import SECURITY  # noqa: E402
 
 LIMIT = 16 * 1024 * 1024  # the default [jobs] max_payload_bytes
-
-
-def vm_kib(pid: int, field: str) -> int:
-    """A figure of /proc/PID/status in KiB (VmHWM: peak resident set size)."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise KeyError(field)
 
 
 def hostile(shape: str, n: int) -> bytes:
@@ -112,7 +105,7 @@ async def memory(shape: str) -> dict[str, Any]:
     async with stack() as (broker, gw, obs):
         assert gw.proc is not None
         pid = gw.proc.pid
-        idle = vm_kib(pid, "VmHWM")
+        idle = kib(pid, "status", "VmHWM")
         hot = email_job("hot-after", members(1))
         async with aiomqtt.Client(broker.host, broker.port) as dispatch:
             t_start = time.monotonic()
@@ -130,7 +123,7 @@ async def memory(shape: str) -> dict[str, Any]:
         rejected = obs.on("/jobs/rejected")
         first = rejected[0].json()
         alive = gw.proc.poll() is None
-        peak = vm_kib(pid, "VmHWM")
+        peak = kib(pid, "status", "VmHWM")
         tracebacks = gw.log().count("Traceback")
     return {
         "shape": shape,
@@ -184,7 +177,7 @@ async def soak(seed: int, count: int, max_seconds: float, batch: int = 1000) -> 
         print(f"outside own topics    {len(outside)} {outside[:3]}")
         print(f"tracebacks in log     {gw.log().count('Traceback')}")
         print(f"alive, hot job done   {gw.proc.poll() is None}")
-        print(f"peak RSS              {vm_kib(gw.proc.pid, 'VmHWM') / 1024:.0f} MB")
+        print(f"peak RSS              {peak_rss_mb(gw.proc.pid):.0f} MB")
         print("codes                 " + ", ".join(f"{c} {n}" for c, n in found.most_common()))
 
 

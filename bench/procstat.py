@@ -48,25 +48,29 @@ def cpu_delta(before: dict[int, float], after: dict[int, float]) -> tuple[float,
     return own, kids
 
 
-def peak_rss_mb(pid: int) -> float:
-    """The process's peak resident set (VmHWM), in MB; 0 once it is gone."""
+def kib(pid: int, file: str, field: str) -> int:
+    """A `<field>: <n> kB` figure of /proc/PID/<file> (status, smaps_rollup); 0 once the
+    process is gone or where the kernel has no such file or field."""
     try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
+        for line in Path(f"/proc/{pid}/{file}").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
     except OSError:
         pass
-    return 0.0
+    return 0
+
+
+def rss_mb(pid: int) -> float:
+    """The process's resident set now (VmRSS), in MB."""
+    return kib(pid, "status", "VmRSS") / 1024
+
+
+def peak_rss_mb(pid: int) -> float:
+    """The process's peak resident set (VmHWM), in MB."""
+    return kib(pid, "status", "VmHWM") / 1024
 
 
 def pss_mb(pid: int) -> float:
     """The process's proportional set size now (smaps_rollup): its resident pages, those it
-    shares with others (the interpreter's code, with its parent) divided among them; 0 once
-    it is gone or where the kernel has no smaps_rollup."""
-    try:
-        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-            if line.startswith("Pss:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return 0.0
+    shares with others (the interpreter's code, with its parent) divided among them."""
+    return kib(pid, "smaps_rollup", "Pss") / 1024

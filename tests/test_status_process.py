@@ -11,12 +11,12 @@ import json
 import os
 import random
 import signal
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
+from bench import procstat
 from gateway import status_process
 from gateway.config import MqttConfig
 from gateway.mqtt import MqttLink, Outgoing
@@ -183,7 +183,9 @@ async def test_the_child_leaves_with_a_killed_gateway_and_a_restart_is_not_fough
 ) -> None:
     proc = gateway()
     assert proc.proc is not None
-    children = await asyncio.to_thread(_children_of, proc.proc.pid, 1)
+    async with asyncio.timeout(30):
+        while not (children := procstat.children(proc.proc.pid)):  # noqa: ASYNC110 - /proc
+            await asyncio.sleep(0.05)
     proc.kill()
     for child in children:
         async with asyncio.timeout(30):
@@ -194,22 +196,6 @@ async def test_the_child_leaves_with_a_killed_gateway_and_a_restart_is_not_fough
     await observer.wait_job("after-restart", "done", timeout=60)
     status = [c for c in broker.connections() if c.client_id.endswith("-status")]
     assert len(status) == 2, status  # one per start: no child came back to take it over
-
-
-def _children_of(pid: int, n: int) -> list[int]:
-    """The first `n` processes whose parent is `pid` (waits for them to appear)."""
-    for _ in range(600):
-        found = []
-        for entry in Path("/proc").iterdir():
-            if entry.name.isdigit():
-                with contextlib.suppress(OSError, IndexError):
-                    stat = (entry / "stat").read_text().rpartition(")")[2].split()
-                    if int(stat[1]) == pid:
-                        found.append(int(entry.name))
-        if len(found) >= n:
-            return found
-        time.sleep(0.05)
-    raise AssertionError(f"no child of {pid}")
 
 
 def test_status_payloads_are_the_bytes_json_wrote_and_what_orjson_refuses_still_goes() -> None:
